@@ -1,0 +1,3 @@
+"""amctl: run, drive and measure the Audience Manager platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,42 @@
+"""The object every command receives through `ctx.obj`: settings, target and consoles."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from amctl.settings import AmctlSettings, Target
+
+
+@dataclass
+class AppContext:
+    settings: AmctlSettings
+    console: Console = field(default_factory=Console)
+    # progress, warnings and errors go to stderr so stdout stays clean for --json
+    err: Console = field(default_factory=lambda: Console(stderr=True))
+
+    @property
+    def target(self) -> Target:
+        return self.settings.target
+
+    def print_json(self, data: Any) -> None:
+        """Machine-readable output: plain JSON on stdout, nothing else."""
+        typer.echo(json.dumps(data, indent=2, default=str))
+
+    def fail(self, message: str, hint: str | None = None, code: int = 1) -> NoReturn:
+        """One clear line saying what failed (and what to do next), then exit with `code`."""
+        self.err.print(f"[bold red]error:[/] {message}", highlight=False)
+        if hint:
+            self.err.print(f"  {hint}", highlight=False)
+        raise typer.Exit(code)
+
+
+def get_context(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_object(AppContext)
+    if obj is None:  # invoked without the root callback (should not happen)
+        raise RuntimeError("amctl context missing")
+    return obj

@@ -1,0 +1,298 @@
+"""The local target: every component as a local process, started in order, each once healthy.
+
+Pids, ports and start times live in `<state_dir>/run/<component>.json`, logs in
+`<state_dir>/logs/<component>.log`, PostgreSQL data in `<state_dir>/pgdata`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from amctl.local import processes
+from amctl.local.broker import EmbeddedBroker
+from amctl.local.postgres import EmbeddedPostgres
+from amctl.settings import AmctlSettings
+
+DATABASE_NAME = "audience"
+
+
+class StackError(RuntimeError):
+    """An expected failure of the local stack, with a hint on what to do next."""
+
+    def __init__(self, message: str, hint: str = "", log_tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.log_tail = log_tail or []
+
+
+@dataclass(frozen=True)
+class Component:
+    """One process of the stack and how to tell it is ready."""
+
+    name: str
+    command: list[str]
+    ready: Callable[[], bool]
+    port: int | None = None
+    port_setting: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    oneshot: bool = False
+    stop_signal: int = signal.SIGTERM
+    prepare: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    pid: int
+    port: int | None
+    created_at: float
+    started_at: float
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    state: str  # running | unhealthy | stopped
+    pid: int | None
+    port: int | None
+    rss_bytes: int
+    uptime_s: float | None
+
+
+ProgressCallback = Callable[[str, str], None]
+
+
+def _http_ready(url: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return ready
+
+
+class LocalStack:
+    """Starts, inspects and stops the local stack described by `settings`."""
+
+    def __init__(self, settings: AmctlSettings, durable: bool = True) -> None:
+        self.settings = settings
+        self.state_dir = settings.state_dir
+        self.run_dir = self.state_dir / "run"
+        self.log_dir = self.state_dir / "logs"
+        ports = settings.ports
+        self.postgres = EmbeddedPostgres.for_state_dir(self.state_dir, ports.postgres, settings.host, durable)
+        self.broker = EmbeddedBroker(ports.kafka, settings.host)
+
+    # -- what runs -------------------------------------------------------------------------
+
+    def service_env(self, port: int | None = None) -> dict[str, str]:
+        s = self.settings
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "AM_ENVIRONMENT": "local",
+            "AM_HOST": s.host,
+            "AM_DATABASE_URL": f"postgresql://postgres@{s.host}:{s.ports.postgres}/{DATABASE_NAME}",
+            "AM_KAFKA_BOOTSTRAP": self.broker.bootstrap,
+            "AM_TOPIC_PREFIX": s.topic_prefix,
+            "AM_SMTP_PORT": str(s.ports.smtp),
+        }
+        if port is not None:
+            env["AM_PORT"] = str(port)
+        return env
+
+    def components(self) -> list[Component]:
+        s, ports, py = self.settings, self.settings.ports, sys.executable
+
+        def service(name: str, module: str, port: int, setting: str) -> Component:
+            return Component(
+                name=name,
+                command=[py, "-m", module],
+                ready=_http_ready(f"{s.url(port)}/actuator/health"),
+                port=port,
+                port_setting=setting,
+                env=self.service_env(port),
+            )
+
+        return [
+            Component(
+                name="postgres",
+                command=self.postgres.command(),
+                ready=self.postgres.ready,
+                port=ports.postgres,
+                port_setting="AMCTL_PORT_POSTGRES",
+                stop_signal=signal.SIGINT,  # fast shutdown
+                prepare=self.postgres.init,
+            ),
+            Component(
+                name="kafka",
+                command=self.broker.command(),
+                ready=self.broker.ready,
+                port=ports.kafka,
+                port_setting="AMCTL_PORT_KAFKA",
+            ),
+            Component(
+                name="migrations",
+                command=[py, "-m", "server.stores.migrate"],
+                ready=lambda: True,
+                env=self.service_env(),
+                oneshot=True,
+            ),
+            service("segment-api", "server.segment_api", ports.segment_api, "AMCTL_PORT_SEGMENT_API"),
+            service("ingestion-api", "server.ingestion_api", ports.ingestion_api, "AMCTL_PORT_INGESTION_API"),
+            service(
+                "communication-api", "server.communication_api", ports.communication_api,
+                "AMCTL_PORT_COMMUNICATION_API",
+            ),
+        ]
+
+    def component(self, name: str) -> Component:
+        for comp in self.components():
+            if comp.name == name:
+                return comp
+        known = ", ".join(c.name for c in self.components())
+        raise StackError(f"unknown component '{name}'", hint=f"components: {known}")
+
+    # -- run records -----------------------------------------------------------------------
+
+    def _record_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.json"
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def _read_record(self, name: str) -> RunRecord | None:
+        try:
+            return RunRecord(**json.loads(self._record_path(name).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _live_record(self, name: str) -> RunRecord | None:
+        """The record of a component whose process still runs; stale records are removed."""
+        record = self._read_record(name)
+        if record is None:
+            return None
+        if processes.process_alive(record.pid, record.created_at):
+            return record
+        self._record_path(name).unlink(missing_ok=True)
+        return None
+
+    # -- up / down / status ----------------------------------------------------------------
+
+    def up(self, progress: ProgressCallback) -> list[str]:
+        """Start every component not running yet; returns the names it started."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        started: list[Component] = []
+        try:
+            for comp in self.components():
+                if not comp.oneshot and self._live_record(comp.name):
+                    progress(comp.name, "already running")
+                    continue
+                self._start(comp, progress)
+                if not comp.oneshot:
+                    started.append(comp)
+        except BaseException:
+            for comp in reversed(started):
+                progress(comp.name, "stopping (start-up failed)")
+                self._stop(comp)
+            raise
+        return [c.name for c in started]
+
+    def _start(self, comp: Component, progress: ProgressCallback) -> None:
+        if comp.port is not None and not processes.port_is_free(self.settings.host, comp.port):
+            raise StackError(
+                f"port {comp.port} for {comp.name} is already in use by another process",
+                hint=f"stop that process, or choose another port: {comp.port_setting}=<port> amctl up",
+            )
+        if comp.prepare is not None:
+            progress(comp.name, "preparing")
+            comp.prepare()
+        progress(comp.name, "starting")
+        log = self.log_path(comp.name)
+        if comp.oneshot:
+            self._run_oneshot(comp, log)
+            progress(comp.name, "done")
+            return
+        pid = processes.spawn(comp.command, comp.env or os.environ, log)
+        now = time.time()
+        record = RunRecord(pid=pid, port=comp.port, created_at=processes.create_time(pid) or now, started_at=now)
+        self._record_path(comp.name).write_text(json.dumps(asdict(record)))
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        progress(comp.name, "waiting until healthy")
+        while not comp.ready():
+            processes.reap(pid)
+            if not processes.process_alive(pid):
+                raise StackError(f"{comp.name} exited during start-up", hint=f"log: {log}",
+                                 log_tail=processes.tail(log))
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{comp.name} was not healthy within {self.settings.startup_timeout_s:g} s",
+                    hint=f"log: {log} (raise AMCTL_STARTUP_TIMEOUT_S if the machine is slow)",
+                    log_tail=processes.tail(log),
+                )
+            time.sleep(0.05)
+        progress(comp.name, f"healthy (pid {pid})")
+
+    def _run_oneshot(self, comp: Component, log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            try:
+                result = subprocess.run(comp.command, env=comp.env, stdout=out, stderr=subprocess.STDOUT,
+                                        timeout=self.settings.startup_timeout_s, check=False)
+            except subprocess.TimeoutExpired:
+                raise StackError(f"{comp.name} did not finish in time", hint=f"log: {log}",
+                                 log_tail=processes.tail(log)) from None
+        if result.returncode != 0:
+            raise StackError(f"{comp.name} failed (exit {result.returncode})", hint=f"log: {log}",
+                             log_tail=processes.tail(log))
+
+    def _stop(self, comp: Component) -> bool:
+        record = self._live_record(comp.name)
+        if record is None:
+            return False
+        processes.stop(record.pid, comp.stop_signal)
+        self._record_path(comp.name).unlink(missing_ok=True)
+        return True
+
+    def down(self, progress: ProgressCallback, purge: bool = False) -> list[str]:
+        """Stop every component in reverse order; returns the names it stopped."""
+        stopped = []
+        for comp in reversed(self.components()):
+            if comp.oneshot:
+                continue
+            if self._stop(comp):
+                progress(comp.name, "stopped")
+                stopped.append(comp.name)
+        busy = [c for c in self.components() if c.port and processes.port_accepts(self.settings.host, c.port)]
+        for comp in busy:
+            progress(comp.name, f"port {comp.port} still answers (another process?)")
+        if purge:
+            self.postgres.purge()
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            progress("state", f"removed {self.state_dir}")
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        result = []
+        for comp in self.components():
+            if comp.oneshot:
+                continue
+            record = self._live_record(comp.name)
+            if record is None:
+                result.append(ComponentStatus(comp.name, "stopped", None, comp.port, 0, None))
+                continue
+            state = "running" if comp.ready() else "unhealthy"
+            result.append(ComponentStatus(comp.name, state, record.pid, comp.port,
+                                          processes.rss_bytes(record.pid), time.time() - record.started_at))
+        return result

@@ -1,0 +1,56 @@
+"""Settings of the CLI and of the local stack it supervises: ports, paths, target."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Target(StrEnum):
+    LOCAL = "local"
+    K8S = "k8s"
+
+
+def _default_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "amctl"
+
+
+class Ports(BaseSettings):
+    """The fixed localhost ports of DESIGN.md; each can be moved with AMCTL_PORT_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="AMCTL_PORT_")
+
+    segment_api: int = 30081
+    ingestion_api: int = 30082
+    communication_api: int = 30083
+    rule_engine: int = 30084
+    postgres: int = 30432
+    kafka: int = 30092
+    flink_ui: int = 30881
+    prometheus: int = 30090
+    smtp: int = 30025
+
+
+class AmctlSettings(BaseSettings):
+    """Everything amctl needs to know about where the platform runs."""
+
+    model_config = SettingsConfigDict(env_prefix="AMCTL_")
+
+    target: Target = Target.LOCAL
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    ports: Ports = Field(default_factory=Ports)
+    host: str = "127.0.0.1"
+    topic_prefix: str = ""
+    startup_timeout_s: float = 60.0
+
+    def url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> AmctlSettings:
+    return AmctlSettings()

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the locked dependencies; re-installs only when requirements.lock changed.
+# Checks the prerequisites first and says in one line what is missing and how to get it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { printf 'amctl setup: %s\n' "$1" >&2; exit 2; }
+
+PY=""
+for candidate in python3.11 python3; do
+  if command -v "$candidate" >/dev/null 2>&1 \
+     && "$candidate" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
+    PY=$(command -v "$candidate"); break
+  fi
+done
+[ -n "$PY" ] || fail "Python 3.11 is required (found: $(python3 --version 2>&1 || echo none)); install it, e.g. 'pyenv install 3.11' or 'apt-get install python3.11 python3.11-venv'."
+
+command -v java >/dev/null 2>&1 || fail "Java 17+ is required by the rule engine (PyFlink); install it, e.g. 'apt-get install openjdk-17-jre-headless'."
+java_major=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/.*java\.specification\.version = \([0-9]*\).*/\1/p')
+[ "${java_major:-0}" -ge 17 ] || fail "Java 17+ is required by the rule engine (found Java ${java_major:-unknown}); install openjdk-17-jre-headless."
+
+if [ ! -x .venv/bin/python ]; then
+  echo "Creating .venv with $PY ..." >&2
+  "$PY" -m venv .venv || fail "could not create .venv; install the venv module, e.g. 'apt-get install python3.11-venv'."
+fi
+
+want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+have=$(cat .venv/.installed 2>/dev/null || true)
+if [ "$want" != "$have" ]; then
+  echo "Installing locked dependencies into .venv (first time takes a few minutes) ..." >&2
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+  echo "$want" > .venv/.installed
+fi

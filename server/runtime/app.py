@@ -1,0 +1,89 @@
+"""What every service app shares: metrics, health, error mapping, and the uvicorn entry point."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import psycopg
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from psycopg_pool import PoolTimeout
+
+from server import __version__
+from server.runtime.errors import DependencyUnavailable, ServiceError
+from server.runtime.health import HealthRegistry
+from server.runtime.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
+from server.runtime.settings import ServiceSettings
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def build_app(
+    *, service: str, title: str, description: str, settings: ServiceSettings, lifespan: Lifespan
+) -> FastAPI:
+    """A FastAPI app with `/metrics`, `/actuator/health` and the shared error mapping.
+
+    Services add their dependency checks to `app.state.health` and their routers to the app.
+    """
+    registry = CollectorRegistry()
+    app = FastAPI(title=title, description=description, version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics_registry = registry
+    app.state.health = HealthRegistry(settings.dependency_timeout_s)
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(service, registry))
+    app.add_route("/metrics", metrics_endpoint(registry), include_in_schema=False)
+
+    @app.get("/actuator/health", tags=["health"], summary="Health of the service and its dependencies")
+    async def health(request: Request) -> JSONResponse:
+        report = await request.app.state.health.report()
+        return JSONResponse(report, status_code=200 if report["status"] == "UP" else 503)
+
+    install_error_handlers(app)
+    return app
+
+
+def _unavailable(dependency: str, detail: str, retry_after_s: int) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"{dependency} unavailable: {detail}", "error": "DependencyUnavailable"},
+        status_code=503,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain and infrastructure failures to HTTP status codes, in this one place."""
+
+    @app.exception_handler(DependencyUnavailable)
+    async def dependency_unavailable(_: Request, exc: DependencyUnavailable) -> JSONResponse:
+        return _unavailable(exc.dependency, str(exc).split(": ", 1)[-1], exc.retry_after_s)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=exc.status_code)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_down(_: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+        return _unavailable("postgres", first_line, 2)
+
+    @app.exception_handler(PoolTimeout)
+    async def pool_timeout(_: Request, exc: PoolTimeout) -> JSONResponse:
+        return _unavailable("postgres", "no connection available in time", 2)
+
+
+def serve(create_app: Callable[[ServiceSettings], FastAPI], settings: ServiceSettings) -> None:
+    """Run one service under uvicorn on the host and port its settings name."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,44 @@
+"""The exceptions services raise; `install_error_handlers` maps them to HTTP in one place."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every expected failure a service reports to its caller."""
+
+    status_code = 500
+
+
+class NotFound(ServiceError):
+    """The addressed resource does not exist."""
+
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    """The request conflicts with current state (duplicate name, stale version)."""
+
+    status_code = 409
+
+
+class PreconditionFailed(ServiceError):
+    """An If-Match or version precondition did not hold."""
+
+    status_code = 412
+
+
+class InvalidInput(ServiceError):
+    """The request is well-formed JSON but violates a rule of the domain."""
+
+    status_code = 422
+
+
+class DependencyUnavailable(ServiceError):
+    """A store or the broker did not answer in time; the caller should retry later."""
+
+    status_code = 503
+
+    def __init__(self, dependency: str, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(f"{dependency} unavailable: {detail}")
+        self.dependency = dependency
+        self.retry_after_s = retry_after_s

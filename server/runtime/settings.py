@@ -1,0 +1,53 @@
+"""Settings shared by every service process, read once from AM_* environment variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_PASSWORDS = frozenset({"", "postgres", "password", "changeme", "admin"})
+
+
+class Environment(StrEnum):
+    LOCAL = "local"
+    K8S = "k8s"
+
+
+class ServiceSettings(BaseSettings):
+    """One settings object per process; built by `get_settings()` and passed to `create_app`."""
+
+    model_config = SettingsConfigDict(env_prefix="AM_", env_nested_delimiter="__")
+
+    environment: Environment = Environment.LOCAL
+    host: str = "127.0.0.1"
+    port: int = 0
+    database_url: str = "postgresql://postgres@127.0.0.1:30432/audience"
+    database_password: SecretStr = SecretStr("")
+    database_pool_max: int = 10
+    kafka_bootstrap: str = "127.0.0.1:30092"
+    topic_prefix: str = Field(default="", description="Prepended to every topic name (tests use one per test)")
+    dependency_timeout_s: float = 2.0
+    startup_wait_s: float = 30.0
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 30025
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> ServiceSettings:
+        if (
+            self.environment is Environment.K8S
+            and self.database_password.get_secret_value() in PLACEHOLDER_PASSWORDS
+        ):
+            raise ValueError("AM_DATABASE_PASSWORD is unset or a placeholder; set it from the Kubernetes Secret")
+        return self
+
+    def topic(self, name: str) -> str:
+        """The concrete topic name for one of the names in `server.stores.topics.TOPICS`."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def database_conninfo(self) -> str:
+        password = self.database_password.get_secret_value()
+        return f"{self.database_url} password={password}" if password else self.database_url

@@ -1,0 +1,110 @@
+"""Kafka-protocol access: topic creation, an asyncio-friendly producer, and a health check."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from server.runtime.errors import DependencyUnavailable
+from server.runtime.health import ComponentHealth
+from server.stores.topics import TOPICS
+
+# linger.ms=5: one record per produce request makes the local broker the bottleneck.
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 5,
+    "socket.keepalive.enable": True,
+}
+
+
+def create_topics(bootstrap: str, prefix: str = "", timeout_s: float = 10.0) -> list[str]:
+    """Create every platform topic that does not exist yet; returns the names it created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [
+        NewTopic(prefix + name, num_partitions=partitions, replication_factor=1)
+        for name, partitions in TOPICS.items()
+        if prefix + name not in existing
+    ]
+    if not wanted:
+        return []
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+    return [t.topic for t in wanted]
+
+
+class AsyncProducer:
+    """One long-lived idempotent producer; `send` resolves only once the broker acknowledged."""
+
+    def __init__(self, bootstrap: str, delivery_timeout_s: float, **overrides: Any) -> None:
+        config = {
+            **PRODUCER_DEFAULTS,
+            "bootstrap.servers": bootstrap,
+            "message.timeout.ms": int(delivery_timeout_s * 1000),
+            **overrides,
+        }
+        self._producer = Producer(config)
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    async def send(self, topic: str, key: str | bytes | None, value: bytes | None) -> Message:
+        """Produce one record and wait for the broker's acknowledgement."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                loop.call_soon_threadsafe(_set_exception, future, DependencyUnavailable("kafka", err.str()))
+            else:
+                loop.call_soon_threadsafe(_set_result, future, msg)
+
+        try:
+            self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        except BufferError as exc:
+            raise DependencyUnavailable("kafka", "producer queue is full") from exc
+        except KafkaException as exc:
+            raise DependencyUnavailable("kafka", str(exc)) from exc
+        return await future
+
+    def close(self, timeout_s: float = 5.0) -> int:
+        """Flush what is queued, stop polling; returns how many records were left undelivered."""
+        remaining: int = self._producer.flush(timeout_s)
+        self._closed.set()
+        self._poller.join(timeout=1)
+        return remaining
+
+
+def _set_result(future: asyncio.Future[Message], msg: Message) -> None:
+    if not future.done():
+        future.set_result(msg)
+
+
+def _set_exception(future: asyncio.Future[Message], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class BrokerHealth:
+    """Asks the broker for cluster metadata (in a thread: the client call blocks)."""
+
+    def __init__(self, bootstrap: str, timeout_s: float) -> None:
+        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._timeout_s = timeout_s
+
+    async def __call__(self) -> ComponentHealth:
+        metadata = await asyncio.to_thread(self._admin.list_topics, timeout=self._timeout_s)
+        return ComponentHealth("UP", {"brokers": len(metadata.brokers), "topics": len(metadata.topics)})
