@@ -13,6 +13,11 @@ from pathlib import Path
 import psutil
 
 
+# Handles of the children this process spawned: kept so they can be reaped (and are not
+# garbage-collected while running, which Python reports as a ResourceWarning).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,6 +56,7 @@ def spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: P
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    _children[proc.pid] = proc
     return proc.pid
 
 
@@ -74,10 +80,9 @@ def create_time(pid: int) -> float | None:
 
 def reap(pid: int) -> None:
     """Collect the exit status of a child we spawned, so it does not linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    proc = _children.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _children[pid]
 
 
 def rss_bytes(pid: int) -> int:

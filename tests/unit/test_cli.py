@@ -1,0 +1,39 @@
+"""The CLI's surface: version, help, and clean failures for bad input."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from amctl import __version__
+from amctl.cli import app
+
+pytestmark = pytest.mark.unit
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"amctl {__version__}"
+
+
+def test_help_lists_the_stack_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("up", "down", "status", "logs"):
+        assert command in result.output
+
+
+def test_unknown_target_is_rejected() -> None:
+    result = runner.invoke(app, ["--target", "mars", "status"])
+    assert result.exit_code == 2
+    assert "mars" in result.output
+
+
+def test_invalid_port_setting_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMCTL_PORT_SEGMENT_API", "eighty")
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2
+    assert "invalid setting" in result.output
+    assert "Traceback" not in result.output
