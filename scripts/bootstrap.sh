@@ -24,11 +24,17 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv || fail "could not create .venv; install the venv module, e.g. 'apt-get install python3.11-venv'."
 fi
 
+# This machine's pip config names local mirror folders that may be absent; those warnings are noise.
+pip_install() {
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" \
+    2> >(grep -v "^WARNING: Location 'file:///" >&2)
+}
+
 want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 have=$(cat .venv/.installed 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
   echo "Installing locked dependencies into .venv (first time takes a few minutes) ..." >&2
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+  pip_install -r requirements.lock
+  pip_install --no-deps -e .
   echo "$want" > .venv/.installed
 fi
