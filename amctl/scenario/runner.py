@@ -1,0 +1,158 @@
+"""Runs a scenario step by step against the services; the first failing step ends it.
+
+Strings in a step may use `{{ … }}`: `run` is a short id unique to this run (so names never
+collide between runs), and every step's `save:` name holds that step's JSON response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.nativetypes import NativeEnvironment
+
+from amctl.load.profile import EventFactory, LoadConfigError, parse_mix
+from amctl.load.runner import LoadPlan, run_load
+from amctl.load.schedule import ArrivalSchedule, Stage, parse_duration
+from amctl.load.thresholds import parse_threshold
+from amctl.scenario.expect import ExpectationFailed, check
+from amctl.scenario.model import Scenario, ScenarioResult, Step, StepResult
+
+_env = NativeEnvironment(undefined=StrictUndefined)
+
+
+class HttpCaller(Protocol):
+    def call(self, service: str, method: str, path: str, json: Any = None) -> tuple[int, Any]: ...
+
+    def url(self, service: str, path: str) -> str: ...
+
+
+class StepFailed(Exception):
+    """A step did not do what the scenario says it should."""
+
+
+def render(value: Any, variables: dict[str, Any]) -> Any:
+    """Render templates inside strings, lists and mappings; a lone `{{ x }}` keeps x's type."""
+    if isinstance(value, str) and "{{" in value:
+        try:
+            return _env.from_string(value).render(variables)
+        except TemplateError as exc:
+            raise StepFailed(f"template {value!r}: {exc}") from None
+    if isinstance(value, list):
+        return [render(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: render(v, variables) for k, v in value.items()}
+    return value
+
+
+def _expectations(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    expect = spec.get("expect", [])
+    return expect if isinstance(expect, list) else [expect]
+
+
+class ScenarioRunner:
+    def __init__(self, http: HttpCaller, on_step: Callable[[StepResult], None] | None = None) -> None:
+        self.http = http
+        self.on_step = on_step
+
+    def run(self, scenario: Scenario) -> ScenarioResult:
+        result = ScenarioResult(name=scenario.name)
+        variables: dict[str, Any] = {"run": uuid.uuid4().hex[:8]}
+        started = time.perf_counter()
+        failed = False
+        for step in scenario.steps:
+            if failed:
+                result.steps.append(StepResult(name=step.name, skipped=True))
+                continue
+            step_started = time.perf_counter()
+            outcome = StepResult(name=step.name)
+            try:
+                response, outcome.detail = self._run_step(step, render(step.spec, variables))
+                if step.save:
+                    variables[step.save] = response
+            except (StepFailed, ExpectationFailed, LoadConfigError) as exc:
+                outcome.error = str(exc)
+                failed = True
+            outcome.seconds = time.perf_counter() - step_started
+            result.steps.append(outcome)
+            if self.on_step is not None:
+                self.on_step(outcome)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _run_step(self, step: Step, spec: dict[str, Any]) -> tuple[Any, str]:
+        handler = getattr(self, f"_{step.kind}")
+        return handler(spec)  # type: ignore[no-any-return]
+
+    def _request(self, spec: dict[str, Any]) -> tuple[Any, str]:
+        service, method, path = spec.get("service", "segment"), spec.get("method", "GET"), spec["path"]
+        status, body = self.http.call(service, method, path, spec.get("json"))
+        wanted = spec.get("status")
+        if wanted is not None and status not in (wanted if isinstance(wanted, list) else [wanted]):
+            raise StepFailed(f"{method} {path}: expected status {wanted}, got {status}: {body}")
+        for expectation in _expectations(spec):
+            check(body, expectation)
+        return body, f"{method} {path} → {status}"
+
+    def _create_segment(self, spec: dict[str, Any]) -> tuple[Any, str]:
+        return self._request({"service": "segment", "method": "POST", "path": "/api/segments",
+                              "json": spec, "status": 201})
+
+    def _delete_segment(self, spec: dict[str, Any]) -> tuple[Any, str]:
+        return self._request({"service": "segment", "method": "DELETE", "path": f"/api/segments/{spec['id']}",
+                              "status": [200, 204]})
+
+    def _send_events(self, spec: dict[str, Any]) -> tuple[Any, str]:
+        events = list(spec.get("events", []))
+        generate = spec.get("generate")
+        if generate:
+            factory = EventFactory(users=int(generate.get("users", 100)), mix=parse_mix(generate.get("mix", "default")),
+                                   user_prefix=str(generate.get("user_prefix", "scenario-user-")))
+            events += [factory.event() for _ in range(int(generate.get("count", 10)))]
+        accepted = []
+        for event in events:
+            status, body = self.http.call("ingestion", "POST", "/api/events", event)
+            if status != 202:
+                raise StepFailed(f"event for {event.get('userId')!r} was not accepted: {status} {body}")
+            accepted.append(body)
+        return {"accepted": accepted}, f"{len(accepted)} event(s) accepted"
+
+    def _wait_until(self, spec: dict[str, Any]) -> tuple[Any, str]:
+        timeout = parse_duration(str(spec.get("timeout", "10s")))
+        interval = parse_duration(str(spec.get("interval", "100ms")))
+        deadline = time.monotonic() + timeout
+        last: str = "no response yet"
+        while True:
+            try:
+                body, detail = self._request(spec)
+                return body, f"{detail} (after {timeout - (deadline - time.monotonic()):.2f} s)"
+            except (StepFailed, ExpectationFailed) as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise StepFailed(f"condition did not hold within {timeout:g} s; last seen: {last}")
+            time.sleep(interval)
+
+    def _load(self, spec: dict[str, Any]) -> tuple[Any, str]:
+        plan = LoadPlan(
+            url=self.http.url("ingestion", "/api/events/batch" if int(spec.get("batch", 1)) > 1 else "/api/events"),
+            schedule=ArrivalSchedule([Stage(float(spec["rate"]), parse_duration(str(spec.get("duration", "5s"))))]),
+            events=EventFactory(users=int(spec.get("users", 1000)), mix=parse_mix(str(spec.get("mix", "default")))),
+            batch_size=int(spec.get("batch", 1)),
+        )
+        thresholds = [parse_threshold(t) for t in spec.get("thresholds", [])]
+        summary = asyncio.run(run_load(plan)).as_json(thresholds)
+        breached = [t["threshold"] for t in summary["thresholds"] if not t["passed"]]
+        if breached:
+            raise StepFailed(f"load thresholds breached: {', '.join(breached)} (summary: {summary['latency_ms']})")
+        return summary, f"{summary['events_sent']} events at {summary['achieved_rate']:.0f}/s"
+
+    def _sleep(self, spec: dict[str, Any]) -> tuple[Any, str]:
+        seconds = parse_duration(str(spec.get("duration", "1s")))
+        time.sleep(seconds)
+        return None, f"slept {seconds:g} s"

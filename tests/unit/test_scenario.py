@@ -1,0 +1,106 @@
+"""Scenario files, templating, expectations and JUnit output (the HTTP side is a scripted fake caller)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from amctl.scenario.expect import ExpectationFailed, check, lookup
+from amctl.scenario.junit import write_junit
+from amctl.scenario.model import ScenarioError, load_scenario
+from amctl.scenario.runner import ScenarioRunner, render
+
+pytestmark = pytest.mark.unit
+
+DOC = {"segments": [{"segmentId": "a", "enteredAt": 1}, {"segmentId": "b"}], "total": 2}
+
+
+def test_lookup_paths() -> None:
+    assert lookup(DOC, "segments[*].segmentId") == ["a", "b"]
+    assert lookup(DOC, "segments[1].segmentId") == "b"
+    assert lookup(DOC, "total") == 2
+
+
+@pytest.mark.parametrize(
+    ("expectation", "message"),
+    [
+        ({"path": "total", "equals": 3}, "expected 3, got 2"),
+        ({"path": "segments[*].segmentId", "contains": "c"}, "expected to contain 'c'"),
+        ({"path": "segments", "length": 1}, "expected length 1"),
+        ({"path": "missing", "exists": True}, "expected present, got <missing>"),
+    ],
+)
+def test_failed_expectations_say_what_was_seen(expectation: dict[str, Any], message: str) -> None:
+    with pytest.raises(ExpectationFailed, match=message):
+        check(DOC, expectation)
+
+
+def test_passing_expectations() -> None:
+    check(DOC, {"path": "segments[*].segmentId", "contains": "a", "not_contains": "z", "length": 2})
+    check(DOC, {"path": "total", "gte": 2, "lte": 2, "exists": True})
+
+
+def test_render_keeps_native_types() -> None:
+    variables = {"run": "r1", "seg": {"id": "s-1", "version": 2}}
+    assert render({"name": "vip {{ run }}", "v": "{{ seg.version }}", "l": ["{{ seg.id }}"]}, variables) == {
+        "name": "vip r1", "v": 2, "l": ["s-1"],
+    }
+
+
+class ScriptedHttp:
+    """Answers calls from a script, recording what was asked."""
+
+    def __init__(self, answers: list[tuple[int, Any]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, str, str, Any]] = []
+
+    def call(self, service: str, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        self.calls.append((service, method, path, json))
+        return self.answers.pop(0)
+
+    def url(self, service: str, path: str) -> str:
+        return f"http://{service}{path}"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_failing_step_names_itself_and_skips_the_rest(tmp_path: Path) -> None:
+    scenario = load_scenario(write(tmp_path, """
+name: demo
+steps:
+  - name: create
+    create_segment: {name: "vip {{ run }}", type: DYNAMIC}
+    save: seg
+  - name: wait for membership
+    wait_until: {path: "/api/users/u1/segments", expect: {path: "segments[*].segmentId", contains: "{{ seg.id }}"},
+                 timeout: 200ms, interval: 50ms}
+  - name: never reached
+    sleep: {duration: 1s}
+"""))
+    http = ScriptedHttp([(201, {"id": "s-9"})] + [(200, {"segments": []})] * 20)
+    result = ScenarioRunner(http).run(scenario)
+    assert not result.passed
+    assert http.calls[0][2] == "/api/segments" and http.calls[0][3]["name"].startswith("vip ")
+    assert http.calls[1][2] == "/api/users/u1/segments"
+    create, wait, never = result.steps
+    assert create.error is None
+    assert wait.error is not None and "did not hold within 0.2 s" in wait.error and "'s-9'" in wait.error
+    assert never.skipped
+    out = tmp_path / "junit.xml"
+    write_junit([result], out)
+    suite = ET.parse(out).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1" and suite.get("tests") == "3"
+
+
+def test_bad_scenario_files_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="name exactly one of"):
+        load_scenario(write(tmp_path, "name: x\nsteps:\n  - name: two kinds\n    sleep: {}\n    load: {}\n"))
+    with pytest.raises(ScenarioError, match="list of 'steps'"):
+        load_scenario(write(tmp_path, "name: x\n"))
