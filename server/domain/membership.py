@@ -1,0 +1,97 @@
+"""Which segments a profile belongs to, and what changed: the rule job's per-user decision."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from server.domain.profile import Profile
+from server.domain.rules import Predicate, Rule, compile_rule, required_retention
+from server.domain.timeutil import format_timestamp, parse_timestamp
+
+Change = Literal["entered", "exited"]
+
+
+@dataclass(frozen=True)
+class SegmentRule:
+    """An active dynamic segment, compiled once when its definition arrives."""
+
+    segment_id: str
+    version: int
+    rule: Rule
+    predicate: Predicate = field(compare=False)
+    retention: timedelta = timedelta(0)
+
+    @classmethod
+    def build(cls, segment_id: str, version: int, rule: Rule) -> SegmentRule:
+        return cls(segment_id, version, rule, compile_rule(rule), required_retention(rule))
+
+
+@dataclass(frozen=True)
+class MembershipDiff:
+    entered: list[tuple[str, int]]
+    exited: list[tuple[str, int]]
+    current: dict[str, int]  # segment id -> version the user entered (or was last confirmed) at
+
+
+def evaluate_memberships(
+    profile: Profile, rules: Mapping[str, SegmentRule], current: Mapping[str, int], now: datetime
+) -> MembershipDiff:
+    """Evaluate every rule; a user stays a member across versions without a second `entered`.
+
+    Memberships of segments no longer in `rules` (deleted or paused) are exited.
+    """
+    entered: list[tuple[str, int]] = []
+    exited: list[tuple[str, int]] = []
+    after: dict[str, int] = {}
+    for segment_id, rule in rules.items():
+        member = segment_id in current
+        if rule.predicate(profile, now):
+            after[segment_id] = rule.version
+            if not member:
+                entered.append((segment_id, rule.version))
+        elif member:
+            exited.append((segment_id, rule.version))
+    exited += [(sid, version) for sid, version in current.items() if sid not in rules]
+    return MembershipDiff(entered=entered, exited=exited, current=after)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """One record on `segment-membership`."""
+
+    user_id: str
+    segment_id: str
+    change: Change
+    at: datetime
+    segment_version: int
+    event_received_at: datetime | None = None  # for end-to-end latency; None for timers and backfill
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "userId": self.user_id,
+            "segmentId": self.segment_id,
+            "change": self.change,
+            "at": format_timestamp(self.at),
+            "segmentVersion": self.segment_version,
+        }
+        if self.event_received_at is not None:
+            body["eventReceivedAt"] = format_timestamp(self.event_received_at)
+        return body
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MembershipChange:
+        change = data["change"]
+        if change not in ("entered", "exited"):
+            raise ValueError(f"change: expected entered or exited, got {change!r}")
+        received = data.get("eventReceivedAt")
+        return cls(
+            user_id=str(data["userId"]),
+            segment_id=str(data["segmentId"]),
+            change=change,
+            at=parse_timestamp(data["at"]),
+            segment_version=int(data["segmentVersion"]),
+            event_received_at=parse_timestamp(received) if received else None,
+        )

@@ -1,0 +1,42 @@
+"""The rule language: parse once into a typed tree, validate with paths, compile to a predicate.
+
+There is deliberately no regex operator: every operator runs in time linear in its input.
+"""
+
+from server.domain.rules.analysis import lint_rule, next_expiry, required_retention
+from server.domain.rules.compile import Predicate, compile_rule
+from server.domain.rules.evaluate import evaluate
+from server.domain.rules.model import (
+    OPERATORS,
+    AllOf,
+    AnyOf,
+    Behaviour,
+    Condition,
+    Not,
+    RelativeTime,
+    Rule,
+    RuleIssue,
+    RuleValidationError,
+)
+from server.domain.rules.parse import parse_rule, rule_to_json
+
+__all__ = [
+    "OPERATORS",
+    "AllOf",
+    "AnyOf",
+    "Behaviour",
+    "Condition",
+    "Not",
+    "Predicate",
+    "RelativeTime",
+    "Rule",
+    "RuleIssue",
+    "RuleValidationError",
+    "compile_rule",
+    "evaluate",
+    "lint_rule",
+    "next_expiry",
+    "parse_rule",
+    "required_retention",
+    "rule_to_json",
+]
