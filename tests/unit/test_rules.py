@@ -146,7 +146,8 @@ def test_lint_warns_about_rules_that_cannot_match(raw: dict[str, Any], warning: 
 
 
 def test_lint_is_quiet_for_a_sane_rule() -> None:
-    rule = parse_rule({"all": [{"field": "a", "operator": "gt", "value": 1}, {"field": "a", "operator": "lt", "value": 5}]})
+    rule = parse_rule({"all": [{"field": "a", "operator": "gt", "value": 1},
+                               {"field": "a", "operator": "lt", "value": 5}]})
     assert lint_rule(rule) == []
 
 
