@@ -33,7 +33,8 @@ def _version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     target: Annotated[
-        Target, typer.Option("--target", "-t", envvar="AMCTL_TARGET", help="Where the platform runs (env: AMCTL_TARGET).")
+        Target,
+        typer.Option("--target", "-t", envvar="AMCTL_TARGET", help="Where the platform runs (env: AMCTL_TARGET)."),
     ] = Target.LOCAL,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")

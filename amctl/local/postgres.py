@@ -7,12 +7,12 @@ with a data directory that user owns.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import pwd
 import shutil
 import subprocess
 from dataclasses import dataclass
-import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -61,7 +61,9 @@ class EmbeddedPostgres:
     durable: bool = True
 
     @classmethod
-    def for_state_dir(cls, state_dir: Path, port: int, host: str = "127.0.0.1", durable: bool = True) -> EmbeddedPostgres:
+    def for_state_dir(
+        cls, state_dir: Path, port: int, host: str = "127.0.0.1", durable: bool = True
+    ) -> EmbeddedPostgres:
         data_dir = state_dir / "pgdata"
         state_dir.mkdir(parents=True, exist_ok=True)
         if not _usable_by_server(state_dir, "-x"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psutil
-
 
 # Handles of the children this process spawned: kept so they can be reaped (and are not
 # garbage-collected while running, which Python reports as a ResourceWarning).
@@ -117,10 +117,8 @@ def stop(pid: int, stop_signal: int = signal.SIGTERM, grace_s: float = 10.0) -> 
         if not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in _alive(members)):
             return False
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     psutil.wait_procs(_alive(members), timeout=5)
     reap(pid)
     return True

@@ -7,7 +7,8 @@ import threading
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from server.runtime.errors import DependencyUnavailable
 from server.runtime.health import ComponentHealth
