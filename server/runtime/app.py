@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import PoolTimeout
 
 from server import __version__
-from server.runtime.errors import DependencyUnavailable, ServiceError
+from server.runtime.errors import DependencyUnavailable, InvalidInput, ServiceError
 from server.runtime.health import HealthRegistry
 from server.runtime.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from server.runtime.settings import ServiceSettings
@@ -61,6 +61,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DependencyUnavailable)
     async def dependency_unavailable(_: Request, exc: DependencyUnavailable) -> JSONResponse:
         return _unavailable(exc.dependency, str(exc).split(": ", 1)[-1], exc.retry_after_s)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
+        detail = [{"loc": loc, "msg": msg, "type": "value_error"} for loc, msg in exc.problems]
+        return JSONResponse({"detail": detail or str(exc), "error": "InvalidInput"}, status_code=422)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:

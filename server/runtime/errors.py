@@ -28,9 +28,16 @@ class PreconditionFailed(ServiceError):
 
 
 class InvalidInput(ServiceError):
-    """The request is well-formed JSON but violates a rule of the domain."""
+    """The request is well-formed JSON but violates a rule of the domain.
+
+    `problems` are (location, message) pairs, answered in FastAPI's 422 shape.
+    """
 
     status_code = 422
+
+    def __init__(self, message: str, problems: list[tuple[list[str | int], str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class DependencyUnavailable(ServiceError):

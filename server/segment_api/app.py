@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,27 +11,47 @@ from fastapi import FastAPI
 
 from server.runtime.app import build_app
 from server.runtime.settings import ServiceSettings
-from server.stores.kafka import BrokerHealth
+from server.segment_api.repository import SegmentRepository
+from server.segment_api.routes import segments, users
+from server.stores.kafka import AsyncProducer, BrokerHealth
+from server.stores.outbox import OutboxRelay
 from server.stores.postgres import Database
+from server.stores.postgres_profiles import PostgresProfileStore
+from server.stores.topics import SEGMENT_RULES
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
+    producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=5.0)
+    relay = OutboxRelay(db, producer, settings.topic(SEGMENT_RULES))
+    repository = SegmentRepository(db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db.open(settings.startup_wait_s)
+        await repository.snapshot()
+        task = asyncio.create_task(relay.run(), name="outbox-relay")
         yield
+        relay.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)
+        producer.close()
         await db.close()
 
     app = build_app(
         service="segment-api",
         title="Audience Manager — Segment API",
-        description="Create segments with rule trees; memberships per user.",
+        description="Segments with rule trees; who is in them; users' memberships and profiles.",
         settings=settings,
         lifespan=lifespan,
     )
     app.state.db = db
+    app.state.segments = repository
+    app.state.profiles = PostgresProfileStore(db)
+    app.state.relay = relay
     app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
+    app.state.health.add("outbox", relay.health)
+    app.include_router(segments)
+    app.include_router(users)
     return app

@@ -20,7 +20,7 @@ from server.segment_api.app import create_app as segment_app
 pytestmark = pytest.mark.api
 
 APPS: dict[str, tuple[Callable[[ServiceSettings], FastAPI], set[str]]] = {
-    "segment-api": (segment_app, {"db", "kafka"}),
+    "segment-api": (segment_app, {"db", "kafka", "outbox"}),
     "ingestion-api": (ingestion_app, {"kafka"}),
     "communication-api": (communication_app, {"db", "kafka"}),
 }

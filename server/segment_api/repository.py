@@ -1,0 +1,168 @@
+"""Segments in PostgreSQL; every change writes its outbox row in the same transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from server.domain.timeutil import format_timestamp
+from server.runtime.errors import Conflict, NotFound, PreconditionFailed
+from server.stores.postgres import Database
+
+_UPDATABLE = frozenset({"name", "description", "status", "rules"})
+_COLUMNS = "id::text AS id, name, description, type, status, rules, version, created_at, updated_at"
+
+
+@dataclass(frozen=True)
+class SegmentRow:
+    id: str
+    name: str
+    description: str
+    type: str
+    status: str
+    rules: dict[str, Any] | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    def definition(self) -> dict[str, Any]:
+        """The record published on `segment-rules`."""
+        return {"id": self.id, "name": self.name, "type": self.type, "status": self.status,
+                "version": self.version, "rules": self.rules, "updatedAt": format_timestamp(self.updated_at)}
+
+
+def _duplicate(name: str) -> Conflict:
+    return Conflict(f"a segment named '{name}' already exists")
+
+
+class SegmentRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, name: str, description: str, type_: str, status: str,
+                     rules: dict[str, Any] | None) -> SegmentRow:
+        try:
+            async with self.db.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    f"INSERT INTO segments (id, name, description, type, status, rules) VALUES (%s, %s, %s, %s, %s, %s)"
+                    f" RETURNING {_COLUMNS}",
+                    (uuid.uuid4(), name, description, type_, status, Jsonb(rules) if rules is not None else None),
+                )
+                row = SegmentRow(**await _one(cur))
+                await _enqueue(cur, row.id, row.definition())
+        except psycopg.errors.UniqueViolation:
+            raise _duplicate(name) from None
+        return row
+
+    async def get(self, segment_id: str) -> SegmentRow:
+        async with self.db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"SELECT {_COLUMNS} FROM segments WHERE id = %s AND deleted_at IS NULL",
+                              (_uuid(segment_id),))
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no segment with id '{segment_id}'")
+        return SegmentRow(**row)
+
+    async def names(self, segment_ids: list[str]) -> dict[str, str]:
+        if not segment_ids:
+            return {}
+        async with self.db.connection() as conn:
+            cur = await conn.execute("SELECT id::text, name FROM segments WHERE id = ANY(%s)",
+                                     ([_uuid(s) for s in segment_ids],))
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def list(
+        self, type_: str | None, status: str | None, limit: int, offset: int
+    ) -> tuple[list[SegmentRow], int]:
+        where = "deleted_at IS NULL AND (%(type)s::text IS NULL OR type = %(type)s)" \
+                " AND (%(status)s::text IS NULL OR status = %(status)s)"
+        params = {"type": type_, "status": status, "limit": limit, "offset": offset}
+        async with self.db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"SELECT count(*) AS n FROM segments WHERE {where}", params)
+            total = int((await _one(cur))["n"])
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM segments WHERE {where}"
+                " ORDER BY created_at, id LIMIT %(limit)s OFFSET %(offset)s",
+                params,
+            )
+            rows = [SegmentRow(**r) for r in await cur.fetchall()]
+        return rows, total
+
+    async def update(self, segment_id: str, changes: dict[str, Any], expected_version: int | None,
+                     precondition: bool) -> SegmentRow:
+        """Apply `changes` and bump the version; `expected_version` guards against lost updates."""
+        unknown = set(changes) - _UPDATABLE
+        if unknown:  # column names are spliced into SQL, so only these fixed ones may pass
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        sets = [f"{column} = %({column})s" for column in changes]
+        params = {**{k: Jsonb(v) if k == "rules" and v is not None else v for k, v in changes.items()},
+                  "id": _uuid(segment_id), "expected": expected_version}
+        try:
+            async with self.db.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    f"UPDATE segments SET {', '.join([*sets, 'version = version + 1', 'updated_at = now()'])}"
+                    " WHERE id = %(id)s AND deleted_at IS NULL"
+                    " AND (%(expected)s::int IS NULL OR version = %(expected)s)"
+                    f" RETURNING {_COLUMNS}",
+                    params,
+                )
+                found = await cur.fetchone()
+                if found is None:
+                    current = await self.get(segment_id)  # raises NotFound if it is gone
+                    message = f"segment '{segment_id}' is at version {current.version}, not {expected_version}"
+                    raise PreconditionFailed(message) if precondition else Conflict(message)
+                row = SegmentRow(**found)
+                await _enqueue(cur, row.id, row.definition())
+        except psycopg.errors.UniqueViolation:
+            raise _duplicate(str(changes.get("name"))) from None
+        return row
+
+    async def snapshot(self) -> int:
+        """Queue the current definition of every live segment for publishing.
+
+        The local broker keeps topics in memory, so after its restart the rule engine needs every
+        definition again; on a durable broker the repeat is harmless (same versions).
+        """
+        async with self.db.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"SELECT {_COLUMNS} FROM segments WHERE deleted_at IS NULL ORDER BY created_at, id")
+            rows = [SegmentRow(**r) for r in await cur.fetchall()]
+            for row in rows:
+                await _enqueue(cur, row.id, row.definition())
+        return len(rows)
+
+    async def delete(self, segment_id: str) -> None:
+        async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                "UPDATE segments SET deleted_at = now() WHERE id = %s AND deleted_at IS NULL RETURNING id::text",
+                (_uuid(segment_id),),
+            )
+            if await cur.fetchone() is None:
+                raise NotFound(f"no segment with id '{segment_id}'")
+            await _enqueue(cur, segment_id, None)
+
+
+def _uuid(segment_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(segment_id)
+    except ValueError:
+        raise NotFound(f"no segment with id '{segment_id}'") from None
+
+
+async def _one(cur: psycopg.AsyncCursor[dict[str, Any]]) -> dict[str, Any]:
+    row = await cur.fetchone()
+    assert row is not None  # RETURNING / count(*) always yield a row
+    return row
+
+
+async def _enqueue(cur: psycopg.AsyncCursor[Any], segment_id: str, payload: dict[str, Any] | None) -> None:
+    await cur.execute(
+        "INSERT INTO segment_outbox (segment_id, payload) VALUES (%s, %s)",
+        (segment_id, Jsonb(payload) if payload is not None else None),
+    )
+    await cur.execute("NOTIFY segment_outbox")

@@ -1,0 +1,234 @@
+"""HTTP routes of the Segment API: segments, their members and stats, and users' memberships."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+
+from server.domain.membership import MembershipChange
+from server.domain.profile import Profile
+from server.domain.rules import RuleValidationError, compile_rule, lint_rule, parse_rule
+from server.runtime.errors import InvalidInput, NotFound
+from server.segment_api.repository import SegmentRepository, SegmentRow
+from server.segment_api.schemas import (
+    MemberPage,
+    MemberPublic,
+    PreviewRequest,
+    PreviewResult,
+    SegmentCreate,
+    SegmentPage,
+    SegmentPublic,
+    SegmentStats,
+    SegmentStatus,
+    SegmentType,
+    SegmentUpdate,
+    StaticMembersChange,
+    UserSegment,
+    UserSegments,
+    WindowCounts,
+)
+from server.stores.outbox import OutboxRelay
+from server.stores.profile_store import ProfileStore
+
+PREVIEW_PAGE = 1000
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def get_repository(request: Request) -> SegmentRepository:
+    return request.app.state.segments  # type: ignore[no-any-return]
+
+
+def get_store(request: Request) -> ProfileStore:
+    return request.app.state.profiles  # type: ignore[no-any-return]
+
+
+def get_relay(request: Request) -> OutboxRelay:
+    return request.app.state.relay  # type: ignore[no-any-return]
+
+
+Repository = Annotated[SegmentRepository, Depends(get_repository)]
+Store = Annotated[ProfileStore, Depends(get_store)]
+Relay = Annotated[OutboxRelay, Depends(get_relay)]
+
+segments = APIRouter(prefix="/api/segments", tags=["segments"])
+users = APIRouter(prefix="/api/users", tags=["users"])
+
+
+def checked_rules(rules: dict[str, Any] | None, segment_type: str) -> list[str]:
+    """Validate a rule tree for a segment of `segment_type`; returns lint warnings, raises 422."""
+    if segment_type == SegmentType.STATIC:
+        if rules is not None:
+            raise InvalidInput("STATIC segments have members, not rules",
+                               [(["body", "rules"], "rules: not allowed for STATIC segments")])
+        return []
+    if rules is None:
+        raise InvalidInput("DYNAMIC segments need rules", [(["body", "rules"], "rules: required for DYNAMIC segments")])
+    try:
+        return [str(w) for w in lint_rule(parse_rule(rules))]
+    except RuleValidationError as exc:
+        raise InvalidInput(str(exc), [(_location(i.path), str(i)) for i in exc.issues]) from None
+
+
+def _location(path: str) -> list[str | int]:
+    return ["body", *(name or int(index) for name, index in _PATH_PART.findall(path))]
+
+
+def public(row: SegmentRow, warnings: list[str] | None = None) -> SegmentPublic:
+    return SegmentPublic(id=row.id, name=row.name, description=row.description, type=SegmentType(row.type),
+                         status=SegmentStatus(row.status), rules=row.rules, version=row.version,
+                         created_at=row.created_at, updated_at=row.updated_at, warnings=warnings or [])
+
+
+def _etag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+@segments.post("", status_code=status.HTTP_201_CREATED, response_model=SegmentPublic, response_model_by_alias=True,
+               summary="Create a segment", responses={409: {"description": "A segment with this name exists"},
+                                                      422: {"description": "Invalid rules, with their paths"}})
+async def create_segment(body: SegmentCreate, repo: Repository, relay: Relay, response: Response) -> SegmentPublic:
+    warnings = checked_rules(body.rules, body.type)
+    row = await repo.create(body.name, body.description, body.type, body.status, body.rules)
+    relay.wake()
+    response.headers["ETag"] = _etag(row.version)
+    response.headers["Location"] = f"/api/segments/{row.id}"
+    return public(row, warnings)
+
+
+@segments.get("", response_model=SegmentPage, summary="List segments")
+async def list_segments(
+    repo: Repository,
+    type: Annotated[SegmentType | None, Query()] = None,  # the API's parameter name
+    status_: Annotated[SegmentStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SegmentPage:
+    rows, total = await repo.list(type, status_, limit, offset)
+    return SegmentPage(items=[public(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@segments.post("/preview", response_model=PreviewResult, summary="Count the profiles a rule tree matches now")
+async def preview(body: PreviewRequest, store: Store) -> PreviewResult:
+    warnings = checked_rules(body.rules, SegmentType.DYNAMIC)
+    predicate = compile_rule(parse_rule(body.rules))
+    now = datetime.now(UTC)
+    matching = scanned = 0
+    sample: list[str] = []
+    after: str | None = None
+    while True:
+        page = await store.scan_profiles(after, PREVIEW_PAGE)
+        for raw in page:
+            scanned += 1
+            if predicate(Profile.from_json(raw), now):
+                matching += 1
+                if len(sample) < body.sample_size:
+                    sample.append(raw["userId"])
+        if len(page) < PREVIEW_PAGE:
+            break
+        after = page[-1]["userId"]
+    return PreviewResult(matching=matching, scanned=scanned, sample=sample, warnings=warnings)
+
+
+@segments.get("/{segment_id}", response_model=SegmentPublic, summary="Get a segment")
+async def get_segment(segment_id: str, repo: Repository, response: Response) -> SegmentPublic:
+    row = await repo.get(segment_id)
+    response.headers["ETag"] = _etag(row.version)
+    return public(row)
+
+
+@segments.put("/{segment_id}", response_model=SegmentPublic, summary="Update a segment (bumps its version)",
+              responses={409: {"description": "Stale version or duplicate name"},
+                         412: {"description": "If-Match did not match"}})
+async def update_segment(
+    segment_id: str, body: SegmentUpdate, repo: Repository, relay: Relay, response: Response,
+    if_match: Annotated[str | None, Header()] = None,
+) -> SegmentPublic:
+    current = await repo.get(segment_id)
+    expected = body.version
+    if if_match is not None:
+        digits = re.sub(r'[^0-9]', "", if_match)
+        if not digits:
+            raise InvalidInput("If-Match must be an ETag such as W/\"3\"", [(["header", "If-Match"], "not an ETag")])
+        expected = int(digits)
+    changes = body.model_dump(exclude_unset=True, exclude={"version"})
+    warnings = checked_rules(changes["rules"], current.type) if "rules" in changes else []
+    if "rules" not in changes and current.type == SegmentType.DYNAMIC and current.rules is None:
+        raise InvalidInput("DYNAMIC segments need rules", [(["body", "rules"], "rules: required")])
+    row = await repo.update(segment_id, changes, expected, precondition=if_match is not None)
+    relay.wake()
+    response.headers["ETag"] = _etag(row.version)
+    return public(row, warnings)
+
+
+@segments.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a segment")
+async def delete_segment(segment_id: str, repo: Repository, store: Store, relay: Relay) -> Response:
+    row = await repo.get(segment_id)
+    await repo.delete(segment_id)
+    if row.type == SegmentType.STATIC:  # no rule engine involved: members leave here
+        await store.remove_segment(segment_id)
+    relay.wake()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@segments.post("/{segment_id}/members", response_model=SegmentStats, summary="Add or remove STATIC members")
+async def change_static_members(segment_id: str, body: StaticMembersChange, repo: Repository,
+                                store: Store) -> SegmentStats:
+    row = await repo.get(segment_id)
+    if row.type != SegmentType.STATIC:
+        raise InvalidInput("only STATIC segments take explicit members; DYNAMIC ones follow their rules",
+                           [(["path", "segment_id"], "segment is DYNAMIC")])
+    bad = [u for u in [*body.add, *body.remove] if not u or len(u) > 256]
+    if bad:
+        raise InvalidInput("user ids must be 1 to 256 characters", [(["body"], f"invalid user id {bad[0]!r}")])
+    now = datetime.now(UTC)
+    changes = [MembershipChange(u, segment_id, "entered", now, row.version) for u in body.add]
+    changes += [MembershipChange(u, segment_id, "exited", now, row.version) for u in body.remove]
+    await store.apply_changes(changes, source="static")
+    return await stats(segment_id, repo, store)
+
+
+@segments.get("/{segment_id}/members", response_model=MemberPage, summary="A segment's members, paged by cursor")
+async def members(
+    segment_id: str, repo: Repository, store: Store,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(description="nextCursor of the previous page")] = None,
+) -> MemberPage:
+    await repo.get(segment_id)
+    rows = await store.segment_members(segment_id, cursor, limit)
+    items = [MemberPublic(user_id=m.user_id, segment_version=m.segment_version, entered_at=m.entered_at,
+                          source=m.source) for m in rows]
+    return MemberPage(items=items, next_cursor=rows[-1].user_id if len(rows) == limit else None)
+
+
+@segments.get("/{segment_id}/stats", response_model=SegmentStats, summary="Size and recent entries/exits")
+async def stats(segment_id: str, repo: Repository, store: Store) -> SegmentStats:
+    await repo.get(segment_id)
+    now = datetime.now(UTC)
+    hour = await store.change_counts(segment_id, now - timedelta(hours=1))
+    day = await store.change_counts(segment_id, now - timedelta(days=1))
+    return SegmentStats(segment_id=segment_id, size=await store.segment_size(segment_id),
+                        entered=WindowCounts(last_hour=hour.entered, last_day=day.entered),
+                        exited=WindowCounts(last_hour=hour.exited, last_day=day.exited))
+
+
+@users.get("/{user_id}/segments", response_model=UserSegments, summary="The segments a user is in")
+async def user_segments(user_id: str, repo: Repository, store: Store) -> UserSegments:
+    memberships = await store.user_memberships(user_id)
+    names = await repo.names([m.segment_id for m in memberships])
+    return UserSegments(user_id=user_id, segments=[
+        UserSegment(segment_id=m.segment_id, name=names.get(m.segment_id, ""), segment_version=m.segment_version,
+                    entered_at=m.entered_at)
+        for m in memberships
+    ])
+
+
+@users.get("/{user_id}/profile", summary="A user's profile: traits and aggregates")
+async def user_profile(user_id: str, store: Store) -> dict[str, Any]:
+    profile = await store.get_profile(user_id)
+    if profile is None:
+        raise NotFound(f"no profile for user '{user_id}' (no event seen yet)")
+    profile.pop("history", None)  # internal state for windowed rules
+    return profile

@@ -1,0 +1,120 @@
+"""Request and response bodies of the Segment API, one schema per direction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+SEED_RULES = {"conditions": [{"field": "totalSpent", "operator": "gt", "value": 1000}]}
+
+
+class SegmentType(StrEnum):
+    DYNAMIC = "DYNAMIC"
+    STATIC = "STATIC"
+
+
+class SegmentStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class SegmentCreate(ApiModel):
+    name: str = Field(min_length=1, max_length=200, examples=["High Value Users"])
+    description: str = Field(default="", max_length=2000, examples=["Users who spent more than $1000"])
+    type: SegmentType = SegmentType.DYNAMIC
+    status: SegmentStatus = SegmentStatus.ACTIVE
+    rules: dict[str, Any] | None = Field(default=None, examples=[SEED_RULES],
+                                         description="Rule tree; required for DYNAMIC segments")
+
+
+class SegmentUpdate(ApiModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
+    status: SegmentStatus | None = None
+    rules: dict[str, Any] | None = None
+    version: int | None = Field(default=None, description="The version you read; a mismatch answers 409")
+
+
+class SegmentPublic(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    id: str
+    name: str
+    description: str
+    type: SegmentType
+    status: SegmentStatus
+    rules: dict[str, Any] | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    warnings: list[str] = Field(default_factory=list, description="Rule parts that can never match")
+
+
+class SegmentPage(ApiModel):
+    items: list[SegmentPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class PreviewRequest(ApiModel):
+    rules: dict[str, Any] = Field(examples=[SEED_RULES])
+    sample_size: int = Field(default=10, ge=0, le=100)
+
+
+class PreviewResult(ApiModel):
+    matching: int
+    scanned: int
+    sample: list[str]
+    warnings: list[str]
+
+
+class StaticMembersChange(ApiModel):
+    add: list[str] = Field(default_factory=list, max_length=10_000)
+    remove: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class MemberPublic(ApiModel):
+    user_id: str
+    segment_version: int
+    entered_at: datetime
+    source: str
+
+
+class MemberPage(ApiModel):
+    items: list[MemberPublic]
+    next_cursor: str | None
+
+
+class WindowCounts(ApiModel):
+    last_hour: int
+    last_day: int
+
+
+class SegmentStats(ApiModel):
+    segment_id: str
+    size: int
+    entered: WindowCounts
+    exited: WindowCounts
+
+
+class UserSegment(ApiModel):
+    segment_id: str
+    name: str
+    segment_version: int
+    entered_at: datetime
+
+
+class UserSegments(ApiModel):
+    user_id: str
+    segments: list[UserSegment]

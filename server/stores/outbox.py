@@ -1,0 +1,111 @@
+"""The outbox relay: publishes segment changes to `segment-rules` in the order they were made.
+
+A row is marked published only after the broker acknowledged it, and the relay stops at the first
+failure, so a broker outage delays publishing but never loses or reorders a change. (A record the
+broker did take just before a failure may be published again: consumers keep the newest version.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from server.runtime.errors import DependencyUnavailable
+from server.runtime.health import ComponentHealth
+from server.stores.kafka import AsyncProducer
+from server.stores.postgres import Database
+
+log = logging.getLogger("outbox")
+RELAY_LOCK = 7_301_001  # one relay at a time across replicas keeps the order
+
+
+class OutboxRelay:
+    def __init__(self, db: Database, producer: AsyncProducer, topic: str, batch: int = 200,
+                 poll_s: float = 0.5) -> None:
+        self.db, self.producer, self.topic = db, producer, topic
+        self.batch, self.poll_s = batch, poll_s
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def drain_once(self) -> int:
+        """Publish up to one batch of pending rows; returns how many were published."""
+        async with self.db.connection() as conn, conn.transaction():
+            locked = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RELAY_LOCK,))).fetchone()
+            if not locked or not locked[0]:
+                return 0
+            cur = await conn.execute(
+                "SELECT seq, segment_id::text, payload FROM segment_outbox WHERE published_at IS NULL"
+                " ORDER BY seq LIMIT %s",
+                (self.batch,),
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return 0
+            # produce() is called in list order as the coroutines start, so the broker sees this order
+            results = await asyncio.gather(
+                *(self.producer.send(self.topic, key, _encode(payload)) for _, key, payload in rows),
+                return_exceptions=True,
+            )
+            done = []
+            for (seq, _, _), result in zip(rows, results, strict=True):
+                if isinstance(result, BaseException):
+                    break
+                done.append(seq)
+            if done:
+                await conn.execute("UPDATE segment_outbox SET published_at = now() WHERE seq = ANY(%s)", (done,))
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return len(done)
+
+    async def run(self) -> None:
+        """Drain until stopped; back off while the broker or the database is unavailable."""
+        failures = 0
+        while not self._stopped:
+            try:
+                published = await self.drain_once()
+                failures, self.last_error = 0, None
+            except (DependencyUnavailable, psycopg.OperationalError, PoolTimeout) as exc:
+                failures += 1
+                self.last_error = str(exc)
+                if failures == 1:
+                    log.warning("outbox relay paused: %s (retrying)", exc)
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(failures, 5)))
+                continue
+            if published >= self.batch:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    async def health(self) -> ComponentHealth:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+                " FROM segment_outbox WHERE published_at IS NULL"
+            )
+            row = await cur.fetchone()
+        pending, oldest = (int(row[0]), float(row[1])) if row else (0, 0.0)
+        details: dict[str, Any] = {"pending": pending, "oldestAgeS": round(oldest, 1)}
+        if self.last_error:
+            details["lastError"] = self.last_error
+        # a broker outage delays publishing but loses nothing: the service stays UP
+        return ComponentHealth("UP", details)
+
+
+def _encode(payload: Any) -> bytes | None:
+    return None if payload is None else json.dumps(payload, separators=(",", ":")).encode()

@@ -1,0 +1,121 @@
+"""The profile store in PostgreSQL (tables of migration 0001), for the local target."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from server.domain.membership import MembershipChange
+from server.stores.postgres import Database
+from server.stores.profile_store import ChangeCounts, Membership
+
+_MEMBER_COLUMNS = "segment_id::text, user_id, segment_version, entered_at, source"
+
+
+def _membership(row: tuple[Any, ...]) -> Membership:
+    return Membership(segment_id=row[0], user_id=row[1], segment_version=row[2], entered_at=row[3], source=row[4])
+
+
+class PostgresProfileStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get_profile(self, user_id: str) -> dict[str, Any] | None:
+        async with self.db.connection() as conn:
+            cur = await conn.execute("SELECT profile FROM user_profiles WHERE user_id = %s", (user_id,))
+            row = await cur.fetchone()
+        return dict(row[0]) if row else None
+
+    async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
+        latest = {p["userId"]: p for p in profiles}  # one row per user: ON CONFLICT cannot hit a row twice
+        if not latest:
+            return
+        async with self.db.connection() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO user_profiles (user_id, profile, updated_at) VALUES (%s, %s, now())"
+                " ON CONFLICT (user_id) DO UPDATE SET profile = EXCLUDED.profile, updated_at = now()",
+                [(user_id, Jsonb(profile)) for user_id, profile in latest.items()],
+            )
+
+    async def scan_profiles(self, after: str | None, limit: int) -> list[dict[str, Any]]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT profile FROM user_profiles WHERE user_id > %s ORDER BY user_id LIMIT %s", (after or "", limit)
+            )
+            return [dict(row[0]) for row in await cur.fetchall()]
+
+    async def user_memberships(self, user_id: str) -> list[Membership]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_MEMBER_COLUMNS} FROM segment_memberships WHERE user_id = %s ORDER BY entered_at",
+                (user_id,),
+            )
+            return [_membership(row) for row in await cur.fetchall()]
+
+    async def apply_changes(self, changes: Sequence[MembershipChange], source: str = "rule") -> int:
+        applied = 0
+        async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            for change in changes:
+                if change.change == "entered":
+                    await cur.execute(
+                        "INSERT INTO segment_memberships (segment_id, user_id, segment_version, entered_at, source)"
+                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (change.segment_id, change.user_id, change.segment_version, change.at, source),
+                    )
+                else:
+                    await cur.execute(
+                        "DELETE FROM segment_memberships WHERE segment_id = %s AND user_id = %s",
+                        (change.segment_id, change.user_id),
+                    )
+                if cur.rowcount:  # only real changes are recorded, so a replay adds nothing
+                    applied += 1
+                    await cur.execute(
+                        "INSERT INTO membership_changes (segment_id, user_id, change, segment_version, at)"
+                        " VALUES (%s, %s, %s, %s, %s)",
+                        (change.segment_id, change.user_id, change.change, change.segment_version, change.at),
+                    )
+        return applied
+
+    async def segment_members(self, segment_id: str, after: str | None, limit: int) -> list[Membership]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_MEMBER_COLUMNS} FROM segment_memberships WHERE segment_id = %s AND user_id > %s"
+                " ORDER BY user_id LIMIT %s",
+                (segment_id, after or "", limit),
+            )
+            return [_membership(row) for row in await cur.fetchall()]
+
+    async def segment_size(self, segment_id: str) -> int:
+        async with self.db.connection() as conn:
+            cur = await conn.execute("SELECT count(*) FROM segment_memberships WHERE segment_id = %s", (segment_id,))
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def change_counts(self, segment_id: str, since: datetime) -> ChangeCounts:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FILTER (WHERE change = 'entered'), count(*) FILTER (WHERE change = 'exited')"
+                " FROM membership_changes WHERE segment_id = %s AND at >= %s",
+                (segment_id, since.astimezone(UTC)),
+            )
+            row = await cur.fetchone()
+        return ChangeCounts(entered=int(row[0]), exited=int(row[1])) if row else ChangeCounts(0, 0)
+
+    async def remove_segment(self, segment_id: str) -> int:
+        async with self.db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM segment_memberships WHERE segment_id = %s RETURNING user_id, segment_version",
+                (segment_id,),
+            )
+            rows = await cur.fetchall()
+            now = datetime.now(UTC)
+            async with conn.cursor() as inserts:
+                await inserts.executemany(
+                    "INSERT INTO membership_changes (segment_id, user_id, change, segment_version, at)"
+                    " VALUES (%s, %s, 'exited', %s, %s)",
+                    [(segment_id, user_id, version, now) for user_id, version in rows],
+                )
+        return len(rows)
