@@ -7,17 +7,29 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from server.ingestion_api.body_limit import BodyLimit
+from server.ingestion_api.metrics import IngestionMetrics
+from server.ingestion_api.routes import Ingestor, router
+from server.ingestion_api.schemas import MAX_BATCH_BYTES, MAX_EVENT_BYTES
 from server.runtime.app import build_app
 from server.runtime.settings import ServiceSettings
 from server.stores.kafka import AsyncProducer, BrokerHealth
+from server.stores.rate_limit import LocalRecentIds, LocalTokenBuckets
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=5.0)
+        # one long-lived producer for every request: never a connection per event
+        producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
+        app.state.ingestor = Ingestor(
+            settings, producer,
+            LocalTokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst),
+            LocalRecentIds(settings.dedupe_window_s),
+            IngestionMetrics(app.state.metrics_registry),
+        )
         yield
-        app.state.producer.close()
+        producer.close()
 
     app = build_app(
         service="ingestion-api",
@@ -26,5 +38,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         settings=settings,
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit, limits={"/api/events": MAX_EVENT_BYTES, "/api/events/batch": MAX_BATCH_BYTES})
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
+    app.include_router(router)
     return app

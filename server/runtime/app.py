@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import PoolTimeout
 
 from server import __version__
-from server.runtime.errors import DependencyUnavailable, InvalidInput, ServiceError
+from server.runtime.errors import DependencyUnavailable, InvalidInput, RateLimited, ServiceError
 from server.runtime.health import HealthRegistry
 from server.runtime.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from server.runtime.settings import ServiceSettings
@@ -66,6 +67,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
         detail = [{"loc": loc, "msg": msg, "type": "value_error"} for loc, msg in exc.problems]
         return JSONResponse({"detail": detail or str(exc), "error": "InvalidInput"}, status_code=422)
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": "RateLimited"}, status_code=429,
+                            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:

@@ -40,6 +40,22 @@ class InvalidInput(ServiceError):
         self.problems = problems or []
 
 
+class PayloadTooLarge(ServiceError):
+    """The request body is over the size the endpoint accepts."""
+
+    status_code = 413
+
+
+class RateLimited(ServiceError):
+    """The client sent more than its rate allows; it may retry after `retry_after_s`."""
+
+    status_code = 429
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"rate limit exceeded; retry after {retry_after_s:.2f} s")
+        self.retry_after_s = retry_after_s
+
+
 class DependencyUnavailable(ServiceError):
     """A store or the broker did not answer in time; the caller should retry later."""
 

@@ -33,6 +33,11 @@ class ServiceSettings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 30025
     log_level: str = "info"
+    # Ingestion API
+    rate_limit_per_s: float = Field(default=2000.0, description="Sustained events/s per client (token bucket)")
+    rate_limit_burst: int = Field(default=4000, description="Events a client may send at once")
+    dedupe_window_s: float = Field(default=600.0, description="A repeated eventId within this window is dropped")
+    produce_timeout_s: float = Field(default=5.0, description="How long to wait for the broker's ack before 503")
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> ServiceSettings:

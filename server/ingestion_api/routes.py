@@ -1,0 +1,132 @@
+"""POST /api/events and /api/events/batch: validate, limit, dedupe, and answer only after the ack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response, status
+from pydantic import ValidationError
+
+from server.domain.events import UserEvent
+from server.ingestion_api.metrics import IngestionMetrics
+from server.ingestion_api.schemas import (
+    MAX_EVENT_BYTES,
+    BatchIn,
+    BatchResult,
+    EventAccepted,
+    EventIn,
+    EventResult,
+)
+from server.runtime.errors import DependencyUnavailable, RateLimited
+from server.runtime.settings import ServiceSettings
+from server.stores.kafka import AsyncProducer
+from server.stores.rate_limit import RateLimiter, RecentIds
+from server.stores.topics import USER_EVENTS
+
+router = APIRouter(prefix="/api/events", tags=["events"])
+
+
+class Ingestor:
+    """Everything the two endpoints share: limiter, dedupe, producer, metrics."""
+
+    def __init__(self, settings: ServiceSettings, producer: AsyncProducer, limiter: RateLimiter,
+                 recent: RecentIds, metrics: IngestionMetrics) -> None:
+        self.topic = settings.topic(USER_EVENTS)
+        self.timeout_s = settings.produce_timeout_s
+        self.producer, self.limiter, self.recent, self.metrics = producer, limiter, recent, metrics
+
+    def admit(self, request: Request, count: int) -> None:
+        client = request.headers.get("x-api-key") or (request.client.host if request.client else "unknown")
+        decision = self.limiter.take(client, count)
+        if not decision.allowed:
+            self.metrics.rate_limited.inc(count)
+            raise RateLimited(decision.retry_after_s)
+
+    async def store(self, body: EventIn, received_at: datetime) -> tuple[UserEvent, bool]:
+        """Produce one event; (event, False) when it is a duplicate and was not produced again."""
+        event = UserEvent(user_id=body.userId, event_type=body.eventType, event_id=body.eventId or str(uuid.uuid4()),
+                          timestamp=body.timestamp or received_at, properties=body.properties,
+                          received_at=received_at)
+        if not self.recent.first_seen(event.event_id):
+            self.metrics.duplicates.inc()
+            return event, False
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(
+                self.producer.send(self.topic, event.user_id, orjson.dumps(event.to_json())), self.timeout_s
+            )
+        except (DependencyUnavailable, TimeoutError) as exc:
+            self.recent.forget(event.event_id)  # not stored: the client's retry must go through
+            self.metrics.rejected.labels("broker_unavailable").inc()
+            detail = str(exc) if isinstance(exc, DependencyUnavailable) else f"no ack within {self.timeout_s:g} s"
+            raise DependencyUnavailable("kafka", detail.removeprefix("kafka unavailable: "), retry_after_s=2) from None
+        self.metrics.produce_latency.observe(time.perf_counter() - started)
+        self.metrics.accepted.labels(event.event_type).inc()
+        return event, True
+
+
+def get_ingestor(request: Request) -> Ingestor:
+    return request.app.state.ingestor  # type: ignore[no-any-return]
+
+
+IngestorDep = Annotated[Ingestor, Depends(get_ingestor)]
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=EventAccepted,
+             summary="Accept one event (202 only once the broker has it)",
+             responses={413: {"description": "Over 32 KB"}, 429: {"description": "Over the client's rate"},
+                        503: {"description": "The broker did not acknowledge in time; retry"}})
+async def ingest(body: EventIn, request: Request, ingestor: IngestorDep) -> EventAccepted:
+    ingestor.admit(request, 1)
+    event, stored = await ingestor.store(body, datetime.now(UTC))
+    return EventAccepted(eventId=event.event_id, status="accepted" if stored else "duplicate")
+
+
+@router.post("/batch", response_model=BatchResult, summary="Accept up to 500 events, each judged on its own",
+             responses={202: {"description": "Every event accepted"},
+                        207: {"description": "Some events rejected or not stored: see results"}})
+async def ingest_batch(body: BatchIn, request: Request, response: Response, ingestor: IngestorDep) -> BatchResult:
+    received_at = datetime.now(UTC)
+    results: list[EventResult] = []
+    valid: list[tuple[int, EventIn]] = []
+    for index, raw in enumerate(body.events):
+        problem = _oversized(raw)
+        if problem:
+            results.append(EventResult(index=index, status="rejected", errors=[problem]))
+            ingestor.metrics.rejected.labels("too_large").inc()
+            continue
+        try:
+            valid.append((index, EventIn.model_validate(raw)))
+        except ValidationError as exc:
+            errors = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            results.append(EventResult(index=index, status="rejected", errors=errors))
+            ingestor.metrics.rejected.labels("invalid").inc()
+    if valid:
+        ingestor.admit(request, len(valid))
+    outcomes = await asyncio.gather(*(ingestor.store(event, received_at) for _, event in valid),
+                                    return_exceptions=True)
+    for (index, event), outcome in zip(valid, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            results.append(EventResult(index=index, status="failed", eventId=event.eventId,
+                                       errors=[str(outcome)]))
+        else:
+            stored_event, stored = outcome
+            results.append(EventResult(index=index, status="accepted" if stored else "duplicate",
+                                       eventId=stored_event.event_id))
+    results.sort(key=lambda r: r.index)
+    counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected", "failed")}
+    if valid and counts["failed"] == len(valid) and not counts["rejected"]:
+        raise DependencyUnavailable("kafka", "no event of the batch was acknowledged", retry_after_s=2)
+    response.status_code = 202 if counts["accepted"] + counts["duplicate"] == len(results) else 207
+    return BatchResult(accepted=counts["accepted"], duplicates=counts["duplicate"], rejected=counts["rejected"],
+                       failed=counts["failed"], results=results)
+
+
+def _oversized(raw: Any) -> str | None:
+    size = len(orjson.dumps(raw))
+    return f"event is {size} bytes, over {MAX_EVENT_BYTES // 1024} KB" if size > MAX_EVENT_BYTES else None
