@@ -155,7 +155,21 @@ class LocalStack:
                 "communication-api", "server.communication_api", ports.communication_api,
                 "AMCTL_PORT_COMMUNICATION_API",
             ),
+            Component(
+                name="rule-engine",
+                command=[py, "-m", "flinkjob"],
+                ready=_http_ready(f"{s.url(ports.rule_engine)}/actuator/health"),  # UP once the job RUNS
+                port=ports.rule_engine,
+                port_setting="AMCTL_PORT_RULE_ENGINE",
+                env={**self.service_env(ports.rule_engine), "AM_FLINK_UI_PORT": str(ports.flink_ui),
+                     "AM_STATE_DIR": str(self.state_dir / "rule-engine"), "AM_BROKER_EPOCH": self.broker_epoch()},
+            ),
         ]
+
+    def broker_epoch(self) -> str:
+        """The in-memory broker loses every record when it restarts; each start is a new epoch."""
+        record = self._read_record("kafka")
+        return str(int(record.created_at)) if record else "0"
 
     def component(self, name: str) -> Component:
         for comp in self.components():
@@ -195,7 +209,8 @@ class LocalStack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         started: list[Component] = []
         try:
-            for comp in self.components():
+            for name in [c.name for c in self.components()]:
+                comp = self.component(name)  # built now: its settings may depend on what started before it
                 if not comp.oneshot and self._live_record(comp.name):
                     progress(comp.name, "already running")
                     continue

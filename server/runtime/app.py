@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
 
 import psycopg
 import uvicorn
@@ -87,7 +88,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return _unavailable("postgres", "no connection available in time", 2)
 
 
-def serve(create_app: Callable[[ServiceSettings], FastAPI], settings: ServiceSettings) -> None:
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def serve(create_app: Callable[[S], FastAPI], settings: S) -> None:
     """Run one service under uvicorn on the host and port its settings name."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     uvicorn.run(

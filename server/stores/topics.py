@@ -8,6 +8,13 @@ USER_EVENTS: Final = "user-events"
 SEGMENT_RULES: Final = "segment-rules"
 SEGMENT_MEMBERSHIP: Final = "segment-membership"
 EMAIL_JOBS: Final = "email-jobs"
+# The rule engine's own: `segment-rules` carries tombstones for deleted segments, which Flink's
+# string deserializer cannot read, so the rule engine's feeder republishes every definition
+# (deletes as `{"deleted": true}`) on RULE_DEFINITIONS and backfill requests on REEVALUATIONS;
+# the job writes profile snapshots on USER_PROFILES for the profile store.
+RULE_DEFINITIONS: Final = "rule-engine-rules"
+REEVALUATIONS: Final = "rule-engine-reevaluations"
+USER_PROFILES: Final = "user-profiles"
 
 # segment-rules has one partition so every consumer sees rule changes in publish order.
 TOPICS: Final[dict[str, int]] = {
@@ -15,4 +22,7 @@ TOPICS: Final[dict[str, int]] = {
     SEGMENT_RULES: 1,
     SEGMENT_MEMBERSHIP: 4,
     EMAIL_JOBS: 4,
+    RULE_DEFINITIONS: 1,
+    REEVALUATIONS: 4,
+    USER_PROFILES: 4,
 }

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,24 +13,14 @@ import psycopg
 import pytest
 
 from amctl.local import processes
+from tests.e2e.stack import amctl, stack_environment
 
 pytestmark = pytest.mark.e2e
-
-PORT_NAMES = ("segment_api", "ingestion_api", "communication_api", "rule_engine", "postgres", "kafka",
-              "flink_ui", "prometheus", "smtp")
-
-
-def amctl(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "amctl", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
 
 
 @pytest.fixture
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    state = Path(tmp_path_factory.mktemp("stack"))
-    env = {**os.environ, "AMCTL_STATE_DIR": str(state), "NO_COLOR": "1", "COLUMNS": "200"}
-    for name in PORT_NAMES:
-        env[f"AMCTL_PORT_{name.upper()}"] = str(processes.free_port())
+    env = stack_environment(Path(tmp_path_factory.mktemp("stack")))
     yield env
     amctl(env, "down")
 
@@ -54,7 +42,7 @@ def test_up_status_down_leaves_nothing_behind(stack_env: dict[str, str]) -> None
     status = amctl(stack_env, "status", "--json")
     assert status.returncode == 0, status.stderr
     rows = {row["name"]: row for row in json.loads(status.stdout)}
-    assert set(rows) == {"postgres", "kafka", "segment-api", "ingestion-api", "communication-api"}
+    assert set(rows) == {"postgres", "kafka", "segment-api", "ingestion-api", "communication-api", "rule-engine"}
     assert all(row["state"] == "running" and row["pid"] and row["rss_bytes"] > 0 for row in rows.values())
 
     again = amctl(stack_env, "up")

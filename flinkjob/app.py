@@ -1,0 +1,119 @@
+"""The rule engine process: submits the Flink job, feeds it rules, writes its output, reports health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from flinkjob.feeder import RuleFeeder
+from flinkjob.probe import PipelineProbe
+from flinkjob.settings import RuleEngineSettings
+from flinkjob.writer import StoreWriter
+from server.runtime.app import build_app
+from server.runtime.health import ComponentHealth
+from server.stores.kafka import AsyncProducer, BrokerHealth
+from server.stores.postgres import Database
+from server.stores.postgres_profiles import PostgresProfileStore
+
+log = logging.getLogger("rule-engine")
+
+
+class FlinkJob:
+    """The submitted job, and its state as the Flink REST API reports it."""
+
+    def __init__(self, settings: RuleEngineSettings) -> None:
+        self.settings = settings
+        self.rest = f"http://{settings.host}:{settings.flink_ui_port}"
+        self.client: Any = None
+
+    def submit(self) -> None:
+        from flinkjob.job import build  # imports PyFlink (starts a JVM gateway): only in this process
+
+        self.client = build(self.settings).execute_async("audience-rule-engine")
+        log.info("submitted Flink job %s", self.client.get_job_id())
+
+    async def overview(self) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=2) as client:
+            jobs = (await client.get(f"{self.rest}/jobs/overview")).json()["jobs"]
+            job_id = str(self.client.get_job_id()) if self.client else None
+            job = next((j for j in jobs if j["jid"] == job_id), None)
+            if job is None:
+                return {"state": "NOT SUBMITTED"}
+            checkpoints = (await client.get(f"{self.rest}/jobs/{job_id}/checkpoints")).json()
+            failure = None
+            if job["state"] != "RUNNING" or job.get("tasks", {}).get("failed"):
+                exceptions = (await client.get(f"{self.rest}/jobs/{job_id}/exceptions")).json()
+                root = exceptions.get("root-exception") or ""
+                failure = root.strip().splitlines()[-1] if root.strip() else None
+        latest = (checkpoints.get("latest") or {}).get("completed") or {}
+        overview = {"state": job["state"], "jobId": job_id, "lastCheckpointId": latest.get("id"),
+                    "lastCheckpointAt": latest.get("latest_ack_timestamp")}
+        if failure:
+            overview["lastFailure"] = failure
+        return overview
+
+    async def health(self) -> ComponentHealth:
+        overview = await self.overview()
+        return ComponentHealth("UP" if overview["state"] == "RUNNING" else "DOWN", overview)
+
+    def cancel(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):  # the job may already be gone
+                self.client.cancel().result()
+
+
+def create_app(settings: RuleEngineSettings) -> FastAPI:
+    db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
+    job = FlinkJob(settings)
+    store = PostgresProfileStore(db)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await db.open(settings.startup_wait_s)
+        producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
+        await asyncio.to_thread(job.submit)
+        writer = StoreWriter(settings.kafka_bootstrap, settings.topic_prefix, store, settings.writer_batch,
+                             app.state.metrics_registry)
+        feeder = RuleFeeder(settings.kafka_bootstrap, settings.topic_prefix, producer, store, settings.backfill_page)
+        probe = PipelineProbe(producer, settings.topic_prefix)
+        app.state.writer, app.state.feeder, app.state.probe = writer, feeder, probe
+        tasks = [asyncio.create_task(writer.run(), name="writer"), asyncio.create_task(feeder.run(), name="feeder"),
+                 asyncio.create_task(probe.run(lambda: writer.probe_seen), name="probe")]
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(job.cancel)
+        writer.close()
+        feeder.close()
+        producer.close()
+        await db.close()
+
+    app = build_app(service="rule-engine", title="Audience Manager — rule engine",
+                    description="Health and metrics of the real-time rule job.", settings=settings, lifespan=lifespan)
+
+    async def consuming() -> ComponentHealth:
+        writer: StoreWriter | None = getattr(app.state, "writer", None)
+        tasks = {t.get_name(): t for t in asyncio.all_tasks() if t.get_name() in ("writer", "feeder")}
+        dead = [name for name in ("writer", "feeder") if name not in tasks or tasks[name].done()]
+        if writer is None or dead:
+            return ComponentHealth("DOWN", {"stopped": dead or ["writer", "feeder"]})
+        feeder: RuleFeeder = app.state.feeder
+        if writer.probe_seen != app.state.probe.token:
+            return ComponentHealth("DOWN", {"waiting": "for the first probe through the job (sources starting)"})
+        return ComponentHealth("UP", {"segments": len(feeder.versions), "backfilledUsers": feeder.backfilled_users,
+                                      "lastBackfillUsersPerS": feeder.last_backfill_rate})
+
+    app.state.health.add("flinkJob", job.health)
+    app.state.health.add("consumers", consuming)
+    app.state.health.add("db", db.health)
+    app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
+    app.state.job = job
+    return app

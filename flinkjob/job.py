@@ -1,0 +1,120 @@
+"""Builds the Flink job: Kafka sources → keyed user state + broadcast rules → Kafka sinks."""
+
+from __future__ import annotations
+
+import json
+import os
+import site
+import sys
+from pathlib import Path
+
+from pyflink.common import Configuration, Types, WatermarkStrategy
+from pyflink.common.serialization import SimpleStringSchema
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetsInitializer,
+    KafkaRecordSerializationSchema,
+    KafkaSink,
+    KafkaSource,
+)
+
+from flinkjob.operator import PROFILES, RULES, RuleEngineFunction
+from flinkjob.settings import RuleEngineSettings
+from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_MEMBERSHIP, USER_EVENTS, USER_PROFILES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def prepare_python_environment() -> None:
+    """Thread mode runs Python inside the JVM: it must find this virtualenv and this repository."""
+    paths = [*site.getsitepackages(), str(REPO_ROOT)]
+    existing = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([existing] if existing else [])])
+
+
+def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest completed `chk-N` (with its _metadata) across every job's folder."""
+    candidates = [p.parent for p in checkpoint_dir.glob("*/chk-*/_metadata")]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def configuration(settings: RuleEngineSettings) -> Configuration:
+    checkpoints = (settings.state_dir / "checkpoints").resolve()
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    config = Configuration()
+    for key, value in {
+        "python.execution-mode": "thread",
+        "python.executable": sys.executable,
+        "python.fn-execution.bundle.size": "10",
+        "python.fn-execution.bundle.time": "5",
+        "rest.port": str(settings.flink_ui_port),
+        "rest.bind-port": str(settings.flink_ui_port),
+        "rest.bind-address": settings.host,
+        "rest.address": settings.host,
+        "execution.checkpointing.interval": f"{settings.checkpoint_interval_ms}ms",
+        "execution.checkpointing.dir": checkpoints.as_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "2",
+        # source offsets of an older broker epoch are left behind; keyed and broadcast state restore
+        "execution.state-recovery.ignore-unclaimed-state": "true",
+        "parallelism.default": str(settings.parallelism),
+        "taskmanager.memory.process.size": "1024m",
+        "taskmanager.numberOfTaskSlots": "2",
+    }.items():
+        config.set_string(key, value)
+    restore = newest_checkpoint(checkpoints)
+    if restore is not None:
+        config.set_string("execution.state-recovery.path", restore.as_uri())
+    return config
+
+
+def _source(settings: RuleEngineSettings, name: str, *topics: str) -> KafkaSource:
+    return (
+        KafkaSource.builder()
+        .set_bootstrap_servers(settings.kafka_bootstrap)
+        .set_topics(*topics)
+        .set_group_id(f"{settings.topic_prefix}rule-engine-{name}")
+        .set_starting_offsets(KafkaOffsetsInitializer.earliest())
+        .set_value_only_deserializer(SimpleStringSchema())
+        .set_property("fetch.max.wait.ms", "10")
+        .set_property("partition.discovery.interval.ms", "60000")
+        .build()
+    )
+
+
+def _sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
+    return (
+        KafkaSink.builder()
+        .set_bootstrap_servers(settings.kafka_bootstrap)
+        .set_record_serializer(
+            KafkaRecordSerializationSchema.builder().set_topic(topic)
+            .set_value_serialization_schema(SimpleStringSchema()).build()
+        )
+        .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+        .set_property("linger.ms", "5")
+        .build()
+    )
+
+
+def build(settings: RuleEngineSettings) -> StreamExecutionEnvironment:
+    """The whole pipeline on an execution environment, ready for `execute_async`."""
+    prepare_python_environment()
+    env = StreamExecutionEnvironment.get_execution_environment(configuration(settings))
+    topic = settings.topic
+    epoch = settings.broker_epoch  # offsets belong to one broker epoch: a new epoch reads from the start
+    keyed = env.from_source(_source(settings, "users", topic(USER_EVENTS), topic(REEVALUATIONS)),
+                            WatermarkStrategy.no_watermarks(), "user-events").uid(f"user-events-{epoch}")
+    rules = env.from_source(_source(settings, "rules", topic(RULE_DEFINITIONS)),
+                            WatermarkStrategy.no_watermarks(), "segment-rules").uid(f"segment-rules-{epoch}")
+    changes = (
+        keyed.key_by(lambda value: json.loads(value)["userId"], key_type=Types.STRING())
+        .connect(rules.broadcast(RULES))
+        .process(RuleEngineFunction(), output_type=Types.STRING())
+        .name("evaluate-rules")
+        .uid("evaluate-rules")
+    )
+    changes.sink_to(_sink(settings, topic(SEGMENT_MEMBERSHIP))).name("segment-membership").uid("membership-sink")
+    changes.get_side_output(PROFILES).sink_to(_sink(settings, topic(USER_PROFILES))).name("user-profiles") \
+        .uid("profile-sink")
+    return env

@@ -1,0 +1,120 @@
+"""The rule engine's decisions as pure functions; the Flink operator is a thin shell around them.
+
+Inputs on the keyed side are user events and re-evaluation requests (backfill after a segment
+changed); the broadcast side carries segment definitions. State per user: the profile and the
+segments the user is in (id -> version entered at).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from server.domain.events import UserEvent
+from server.domain.membership import MembershipChange, SegmentRule, evaluate_memberships
+from server.domain.profile import Profile, apply_event, prune_history
+from server.domain.rules import RuleValidationError, next_expiry, parse_rule
+
+
+@dataclass
+class UserState:
+    profile: Profile | None = None
+    memberships: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        profile = self.profile.to_json() if self.profile else None
+        return json.dumps({"profile": profile, "memberships": self.memberships}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> UserState:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        profile = Profile.from_json(data["profile"]) if data.get("profile") else None
+        return cls(profile=profile, memberships={k: int(v) for k, v in data.get("memberships", {}).items()})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: UserState
+    changes: list[MembershipChange]
+    profile_changed: bool
+    next_timer: datetime | None
+
+
+def active_definition(definition: Mapping[str, Any]) -> bool:
+    """Only ACTIVE DYNAMIC segments are evaluated; anything else makes its members exit."""
+    return (not definition.get("deleted") and definition.get("type") == "DYNAMIC"
+            and definition.get("status") == "ACTIVE" and definition.get("rules") is not None)
+
+
+def compile_definition(definition: Mapping[str, Any]) -> SegmentRule | None:
+    """The compiled rule of an active definition; None if inactive or (defensively) invalid."""
+    if not active_definition(definition):
+        return None
+    try:
+        return SegmentRule.build(str(definition["id"]), int(definition["version"]), parse_rule(definition["rules"]))
+    except (RuleValidationError, KeyError, ValueError):
+        return None
+
+
+def retention_for(rules: Mapping[str, SegmentRule]) -> timedelta:
+    return max((r.retention for r in rules.values()), default=timedelta(0))
+
+
+def _diff(state: UserState, profile: Profile, rules: Mapping[str, SegmentRule], now: datetime,
+          received_at: datetime | None, only: str | None = None) -> tuple[dict[str, int], list[MembershipChange]]:
+    """Evaluate `rules` (or just segment `only`) and return (new memberships, changes)."""
+    current = state.memberships if only is None else {k: v for k, v in state.memberships.items() if k == only}
+    diff = evaluate_memberships(profile, rules, current, now)
+    memberships = {k: v for k, v in state.memberships.items() if only is not None and k != only}
+    memberships.update(diff.current)
+    changes = [MembershipChange(profile.user_id, sid, "entered", now, v, received_at) for sid, v in diff.entered]
+    changes += [MembershipChange(profile.user_id, sid, "exited", now, v, received_at) for sid, v in diff.exited]
+    return memberships, changes
+
+
+def _next_timer(profile: Profile, rules: Mapping[str, SegmentRule], now: datetime) -> datetime | None:
+    expiries = [t for r in rules.values() if (t := next_expiry(r.rule, profile, now)) is not None]
+    return min(expiries, default=None)
+
+
+def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule], now: datetime) -> Outcome:
+    """A user event: update the profile, evaluate every active rule, report what changed."""
+    profile = apply_event(state.profile, event, retention_for(rules))
+    memberships, changes = _diff(state, profile, rules, now, event.received_at)
+    return Outcome(UserState(profile, memberships), changes, True, _next_timer(profile, rules, now))
+
+
+def on_reevaluate(state: UserState, definition: Mapping[str, Any], rules: Mapping[str, SegmentRule],
+                  now: datetime) -> Outcome:
+    """Backfill of one changed segment for this user, using the definition the request carries
+    (the broadcast side may not have it yet) unless the broadcast side already has a newer one."""
+    if state.profile is None:
+        return Outcome(state, [], False, None)
+    segment_id = str(definition["id"])
+    rule = compile_definition(definition)
+    known = rules.get(segment_id)
+    version = definition.get("version")  # a delete carries none: it always wins
+    newest_known = known is not None and version is not None and int(version) < known.version
+    effective = known if newest_known else rule
+    scope = {segment_id: effective} if effective is not None else {}
+    memberships, changes = _diff(state, state.profile, scope, now, None, only=segment_id)
+    timer = _next_timer(state.profile, {**rules, **scope}, now)
+    return Outcome(UserState(state.profile, memberships), changes, False, timer)
+
+
+def on_timer(state: UserState, rules: Mapping[str, SegmentRule], now: datetime) -> Outcome:
+    """A window may have passed: drop old history and re-evaluate with no new event."""
+    if state.profile is None:
+        return Outcome(state, [], False, None)
+    profile = prune_history(state.profile, now, retention_for(rules))
+    memberships, changes = _diff(state, profile, rules, now, None)
+    return Outcome(UserState(profile, memberships), changes, False, _next_timer(profile, rules, now))
+
+
+def utc_from_millis(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, UTC)

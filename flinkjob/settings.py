@@ -1,0 +1,23 @@
+"""Settings of the rule engine process (AM_* like every service, plus the Flink-specific ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from server.runtime.settings import ServiceSettings
+
+
+class RuleEngineSettings(ServiceSettings):
+    """`AM_PORT` is the health/metrics port (30084); `AM_FLINK_UI_PORT` the Flink web UI (30881)."""
+
+    port: int = 30084
+    flink_ui_port: int = Field(default=30881, description="Flink REST API and web UI")
+    state_dir: Path = Field(default=Path(".amctl/rule-engine"), description="Checkpoints and feeder progress")
+    checkpoint_interval_ms: int = 5000
+    parallelism: int = 1
+    broker_epoch: str = Field(default="0", description="Changes when the broker lost its data (the local "
+                              "memory broker restarted): Kafka offsets in a checkpoint are then not restored")
+    writer_batch: int = 1000
+    backfill_page: int = 1000

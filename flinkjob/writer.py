@@ -1,0 +1,80 @@
+"""Writes the job's output to the profile store in batches: profiles, then membership changes.
+
+Offsets are committed only after a batch is written; the store ignores repeated changes, so a
+crash between the two replays a batch harmlessly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from server.domain.membership import MembershipChange
+from server.runtime.metrics import LATENCY_BUCKETS, register_metric_name
+from server.stores.profile_store import ProfileStore
+from server.stores.topics import SEGMENT_MEMBERSHIP, TOPICS, USER_PROFILES
+
+MEMBERSHIP_CHANGES = register_metric_name("am_membership_changes_total")
+PROFILES_WRITTEN = register_metric_name("am_profiles_written_total")
+ASSIGNMENT_LATENCY = register_metric_name("am_segment_assignment_seconds")
+
+
+class StoreWriter:
+    def __init__(self, bootstrap: str, prefix: str, store: ProfileStore, batch: int,
+                 registry: CollectorRegistry) -> None:
+        self.store, self.batch = store, batch
+        self.membership_topic, self.profile_topic = prefix + SEGMENT_MEMBERSHIP, prefix + USER_PROFILES
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}rule-engine-writer",
+                                  "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        partitions = [TopicPartition(t, p) for t in (self.membership_topic, self.profile_topic)
+                      for p in range(TOPICS[SEGMENT_MEMBERSHIP if t == self.membership_topic else USER_PROFILES])]
+        try:
+            committed = self.consumer.committed(partitions, timeout=10)
+        except KafkaException:  # no offsets stored yet (or the broker cannot say): start from the beginning
+            committed = partitions
+        self.consumer.assign([TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)) for tp in committed])
+        self.changes = Counter(MEMBERSHIP_CHANGES.removesuffix("_total"), "Membership changes written",
+                               ["change"], registry=registry)
+        self.profiles = Counter(PROFILES_WRITTEN.removesuffix("_total"), "Profile snapshots written",
+                                registry=registry)
+        self.latency = Histogram(ASSIGNMENT_LATENCY, "Event received → membership written",
+                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.last_poll = time.monotonic()
+        self.probe_seen: str | None = None
+
+    async def run(self) -> None:
+        while True:
+            msgs = await asyncio.to_thread(self.consumer.consume, self.batch, 0.05)
+            self.last_poll = time.monotonic()
+            records = [m for m in msgs if not m.error() and m.value() is not None]
+            if not records:
+                continue
+            await self.write(records)
+            await asyncio.to_thread(self.consumer.commit, asynchronous=False)
+
+    async def write(self, records: list[Any]) -> None:
+        profiles = [json.loads(m.value()) for m in records if m.topic() == self.profile_topic]
+        outputs = [json.loads(m.value()) for m in records if m.topic() == self.membership_topic]
+        for output in outputs:
+            if "probe" in output:
+                self.probe_seen = output["probe"]
+        changes = [MembershipChange.from_json(o) for o in outputs if "probe" not in o]
+        if profiles:
+            await self.store.put_profiles(profiles)
+            self.profiles.inc(len(profiles))
+        if changes:
+            await self.store.apply_changes(changes)
+            written = datetime.now(UTC)
+            for change in changes:
+                self.changes.labels(change.change).inc()
+                if change.event_received_at is not None:
+                    self.latency.observe((written - change.event_received_at).total_seconds())
+
+    def close(self) -> None:
+        self.consumer.close()

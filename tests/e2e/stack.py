@@ -1,0 +1,44 @@
+"""Running amctl and whole local stacks from tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from amctl.local import processes
+
+PORT_NAMES = ("segment_api", "ingestion_api", "communication_api", "rule_engine", "postgres", "kafka",
+              "flink_ui", "prometheus", "smtp")
+
+
+def amctl(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "amctl", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def stack_environment(state: Path) -> dict[str, str]:
+    env = {**os.environ, "AMCTL_STATE_DIR": str(state), "NO_COLOR": "1", "COLUMNS": "200"}
+    for name in PORT_NAMES:
+        env[f"AMCTL_PORT_{name.upper()}"] = str(processes.free_port())
+    return env
+
+
+class Stack:
+    """A running stack and HTTP clients for its services."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        port = lambda name: int(env[f"AMCTL_PORT_{name.upper()}"])  # noqa: E731
+        self.segments = httpx.Client(base_url=f"http://127.0.0.1:{port('segment_api')}", timeout=10)
+        self.events = httpx.Client(base_url=f"http://127.0.0.1:{port('ingestion_api')}", timeout=10)
+        self.campaigns = httpx.Client(base_url=f"http://127.0.0.1:{port('communication_api')}", timeout=10)
+        self.rule_engine = httpx.Client(base_url=f"http://127.0.0.1:{port('rule_engine')}", timeout=10)
+        self.database_url = f"postgresql://postgres@127.0.0.1:{port('postgres')}/audience"
+
+    def close(self) -> None:
+        for client in (self.segments, self.events, self.campaigns, self.rule_engine):
+            client.close()

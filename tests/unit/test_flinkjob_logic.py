@@ -1,0 +1,88 @@
+"""The rule engine's decisions without Flink: events, backfill, timers, deletes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from flinkjob.logic import UserState, compile_definition, on_event, on_reevaluate, on_timer
+from server.domain.events import UserEvent
+from server.domain.membership import SegmentRule
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
+
+
+def definition(segment_id: str, rules: dict[str, Any], version: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"id": segment_id, "type": "DYNAMIC", "status": "ACTIVE", "version": version, "rules": rules, **extra}
+
+
+HIGH = definition("high", {"conditions": [{"field": "totalSpent", "operator": "gt", "value": 1000}]})
+BURST = definition("burst", {"event": "purchase", "count": {"gte": 2}, "within": "PT10S"})
+
+
+def rules(*definitions: dict[str, Any]) -> dict[str, SegmentRule]:
+    compiled = {d["id"]: compile_definition(d) for d in definitions}
+    return {k: v for k, v in compiled.items() if v is not None}
+
+
+def purchase(amount: float, at: datetime = NOW, user: str = "u1") -> UserEvent:
+    return UserEvent(user_id=user, event_type="purchase", event_id=f"e{at.timestamp()}{amount}", timestamp=at,
+                     properties={"amount": amount}, received_at=at)
+
+
+def test_event_enters_and_reports_latency_source() -> None:
+    outcome = on_event(UserState(), purchase(1500), rules(HIGH), NOW)
+    assert [(c.segment_id, c.change, c.segment_version) for c in outcome.changes] == [("high", "entered", 1)]
+    assert outcome.changes[0].event_received_at == NOW
+    assert outcome.state.memberships == {"high": 1} and outcome.profile_changed
+    again = on_event(outcome.state, purchase(10), rules(HIGH), NOW)
+    assert again.changes == []  # still a member: nothing new to say
+
+
+def test_state_survives_json() -> None:
+    state = on_event(UserState(), purchase(1500), rules(HIGH), NOW).state
+    assert UserState.from_json(state.to_json()) == state
+    assert UserState.from_json(None) == UserState()
+
+
+def test_inactive_or_static_definitions_are_not_evaluated() -> None:
+    assert compile_definition({**HIGH, "status": "PAUSED"}) is None
+    assert compile_definition({**HIGH, "type": "STATIC"}) is None
+    assert compile_definition({"id": "high", "deleted": True}) is None
+
+
+def test_backfill_applies_a_new_definition_only_to_its_segment() -> None:
+    state = on_event(UserState(), purchase(1500), {}, NOW).state  # no rules yet
+    assert state.memberships == {}
+    outcome = on_reevaluate(state, HIGH, {}, NOW)
+    assert [(c.segment_id, c.change) for c in outcome.changes] == [("high", "entered")]
+    assert not outcome.profile_changed
+    tightened = definition("high", {"field": "totalSpent", "operator": "gt", "value": 5000}, version=2)
+    exited = on_reevaluate(outcome.state, tightened, rules(HIGH), NOW)
+    assert [(c.change, c.segment_version) for c in exited.changes] == [("exited", 2)]
+    deleted = on_reevaluate(outcome.state, {"id": "high", "deleted": True}, rules(HIGH), NOW)
+    assert [c.change for c in deleted.changes] == ["exited"]
+    stale = on_reevaluate(outcome.state, tightened | {"version": 0}, rules(HIGH), NOW)
+    assert stale.changes == []  # the job already knows a newer version: keep it
+
+
+def test_backfill_of_an_unknown_user_does_nothing() -> None:
+    outcome = on_reevaluate(UserState(), HIGH, {}, NOW)
+    assert outcome.changes == [] and outcome.state == UserState()
+
+
+def test_windowed_membership_expires_on_the_timer() -> None:
+    active = rules(BURST)
+    first = on_event(UserState(), purchase(5, NOW - timedelta(seconds=4)), active, NOW)
+    second = on_event(first.state, purchase(5, NOW), active, NOW)
+    assert [c.change for c in second.changes] == ["entered"]
+    assert second.next_timer == NOW + timedelta(seconds=6)  # when the older purchase leaves the window
+    early = on_timer(second.state, active, NOW + timedelta(seconds=5))
+    assert early.changes == []
+    late = on_timer(second.state, active, NOW + timedelta(seconds=7))
+    assert [c.change for c in late.changes] == ["exited"]
+    assert late.state.memberships == {}
