@@ -8,7 +8,7 @@ import typer
 from pydantic import ValidationError
 
 from amctl import __version__
-from amctl.commands import scenario, stack
+from amctl.commands import events, scenario, segment, stack
 from amctl.context import AppContext
 from amctl.settings import AmctlSettings, Target
 
@@ -20,7 +20,10 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 stack.register(app)
+app.add_typer(events.app, name="events")
 app.add_typer(scenario.app, name="scenario")
+app.add_typer(segment.segment_app, name="segment")
+app.add_typer(segment.user_app, name="user")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,119 @@
+"""The typed HTTP client amctl uses to talk to the platform's services (and nothing else does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from amctl.settings import AmctlSettings
+
+
+class ApiError(Exception):
+    """A call that failed; the message is one line a user can act on."""
+
+    def __init__(self, message: str, status: int | None = None, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.details = details or []
+
+
+def _problems(body: Any) -> tuple[str, list[str]]:
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        lines = [str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail]
+        return "the request was rejected", lines
+    return str(detail), []
+
+
+class ServiceClient:
+    """One service's base URL, timeouts, and the mapping of failures to `ApiError`."""
+
+    name = "service"
+
+    def __init__(self, base_url: str, timeout_s: float = 10.0, api_key: str | None = None) -> None:
+        self.base_url = base_url
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ApiError(f"cannot reach the {self.name} at {self.base_url} — is the stack up? (amctl up)") from None
+        except httpx.TimeoutException:
+            raise ApiError(f"the {self.name} at {self.base_url} did not answer in time") from None
+        if response.status_code >= 400:
+            try:
+                message, details = _problems(response.json())
+            except ValueError:
+                message, details = response.text or response.reason_phrase, []
+            raise ApiError(f"{self.name}: {message} (HTTP {response.status_code})", response.status_code, details)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class SegmentClient(ServiceClient):
+    name = "Segment API"
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/api/segments", json=body)  # type: ignore[no-any-return]
+
+    def list_segments(self, segment_type: str | None, status: str | None, limit: int, offset: int) -> dict[str, Any]:
+        params = {k: v for k, v in {"type": segment_type, "status": status, "limit": limit, "offset": offset}.items()
+                  if v is not None}
+        return self.request("GET", "/api/segments", params=params)  # type: ignore[no-any-return]
+
+    def get(self, segment_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/segments/{segment_id}")  # type: ignore[no-any-return]
+
+    def update(self, segment_id: str, body: dict[str, Any], if_match: int | None = None) -> dict[str, Any]:
+        headers = {"If-Match": f'W/"{if_match}"'} if if_match is not None else {}
+        return self.request("PUT", f"/api/segments/{segment_id}", json=body,  # type: ignore[no-any-return]
+                            headers=headers)
+
+    def delete(self, segment_id: str) -> None:
+        self.request("DELETE", f"/api/segments/{segment_id}")
+
+    def preview(self, rules: dict[str, Any], sample_size: int) -> dict[str, Any]:
+        return self.request("POST", "/api/segments/preview",  # type: ignore[no-any-return]
+                            json={"rules": rules, "sampleSize": sample_size})
+
+    def members(self, segment_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self.request("GET", f"/api/segments/{segment_id}/members", params=params)  # type: ignore[no-any-return]
+
+    def change_members(self, segment_id: str, add: list[str], remove: list[str]) -> dict[str, Any]:
+        return self.request("POST", f"/api/segments/{segment_id}/members",  # type: ignore[no-any-return]
+                            json={"add": add, "remove": remove})
+
+    def stats(self, segment_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/segments/{segment_id}/stats")  # type: ignore[no-any-return]
+
+    def user_segments(self, user_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/users/{user_id}/segments")  # type: ignore[no-any-return]
+
+    def user_profile(self, user_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/users/{user_id}/profile")  # type: ignore[no-any-return]
+
+
+class IngestionClient(ServiceClient):
+    name = "Ingestion API"
+
+    def send(self, event: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/api/events", json=event)  # type: ignore[no-any-return]
+
+    def send_batch(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.request("POST", "/api/events/batch", json={"events": events})  # type: ignore[no-any-return]
+
+
+def segment_client(settings: AmctlSettings) -> SegmentClient:
+    return SegmentClient(settings.url(settings.ports.segment_api))
+
+
+def ingestion_client(settings: AmctlSettings) -> IngestionClient:
+    return IngestionClient(settings.url(settings.ports.ingestion_api))

@@ -1,0 +1,237 @@
+"""`amctl segment …` and `amctl user …`: segments and what users are in them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from amctl.client import ApiError, SegmentClient, segment_client
+from amctl.context import AppContext, get_context
+from amctl.options import JsonOption
+
+segment_app = typer.Typer(help="Create, inspect and change segments.", no_args_is_help=True)
+user_app = typer.Typer(help="What the platform knows about a user.", no_args_is_help=True)
+
+RulesOption = Annotated[str | None, typer.Option("--rules", help="Rule tree as inline JSON.")]
+RulesFileOption = Annotated[Path | None, typer.Option("--rules-file", help="Rule tree from a JSON or YAML file.")]
+
+
+@contextmanager
+def segments(ctx: typer.Context) -> Iterator[tuple[AppContext, SegmentClient]]:
+    """The Segment API client; API errors end the command with their message (and details)."""
+    app = get_context(ctx)
+    client = segment_client(app.settings)
+    try:
+        yield app, client
+    except ApiError as exc:
+        for line in exc.details:
+            app.err.print(f"  {line}", markup=False)
+        app.fail(str(exc))
+    finally:
+        client.close()
+
+
+def read_rules(app: AppContext, inline: str | None, file: Path | None) -> dict[str, Any] | None:
+    if inline and file:
+        app.fail("give --rules or --rules-file, not both")
+    try:
+        if inline:
+            parsed = json.loads(inline)
+        elif file:
+            parsed = yaml.safe_load(file.read_text())  # YAML is a superset of JSON
+        else:
+            return None
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        app.fail(f"cannot read the rules: {exc}")
+    if not isinstance(parsed, dict):
+        app.fail("rules must be a JSON object, e.g. '{\"conditions\":[...]}'")
+    return parsed
+
+
+def show_segment(app: AppContext, segment: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        app.print_json(segment)
+        return
+    table = Table(show_header=False, title=segment["name"])
+    for key in ("id", "type", "status", "version", "description", "createdAt", "updatedAt"):
+        table.add_row(key, str(segment.get(key, "")))
+    table.add_row("rules", json.dumps(segment.get("rules")))
+    app.console.print(table)
+    for warning in segment.get("warnings", []):
+        app.err.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
+
+
+@segment_app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Unique segment name.")],
+    rules: RulesOption = None,
+    rules_file: RulesFileOption = None,
+    description: Annotated[str, typer.Option(help="What the segment is for.")] = "",
+    static: Annotated[bool, typer.Option("--static", help="A STATIC segment (explicit members, no rules).")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Create a segment (DYNAMIC with rules, or --static)."""
+    with segments(ctx) as (app, client):
+        body = {"name": name, "description": description, "type": "STATIC" if static else "DYNAMIC",
+                "rules": read_rules(app, rules, rules_file)}
+        show_segment(app, client.create(body), json_output)
+
+
+@segment_app.command("list")
+def list_segments(
+    ctx: typer.Context,
+    segment_type: Annotated[str | None, typer.Option("--type", help="DYNAMIC or STATIC.")] = None,
+    status: Annotated[str | None, typer.Option(help="ACTIVE or PAUSED.")] = None,
+    limit: Annotated[int, typer.Option(help="Page size.")] = 50,
+    offset: Annotated[int, typer.Option(help="Skip this many.")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """List segments."""
+    with segments(ctx) as (app, client):
+        page = client.list_segments(segment_type, status, limit, offset)
+        if json_output:
+            app.print_json(page)
+            return
+        table = Table(title=f"segments ({page['total']} in all)")
+        for column in ("id", "name", "type", "status", "version", "updated"):
+            table.add_column(column)
+        for s in page["items"]:
+            table.add_row(s["id"], s["name"], s["type"], s["status"], str(s["version"]), s["updatedAt"])
+        app.console.print(table)
+
+
+@segment_app.command("get")
+def get(ctx: typer.Context, segment_id: str, json_output: JsonOption = False) -> None:
+    """Show one segment."""
+    with segments(ctx) as (app, client):
+        show_segment(app, client.get(segment_id), json_output)
+
+
+@segment_app.command("update")
+def update(
+    ctx: typer.Context,
+    segment_id: str,
+    rules: RulesOption = None,
+    rules_file: RulesFileOption = None,
+    name: Annotated[str | None, typer.Option(help="New name.")] = None,
+    description: Annotated[str | None, typer.Option(help="New description.")] = None,
+    status: Annotated[str | None, typer.Option(help="ACTIVE or PAUSED.")] = None,
+    if_version: Annotated[int | None, typer.Option("--if-version",
+                                                   help="Only if the segment is still at this version.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Change a segment; its version goes up by one."""
+    with segments(ctx) as (app, client):
+        body: dict[str, Any] = {k: v for k, v in {"name": name, "description": description, "status": status,
+                                                  "rules": read_rules(app, rules, rules_file)}.items() if v is not None}
+        if not body:
+            app.fail("nothing to change", hint="give --rules, --rules-file, --name, --description or --status")
+        show_segment(app, client.update(segment_id, body, if_version), json_output)
+
+
+@segment_app.command("delete")
+def delete(ctx: typer.Context, segment_id: str) -> None:
+    """Delete a segment; its members leave it."""
+    with segments(ctx) as (app, client):
+        client.delete(segment_id)
+        app.console.print(f"deleted segment {segment_id}")
+
+
+@segment_app.command("preview")
+def preview(ctx: typer.Context, rules: RulesOption = None, rules_file: RulesFileOption = None,
+            sample: Annotated[int, typer.Option(help="How many matching user ids to show.")] = 10,
+            json_output: JsonOption = False) -> None:
+    """How many current profiles a rule tree matches, without creating a segment."""
+    with segments(ctx) as (app, client):
+        tree = read_rules(app, rules, rules_file)
+        if tree is None:
+            app.fail("give the rules to preview", hint="--rules '{...}' or --rules-file FILE")
+        result = client.preview(tree, sample)
+        if json_output:
+            app.print_json(result)
+            return
+        app.console.print(f"{result['matching']:,} of {result['scanned']:,} profiles match")
+        if result["sample"]:
+            app.console.print("sample: " + ", ".join(result["sample"]))
+        for warning in result["warnings"]:
+            app.err.print(f"warning: {warning}", markup=False)
+
+
+@segment_app.command("members")
+def members(ctx: typer.Context, segment_id: str,
+            limit: Annotated[int, typer.Option(help="Page size.")] = 100,
+            cursor: Annotated[str | None, typer.Option(help="nextCursor from the previous page.")] = None,
+            add: Annotated[list[str] | None, typer.Option(help="Add a member (STATIC segments).")] = None,
+            remove: Annotated[list[str] | None, typer.Option(help="Remove a member (STATIC segments).")] = None,
+            json_output: JsonOption = False) -> None:
+    """List a segment's members (or change a STATIC segment's with --add/--remove)."""
+    with segments(ctx) as (app, client):
+        if add or remove:
+            client.change_members(segment_id, add or [], remove or [])
+        page = client.members(segment_id, limit, cursor)
+        if json_output:
+            app.print_json(page)
+            return
+        table = Table(title=f"members of {segment_id}")
+        for column in ("user", "since", "version", "source"):
+            table.add_column(column)
+        for m in page["items"]:
+            table.add_row(m["userId"], m["enteredAt"], str(m["segmentVersion"]), m["source"])
+        app.console.print(table)
+        if page["nextCursor"]:
+            app.console.print(f"more: --cursor {page['nextCursor']}", markup=False)
+
+
+@segment_app.command("stats")
+def stats(ctx: typer.Context, segment_id: str, json_output: JsonOption = False) -> None:
+    """Size, and how many entered and exited in the last hour and day."""
+    with segments(ctx) as (app, client):
+        result = client.stats(segment_id)
+        if json_output:
+            app.print_json(result)
+            return
+        table = Table(title=f"segment {segment_id}")
+        for column in ("size", "entered 1h", "entered 24h", "exited 1h", "exited 24h"):
+            table.add_column(column, justify="right")
+        e, x = result["entered"], result["exited"]
+        table.add_row(f"{result['size']:,}", str(e["lastHour"]), str(e["lastDay"]), str(x["lastHour"]),
+                      str(x["lastDay"]))
+        app.console.print(table)
+
+
+@user_app.command("segments")
+def user_segments(ctx: typer.Context, user_id: str, json_output: JsonOption = False) -> None:
+    """The segments a user is in, and since when."""
+    with segments(ctx) as (app, client):
+        result = client.user_segments(user_id)
+        if json_output:
+            app.print_json(result)
+            return
+        table = Table(title=f"segments of {user_id}")
+        for column in ("segment", "id", "since", "version"):
+            table.add_column(column)
+        for s in result["segments"]:
+            table.add_row(s["name"], s["segmentId"], s["enteredAt"], str(s["segmentVersion"]))
+        app.console.print(table)
+
+
+@user_app.command("profile")
+def user_profile(ctx: typer.Context, user_id: str, json_output: JsonOption = False) -> None:
+    """A user's traits and aggregates."""
+    with segments(ctx) as (app, client):
+        profile = client.user_profile(user_id)
+        if json_output:
+            app.print_json(profile)
+            return
+        table = Table(show_header=False, title=f"profile of {user_id}")
+        for key, value in profile.items():
+            table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+        app.console.print(table)

@@ -1,0 +1,92 @@
+"""The CLI against a running stack, as a user drives it: segments, users, events, load."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.stack import Stack, amctl
+
+pytestmark = pytest.mark.e2e
+
+
+def run_json(stack: Stack, *args: str) -> object:
+    result = amctl(stack.env, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_segment_lifecycle_and_user_views(running_stack: Stack, tmp_path: Path) -> None:
+    name = f"cli vip {uuid.uuid4().hex[:6]}"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("conditions:\n  - {field: totalSpent, operator: gt, value: 1000}\n")
+    created = run_json(running_stack, "segment", "create", name, "--rules-file", str(rules))
+    assert isinstance(created, dict) and created["version"] == 1
+    sid = created["id"]
+    time.sleep(0.5)
+    user = f"cli-{uuid.uuid4().hex[:6]}"
+    sent = amctl(running_stack.env, "events", "send", "--user", user, "--type", "purchase", "-p", "amount=1500")
+    assert sent.returncode == 0 and "1 of 1 event(s) accepted" in sent.stdout
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        mine = run_json(running_stack, "user", "segments", user)
+        assert isinstance(mine, dict)
+        if any(s["segmentId"] == sid for s in mine["segments"]):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the user never entered the segment")
+    profile = run_json(running_stack, "user", "profile", user)
+    assert isinstance(profile, dict) and profile["totalSpent"] == 1500
+    preview = run_json(running_stack, "segment", "preview", "--rules",
+                       json.dumps({"field": "totalSpent", "operator": "gte", "value": 1500}))
+    assert isinstance(preview, dict) and preview["matching"] >= 1
+    updated = run_json(running_stack, "segment", "update", sid, "--description", "big spenders", "--if-version", "1")
+    assert isinstance(updated, dict) and updated["version"] == 2
+    stale = amctl(running_stack.env, "segment", "update", sid, "--description", "x", "--if-version", "1")
+    assert stale.returncode == 1 and "HTTP 412" in stale.stderr and "Traceback" not in stale.stderr
+    stats = run_json(running_stack, "segment", "stats", sid)
+    assert isinstance(stats, dict) and stats["size"] >= 1
+    listed = amctl(running_stack.env, "segment", "list")
+    assert listed.returncode == 0 and name in listed.stdout
+    assert amctl(running_stack.env, "segment", "delete", sid).returncode == 0
+    gone = amctl(running_stack.env, "segment", "get", sid)
+    assert gone.returncode == 1 and "HTTP 404" in gone.stderr
+
+
+def test_bad_rules_are_listed_with_their_paths(running_stack: Stack) -> None:
+    result = amctl(running_stack.env, "segment", "create", "bad", "--rules",
+                   '{"any":[{"field":"a","operator":"gtt","value":1},{"field":"b","operator":"gt","value":"x"}]}')
+    assert result.returncode == 1
+    assert "rules.any[0].operator: unknown operator 'gtt'" in result.stderr
+    assert "rules.any[1].value: operator 'gt' needs a number" in result.stderr
+
+
+def test_events_from_a_file_report_bad_lines(running_stack: Stack, tmp_path: Path) -> None:
+    good = tmp_path / "events.jsonl"
+    good.write_text("\n".join(json.dumps({"userId": f"f{i}", "eventType": "page_view"}) for i in range(3))
+                    + '\n{"eventType": "no user"}\n')
+    result = amctl(running_stack.env, "events", "send", "--file", str(good))
+    assert result.returncode == 1
+    assert "3 of 4 event(s) accepted" in result.stdout and "event 4: rejected" in result.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"userId": "x", "eventType": "a"}\nnot json\n')
+    result = amctl(running_stack.env, "events", "send", "--file", str(broken))
+    assert result.returncode == 1
+    assert "broken.jsonl:2: not JSON" in result.stderr and "nothing was sent" in result.stderr
+
+
+def test_load_mode_reports_rate_and_thresholds(running_stack: Stack) -> None:
+    summary = run_json(running_stack, "events", "send", "--rate", "100", "--duration", "2s", "--users", "50")
+    assert isinstance(summary, dict)
+    assert summary["sent"] + summary["dropped"] == 200
+    assert summary["errors"] == 0 and summary["latency_ms"]["p99"] > 0
+    breached = amctl(running_stack.env, "events", "send", "--rate", "20", "--duration", "1s",
+                     "--threshold", "p50<1us")
+    assert breached.returncode == 99 and "FAIL" in breached.stdout
+    bad = amctl(running_stack.env, "events", "send", "--rate", "20", "--threshold", "p99<")
+    assert bad.returncode == 1 and "expected METRIC<VALUE" in bad.stderr
