@@ -1,8 +1,10 @@
 """Feeds segment definitions to the job and backfills changed segments to users already seen.
 
 Reads `segment-rules` from the start (it holds every definition; tombstones mark deletes),
-republishes each definition on the job's rules topic, and for every new version asks the job to
-re-evaluate that segment for each known user (deletes: for each current member).
+republishes each definition on the job's rules topic, and asks the job to re-evaluate changed
+segments for the users they may affect: every known user for a new or changed segment, the
+members for a deleted one. Definitions that arrive together are backfilled in one pass, with one
+request per user carrying all of them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -21,7 +24,10 @@ from server.stores.profile_store import ProfileStore
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_RULES
 
 log = logging.getLogger("rule-engine.feeder")
+# An event the job handled just before a definition reached it, whose profile was not in the store
+# yet during the first pass, is caught by a second pass over profiles written since then.
 SETTLE_S = 3.0
+SETTLE_MARGIN = timedelta(seconds=5)
 
 
 def definition_of(msg: Message) -> dict[str, Any]:
@@ -41,63 +47,76 @@ class RuleFeeder:
                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
         self.consumer.assign([TopicPartition(prefix + SEGMENT_RULES, 0, 0)])
         self.versions: dict[str, int] = {}
-        self._pending: set[asyncio.Task[None]] = set()
         self.backfilled_users = 0
         self.last_backfill_rate: float | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         while True:
-            msgs = await asyncio.to_thread(self.consumer.consume, 100, 0.1)
-            for msg in msgs:
-                if msg.error():
-                    continue
-                await self.handle(definition_of(msg))
+            msgs = await asyncio.to_thread(self.consumer.consume, 500, 0.1)
+            definitions = [definition_of(m) for m in msgs if not m.error()]
+            if definitions:
+                await self.handle(definitions)
 
-    async def handle(self, definition: dict[str, Any]) -> None:
-        segment_id = str(definition["id"])
-        version = int(definition.get("version") or 0)
-        deleted = bool(definition.get("deleted"))
-        seen = self.versions.get(segment_id)
-        await self.producer.send(self.prefix + RULE_DEFINITIONS, segment_id, orjson.dumps(definition))
-        if not deleted and seen is not None and version <= seen:
-            return  # a repeat (e.g. the Segment API's start-up snapshot): nothing new to backfill
-        self.versions[segment_id] = version if not deleted else max(version, seen or 0)
-        await self.backfill(definition, deleted)
-        # An event processed just before the definition reached the job, whose profile was not yet
-        # in the store during this pass, would be missed: a second pass once that has settled.
-        task = asyncio.create_task(self._settle_pass(definition, deleted))
+    async def handle(self, definitions: list[dict[str, Any]]) -> None:
+        """Publish every definition in order; backfill those that are new or changed."""
+        changed: dict[str, dict[str, Any]] = {}
+        for definition in definitions:
+            segment_id = str(definition["id"])
+            await self.producer.send(self.prefix + RULE_DEFINITIONS, segment_id, orjson.dumps(definition))
+            version, deleted = int(definition.get("version") or 0), bool(definition.get("deleted"))
+            seen = self.versions.get(segment_id)
+            if not deleted and seen is not None and version <= seen:
+                continue  # a repeat (e.g. the Segment API's start-up snapshot): nothing new to backfill
+            self.versions[segment_id] = max(version, seen or 0)
+            changed[segment_id] = definition  # the newest definition of each segment wins
+        if not changed:
+            return
+        fed_at = datetime.now(UTC)
+        await self.backfill(list(changed.values()))
+        task = asyncio.create_task(self._settle_pass(list(changed.values()), fed_at))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _settle_pass(self, definition: dict[str, Any], deleted: bool) -> None:
+    async def _settle_pass(self, definitions: list[dict[str, Any]], fed_at: datetime) -> None:
         await asyncio.sleep(SETTLE_S)
-        await self.backfill(definition, deleted)
+        await self.backfill(definitions, updated_since=fed_at - SETTLE_MARGIN)
 
-    async def backfill(self, definition: dict[str, Any], deleted: bool) -> None:
+    async def backfill(self, definitions: list[dict[str, Any]], updated_since: datetime | None = None) -> None:
         """One re-evaluation request per user who may be affected, in pages."""
-        segment_id = str(definition["id"])
-        started, sent, after = time.perf_counter(), 0, None
-        while True:
-            if deleted:
-                members = await self.store.segment_members(segment_id, after, self.page)
-                users = [m.user_id for m in members]
-            else:
-                users = [p["userId"] for p in await self.store.scan_profiles(after, self.page)]
-            if not users:
-                break
-            request = {"kind": "reevaluate", "segment": definition}
-            await asyncio.gather(*(
-                self.producer.send(self.prefix + REEVALUATIONS, user, orjson.dumps({**request, "userId": user}))
-                for user in users
-            ))
-            sent += len(users)
-            after = users[-1]
-            if len(users) < self.page:
-                break
+        started, sent = time.perf_counter(), 0
+        live = [d for d in definitions if not d.get("deleted")]
+        if live:  # every known user; deletes ride along (non-members are unaffected)
+            sent += await self._requests(definitions, lambda after: self._profile_ids(after, updated_since))
+        else:
+            for definition in definitions:
+                segment_id = str(definition["id"])
+                sent += await self._requests([definition], lambda after, s=segment_id: self._member_ids(s, after))
         self.backfilled_users += sent
         if sent:
             self.last_backfill_rate = sent / (time.perf_counter() - started)
-            log.info("backfill of segment %s: %d users (%.0f/s)", segment_id, sent, self.last_backfill_rate)
+            log.info("backfill of %d segment(s): %d users (%.0f/s)", len(definitions), sent, self.last_backfill_rate)
+
+    async def _profile_ids(self, after: str | None, updated_since: datetime | None) -> list[str]:
+        return [p["userId"] for p in await self.store.scan_profiles(after, self.page, updated_since)]
+
+    async def _member_ids(self, segment_id: str, after: str | None) -> list[str]:
+        return [m.user_id for m in await self.store.segment_members(segment_id, after, self.page)]
+
+    async def _requests(self, definitions: list[dict[str, Any]], users_after: Any) -> int:
+        sent, after = 0, None
+        while True:
+            users: list[str] = await users_after(after)
+            if not users:
+                return sent
+            await asyncio.gather(*(
+                self.producer.send(self.prefix + REEVALUATIONS, user,
+                                   orjson.dumps({"kind": "reevaluate", "userId": user, "segments": definitions}))
+                for user in users
+            ))
+            sent, after = sent + len(users), users[-1]
+            if len(users) < self.page:
+                return sent
 
     def close(self) -> None:
         self.consumer.close()

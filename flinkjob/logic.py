@@ -8,7 +8,7 @@ segments the user is in (id -> version entered at).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,22 +89,29 @@ def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule
     return Outcome(UserState(profile, memberships), changes, True, _next_timer(profile, rules, now))
 
 
-def on_reevaluate(state: UserState, definition: Mapping[str, Any], rules: Mapping[str, SegmentRule],
+def on_reevaluate(state: UserState, definitions: Sequence[Mapping[str, Any]], rules: Mapping[str, SegmentRule],
                   now: datetime) -> Outcome:
-    """Backfill of one changed segment for this user, using the definition the request carries
-    (the broadcast side may not have it yet) unless the broadcast side already has a newer one."""
-    if state.profile is None:
+    """Backfill of changed segments for this user, using the definitions the request carries (the
+    broadcast side may not have them yet) unless the broadcast side already has a newer one."""
+    profile = state.profile
+    if profile is None:
         return Outcome(state, [], False, None)
-    segment_id = str(definition["id"])
-    rule = compile_definition(definition)
-    known = rules.get(segment_id)
-    version = definition.get("version")  # a delete carries none: it always wins
-    newest_known = known is not None and version is not None and int(version) < known.version
-    effective = known if newest_known else rule
-    scope = {segment_id: effective} if effective is not None else {}
-    memberships, changes = _diff(state, state.profile, scope, now, None, only=segment_id)
-    timer = _next_timer(state.profile, {**rules, **scope}, now)
-    return Outcome(UserState(state.profile, memberships), changes, False, timer)
+    changes: list[MembershipChange] = []
+    merged = dict(rules)
+    for definition in definitions:
+        segment_id = str(definition["id"])
+        rule = compile_definition(definition)
+        known = rules.get(segment_id)
+        version = definition.get("version")  # a delete carries none: it always wins
+        newest_known = known is not None and version is not None and int(version) < known.version
+        effective = known if newest_known else rule
+        scope = {segment_id: effective} if effective is not None else {}
+        memberships, found = _diff(state, profile, scope, now, None, only=segment_id)
+        state = UserState(profile, memberships)
+        changes += found
+        merged.pop(segment_id, None)
+        merged.update(scope)
+    return Outcome(state, changes, False, _next_timer(profile, merged, now))
 
 
 def on_timer(state: UserState, rules: Mapping[str, SegmentRule], now: datetime) -> Outcome:

@@ -74,7 +74,7 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         now = datetime.now(UTC)
         started = time.perf_counter()
         if record.get("kind") == "reevaluate":
-            outcome = on_reevaluate(state, record["segment"], rules, now)
+            outcome = on_reevaluate(state, record["segments"], rules, now)
         else:
             outcome = on_event(state, UserEvent.from_json(record), rules, now)
             self.events.inc()

@@ -96,6 +96,8 @@ class LoadPlan:
     concurrency: int = 256
     timeout_s: float = 10.0
     headers: dict[str, str] = field(default_factory=dict)
+    # when set, each send is a GET of the URL this returns (read benchmarks) instead of a POST of events
+    get_url: Callable[[], str] | None = None
 
 
 async def run_load(plan: LoadPlan, on_progress: Callable[[LoadResult], None] | None = None,
@@ -110,10 +112,11 @@ async def run_load(plan: LoadPlan, on_progress: Callable[[LoadResult], None] | N
     headers = {"Content-Type": "application/json", **plan.headers}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
 
-        async def send(body: bytes) -> None:
+        async def send(body: bytes | None) -> None:
             started = time.perf_counter()
             try:
-                async with session.post(plan.url, data=body) as response:
+                request = session.get(plan.get_url()) if plan.get_url else session.post(plan.url, data=body)
+                async with request as response:
                     await response.read()
                     status = response.status
                 result.record(str(status), time.perf_counter() - started, 200 <= status < 300)
@@ -122,7 +125,9 @@ async def run_load(plan: LoadPlan, on_progress: Callable[[LoadResult], None] | N
             except aiohttp.ClientError as exc:
                 result.record(type(exc).__name__, time.perf_counter() - started, False)
 
-        def body() -> bytes:
+        def body() -> bytes | None:
+            if plan.get_url is not None:
+                return None
             if batch:
                 return orjson.dumps({"events": [plan.events.event() for _ in range(plan.batch_size)]})
             return orjson.dumps(plan.events.event())

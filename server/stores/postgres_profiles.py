@@ -40,10 +40,13 @@ class PostgresProfileStore:
                 [(user_id, Jsonb(profile)) for user_id, profile in latest.items()],
             )
 
-    async def scan_profiles(self, after: str | None, limit: int) -> list[dict[str, Any]]:
+    async def scan_profiles(self, after: str | None, limit: int,
+                            updated_since: datetime | None = None) -> list[dict[str, Any]]:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT profile FROM user_profiles WHERE user_id > %s ORDER BY user_id LIMIT %s", (after or "", limit)
+                "SELECT profile FROM user_profiles WHERE user_id > %s"
+                " AND (%s::timestamptz IS NULL OR updated_at >= %s) ORDER BY user_id LIMIT %s",
+                (after or "", updated_since, updated_since, limit),
             )
             return [dict(row[0]) for row in await cur.fetchall()]
 

@@ -39,8 +39,10 @@ class ProfileStore(Protocol):
     async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
         """Upsert profiles (each with its `userId`); the last one per user wins."""
 
-    async def scan_profiles(self, after: str | None, limit: int) -> list[dict[str, Any]]:
-        """Profiles ordered by user id, strictly after `after`, at most `limit` (for paging)."""
+    async def scan_profiles(self, after: str | None, limit: int,
+                            updated_since: datetime | None = None) -> list[dict[str, Any]]:
+        """Profiles ordered by user id, strictly after `after`, at most `limit` (for paging);
+        only those written at or after `updated_since` when it is given."""
 
     async def user_memberships(self, user_id: str) -> list[Membership]:
         """The segments a user is in now."""

@@ -58,20 +58,28 @@ def test_inactive_or_static_definitions_are_not_evaluated() -> None:
 def test_backfill_applies_a_new_definition_only_to_its_segment() -> None:
     state = on_event(UserState(), purchase(1500), {}, NOW).state  # no rules yet
     assert state.memberships == {}
-    outcome = on_reevaluate(state, HIGH, {}, NOW)
+    outcome = on_reevaluate(state, [HIGH], {}, NOW)
     assert [(c.segment_id, c.change) for c in outcome.changes] == [("high", "entered")]
     assert not outcome.profile_changed
     tightened = definition("high", {"field": "totalSpent", "operator": "gt", "value": 5000}, version=2)
-    exited = on_reevaluate(outcome.state, tightened, rules(HIGH), NOW)
+    exited = on_reevaluate(outcome.state, [tightened], rules(HIGH), NOW)
     assert [(c.change, c.segment_version) for c in exited.changes] == [("exited", 2)]
-    deleted = on_reevaluate(outcome.state, {"id": "high", "deleted": True}, rules(HIGH), NOW)
+    deleted = on_reevaluate(outcome.state, [{"id": "high", "deleted": True}], rules(HIGH), NOW)
     assert [c.change for c in deleted.changes] == ["exited"]
-    stale = on_reevaluate(outcome.state, tightened | {"version": 0}, rules(HIGH), NOW)
+    stale = on_reevaluate(outcome.state, [tightened | {"version": 0}], rules(HIGH), NOW)
     assert stale.changes == []  # the job already knows a newer version: keep it
 
 
+def test_one_request_backfills_several_segments() -> None:
+    state = on_event(UserState(), purchase(1500), {}, NOW).state
+    other = definition("spender", {"field": "purchaseCount", "operator": "gte", "value": 1})
+    outcome = on_reevaluate(state, [HIGH, other, BURST], {}, NOW)
+    assert sorted(c.segment_id for c in outcome.changes) == ["high", "spender"]
+    assert outcome.state.memberships == {"high": 1, "spender": 1}
+
+
 def test_backfill_of_an_unknown_user_does_nothing() -> None:
-    outcome = on_reevaluate(UserState(), HIGH, {}, NOW)
+    outcome = on_reevaluate(UserState(), [HIGH], {}, NOW)
     assert outcome.changes == [] and outcome.state == UserState()
 
 

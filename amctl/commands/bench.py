@@ -1,0 +1,74 @@
+"""`amctl bench`: every benchmark in one run on a fresh local stack; a table, or --json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from amctl.benchmarks import Measurement, run_bench
+from amctl.context import get_context
+from amctl.options import JsonOption
+from amctl.settings import AmctlSettings
+
+
+def measurements(quick: bool) -> Callable[[AmctlSettings], list[Measurement]]:
+    seconds = 3.0 if quick else 10.0
+
+    def plan(_: AmctlSettings) -> list[Measurement]:
+        return [  # ingestion last: the users it creates make every later backfill bigger
+            Measurement("rule_evaluations", "server.domain.bench", "measure_rule_evaluations",
+                        {"seconds": 1.0 if quick else 3.0}),
+            Measurement("rule_propagation", "amctl.load.measures", "measure_rule_propagation",
+                        {"trials": 2 if quick else 5}),
+            Measurement("assignment_latency", "amctl.load.measures", "measure_assignment_latency",
+                        {"seconds": seconds, "rates": [100, 500, 1000],
+                         "batch_rates": [2000] if quick else [2000, 5000, 10000]}),
+            Measurement("user_segments_api", "amctl.load.measures", "measure_user_segments_latency",
+                        {"rate": 500, "seconds": seconds}),
+            Measurement("ingestion", "amctl.load.measures", "measure_ingestion", {"seconds": seconds / 2}),
+        ]
+
+    return plan
+
+
+def _rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("cold start (amctl up)", f"{report.get('cold_start_s')} s"),
+            ("stack memory (RSS)", f"{report.get('stack_memory_mib', {}).get('total')} MiB")]
+    for name, figures in report.items():
+        if isinstance(figures, dict) and name not in ("machine", "stack_memory_mib"):
+            for key, value in figures.items():
+                rows.append((f"{name}.{key}", json.dumps(value) if isinstance(value, dict | list) else str(value)))
+    return rows
+
+
+def bench(
+    ctx: typer.Context,
+    quick: Annotated[bool, typer.Option("--quick", help="Shorter runs (for a smoke check of the bench).")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report here.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Cold start, memory, rule evaluations/s, ingestion events/s (vs bare FastAPI and a raw producer),
+    end-to-end assignment latency at 100/500/1,000 ev/s, sustained rate, rule propagation, API p50/p99."""
+    app = get_context(ctx)
+    with app.err.status("benchmarking") as status:
+        report = run_bench(measurements(quick), lambda text: status.update(text))
+    if output is not None:
+        output.write_text(json.dumps(report, indent=2))
+    if json_output:
+        app.print_json(report)
+        return
+    table = Table(title="amctl bench")
+    table.add_column("figure")
+    table.add_column("value", overflow="fold")
+    for row in _rows(report):
+        table.add_row(*row)
+    app.console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(bench)

@@ -1,0 +1,238 @@
+"""The measurements `amctl bench` runs against a live local stack (each returns a dict of figures)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+
+from amctl.load.profile import CATEGORIES, MIXES, EventFactory
+from amctl.load.runner import LoadPlan, run_load
+from amctl.load.schedule import ArrivalSchedule, Stage
+from amctl.local import processes
+from amctl.settings import AmctlSettings
+
+Factory = Callable[[], bytes]
+
+
+async def _closed_loop(url: str, body: Factory, workers: int, seconds: float) -> int:
+    """Requests completed by `workers` senders that each wait for an answer before the next."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(headers={"Content-Type": "application/json"},
+                                     connector=aiohttp.TCPConnector(limit=workers)) as session:
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                async with session.post(url, data=body()) as response:
+                    await response.read()
+                    if response.status < 300:
+                        done += 1
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return done
+
+
+def _throughput(url: str, batch: int, seconds: float, workers: int) -> float:
+    events = EventFactory(users=100_000, mix=MIXES["default"])
+    if batch > 1:
+        def body() -> bytes:
+            return orjson.dumps({"events": [events.event() for _ in range(batch)]})
+    else:
+        def body() -> bytes:
+            return orjson.dumps(events.event())
+    started = time.perf_counter()
+    done = asyncio.run(_closed_loop(url, body, workers, seconds))
+    return done * batch / (time.perf_counter() - started)
+
+
+def measure_ingestion(seconds: float = 5.0) -> dict[str, Any]:
+    """Events/s through the Ingestion API (single and batches of 100), beside a bare FastAPI
+    endpoint and a raw confluent-kafka producer measured in the same run."""
+    settings = AmctlSettings()
+    base = settings.url(settings.ports.ingestion_api)
+    single = _throughput(f"{base}/api/events", 1, seconds, 16)
+    batch = _throughput(f"{base}/api/events/batch", 100, seconds, 8)
+    port = processes.free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "amctl.load.bare", str(port)])
+    try:
+        deadline = time.monotonic() + 15
+        while not processes.port_accepts("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        bare_single = _throughput(f"http://127.0.0.1:{port}/api/events", 1, seconds, 16)
+        bare_batch = _throughput(f"http://127.0.0.1:{port}/api/events/batch", 100, seconds, 8)
+    finally:
+        bare.terminate()
+        bare.wait(10)
+    raw = _raw_producer(f"{settings.host}:{settings.ports.kafka}", seconds)
+    return {
+        "single_events_per_s": round(single), "batch_events_per_s": round(batch),
+        "bare_fastapi_single_per_s": round(bare_single), "bare_fastapi_batch_per_s": round(bare_batch),
+        "raw_producer_per_s": round(raw),
+        "single_vs_bare_fastapi": round(single / bare_single, 3), "batch_vs_bare_fastapi": round(batch / bare_batch, 3),
+        "batch_vs_raw_producer": round(batch / raw, 3),
+    }
+
+
+def _raw_producer(bootstrap: str, seconds: float) -> float:
+    from confluent_kafka import Producer
+
+    topic = f"bench-raw-{uuid.uuid4().hex[:6]}"
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 5})
+    events = EventFactory(users=100_000, mix=MIXES["default"])
+    payloads = [orjson.dumps(events.event()) for _ in range(1000)]
+    acked = 0
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        nonlocal acked
+        acked += err is None
+
+    started = time.perf_counter()
+    sent = 0
+    while time.perf_counter() - started < seconds:
+        try:
+            producer.produce(topic, payloads[sent % 1000], on_delivery=on_delivery)
+            sent += 1
+        except BufferError:
+            producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(30)
+    return acked / (time.perf_counter() - started)
+
+
+def _histogram(url: str, name: str) -> dict[float, float]:
+    text = httpx.get(url, timeout=5).text
+    buckets = {}
+    for match in re.finditer(rf'^{name}_bucket\{{le="([^"]+)"\}} (\S+)$', text, re.M):
+        buckets[float(match[1])] = float(match[2])
+    return buckets
+
+
+def _quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """A quantile from the difference of two cumulative Prometheus histograms (linear in a bucket)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0
+    if not total:
+        return None
+    target, lower, previous = q * total, 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if cumulative >= target:
+            if bound == float("inf"):
+                return lower
+            share = (target - previous) / (cumulative - previous) if cumulative > previous else 1.0
+            return lower + (bound - lower) * share
+        lower, previous = bound, cumulative
+    return lower
+
+
+def _segments(settings: AmctlSettings, count: int) -> None:
+    with httpx.Client(base_url=settings.url(settings.ports.segment_api), timeout=10) as client:
+        for i in range(count):
+            rules = {"all": [{"field": "category", "operator": "eq", "value": CATEGORIES[i % len(CATEGORIES)]},
+                             {"field": "eventCount", "operator": "gte", "value": 1 + i // len(CATEGORIES)}]}
+            client.post("/api/segments", json={"name": f"bench {uuid.uuid4().hex[:6]} {i}", "rules": rules})
+
+
+def measure_assignment_latency(
+    rates: tuple[int, ...] = (100, 500, 1000), seconds: float = 10.0, segments: int = 20,
+    batch_rates: tuple[int, ...] = (2000, 5000, 10000),
+) -> dict[str, Any]:
+    """Event received → membership written, p50/p99, at fixed open-model rates with `segments` active
+    segments; then batched rates to find the highest one whose p99 stays under 1 s."""
+    settings = AmctlSettings()
+    _segments(settings, segments)
+    time.sleep(5)  # the new segments' backfill (and its settle pass) runs before the measurement
+    metrics = f"{settings.url(settings.ports.rule_engine)}/metrics"
+    name = "am_segment_assignment_seconds"
+    results: dict[str, Any] = {"segments": segments, "by_rate": {}, "sustained": {}}
+
+    def run(rate: int, batch: int) -> dict[str, Any]:
+        before = _histogram(metrics, name)
+        path = "/api/events/batch" if batch > 1 else "/api/events"
+        plan = LoadPlan(url=settings.url(settings.ports.ingestion_api) + path,
+                        schedule=ArrivalSchedule([Stage(rate / batch, seconds)]),
+                        events=EventFactory(users=5_000_000, mix=MIXES["default"], seed=random.randrange(10**6)),
+                        batch_size=batch)
+        load = asyncio.run(run_load(plan)).as_json()
+        time.sleep(3)  # let the job and the writer drain
+        after = _histogram(metrics, name)
+        p50, p99 = _quantile(before, after, 0.5), _quantile(before, after, 0.99)
+        return {"achieved_rate": load["achieved_rate"], "dropped": load["dropped"], "errors": load["errors"],
+                "assignments": int(after.get(float("inf"), 0) - before.get(float("inf"), 0)),
+                "p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
+                "p99_ms": round(p99 * 1000, 1) if p99 is not None else None}
+
+    for rate in rates:
+        results["by_rate"][str(rate)] = run(rate, 1)
+    best = None
+    for rate in batch_rates:
+        figures = run(rate, 100)
+        results["sustained"][str(rate)] = figures
+        if figures["p99_ms"] is not None and figures["p99_ms"] < 1000 and not figures["dropped"]:
+            best = rate
+    results["max_rate_with_p99_under_1s"] = best
+    return results
+
+
+def measure_rule_propagation(trials: int = 5) -> dict[str, Any]:
+    """Segment created → applied to the next event: events for fresh users every 50 ms after the
+    create call returns; the first one assigned bounds the propagation time."""
+    settings = AmctlSettings()
+    seg = httpx.Client(base_url=settings.url(settings.ports.segment_api), timeout=10)
+    ing = httpx.Client(base_url=settings.url(settings.ports.ingestion_api), timeout=10)
+    times = []
+    try:
+        for _ in range(trials):
+            marker = uuid.uuid4().hex[:10]
+            created = time.perf_counter()
+            sid = seg.post("/api/segments", json={"name": f"propagation {marker}",
+                                                  "rules": {"field": "marker", "operator": "eq", "value": marker}}
+                           ).json()["id"]
+            sent: list[tuple[str, float]] = []
+            found = None
+            while found is None and time.perf_counter() - created < 10:
+                user = f"prop-{marker}-{len(sent)}"
+                sent.append((user, time.perf_counter() - created))
+                ing.post("/api/events", json={"userId": user, "eventType": "page_view",
+                                              "properties": {"marker": marker}})
+                time.sleep(0.05)
+                for user, at in sent:
+                    segments = seg.get(f"/api/users/{user}/segments").json()["segments"]
+                    if any(s["segmentId"] == sid for s in segments):
+                        found = at
+                        break
+            times.append(found)
+    finally:
+        seg.close()
+        ing.close()
+    measured = [t for t in times if t is not None]
+    return {"trials": trials, "propagation_ms": [round(t * 1000) if t is not None else None for t in times],
+            "max_ms": round(max(measured) * 1000) if measured else None}
+
+
+def measure_user_segments_latency(rate: float = 500.0, seconds: float = 10.0) -> dict[str, Any]:
+    """GET /api/users/{id}/segments at a fixed open-model rate."""
+    settings = AmctlSettings()
+    base = settings.url(settings.ports.segment_api)
+    rng = random.Random(7)
+    plan = LoadPlan(url=base, schedule=ArrivalSchedule([Stage(rate, seconds)]),
+                    events=EventFactory(users=1, mix=MIXES["default"]),
+                    get_url=lambda: f"{base}/api/users/prop-user-{rng.randrange(1000)}/segments")
+    summary = asyncio.run(run_load(plan)).as_json()
+    return {"rate": rate, "achieved_rate": summary["achieved_rate"], "errors": summary["errors"],
+            "dropped": summary["dropped"], "p50_ms": summary["latency_ms"]["p50"],
+            "p99_ms": summary["latency_ms"]["p99"]}
+
+

@@ -1,0 +1,159 @@
+"""The profile store in Aerospike (the Kubernetes target), with the seed's namespaces.
+
+- `user_profiles`: set `profiles` (key user id, bins `json`, `user`), set `memberships` (key user
+  id, bin `segs`: map segment id -> [version, entered ms, source]) and set `members` (key
+  `segment|user`, bins `segment`, `user`, `v`, `at`, `src`; a secondary index on `segment`).
+- `analytics`: set `changes`, one record per segment and minute counting entries and exits
+  (TTL two days), for the stats endpoint.
+The client is synchronous, so every call runs in a worker thread.
+
+Paging by user id (`scan_profiles`, `segment_members`) sorts what a scan or query returns: fine
+for the demo's sizes; a large deployment would keep an ordered index per segment instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aerospike
+from aerospike import exception as aerospike_errors
+from aerospike import predicates
+
+from server.domain.membership import MembershipChange
+from server.stores.profile_store import ChangeCounts, Membership
+
+PROFILES_NS, ANALYTICS_NS = "user_profiles", "analytics"
+CHANGES_TTL_S = 2 * 24 * 3600
+
+
+def connect(hosts: str) -> Any:
+    """`host:port,host:port` → a connected client."""
+    pairs = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().partition(":")
+        pairs.append((name, int(port or 3000)))
+    return aerospike.client({"hosts": pairs}).connect()
+
+
+def _at(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, UTC)
+
+
+class AerospikeProfileStore:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        with contextlib.suppress(aerospike_errors.IndexFoundError):
+            self.client.index_string_create(PROFILES_NS, "members", "segment", "members_by_segment")
+
+    async def get_profile(self, user_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self._get_profile, user_id)
+
+    def _get_profile(self, user_id: str) -> dict[str, Any] | None:
+        try:
+            _, _, bins = self.client.get((PROFILES_NS, "profiles", user_id))
+        except aerospike_errors.RecordNotFound:
+            return None
+        return dict(json.loads(bins["json"]))
+
+    async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
+        latest = {p["userId"]: p for p in profiles}
+        await asyncio.to_thread(self._put_profiles, latest)
+
+    def _put_profiles(self, latest: dict[str, dict[str, Any]]) -> None:
+        for user_id, profile in latest.items():
+            self.client.put((PROFILES_NS, "profiles", user_id),
+                            {"json": json.dumps(profile), "user": user_id, "updated": int(time.time() * 1000)})
+
+    async def scan_profiles(self, after: str | None, limit: int,
+                            updated_since: datetime | None = None) -> list[dict[str, Any]]:
+        since_ms = int(updated_since.timestamp() * 1000) if updated_since else 0
+        return await asyncio.to_thread(self._scan_profiles, after or "", limit, since_ms)
+
+    def _scan_profiles(self, after: str, limit: int, since_ms: int) -> list[dict[str, Any]]:
+        records = self.client.query(PROFILES_NS, "profiles").results()
+        rows = [json.loads(bins["json"]) for _, _, bins in records
+                if bins.get("user", "") > after and bins.get("updated", 0) >= since_ms]
+        return sorted(rows, key=lambda p: str(p["userId"]))[:limit]
+
+    async def user_memberships(self, user_id: str) -> list[Membership]:
+        return await asyncio.to_thread(self._user_memberships, user_id)
+
+    def _user_memberships(self, user_id: str) -> list[Membership]:
+        try:
+            _, _, bins = self.client.get((PROFILES_NS, "memberships", user_id))
+        except aerospike_errors.RecordNotFound:
+            return []
+        rows = [Membership(sid, user_id, v, _at(at), src) for sid, (v, at, src) in bins.get("segs", {}).items()]
+        return sorted(rows, key=lambda m: m.entered_at)
+
+    async def apply_changes(self, changes: Sequence[MembershipChange], source: str = "rule") -> int:
+        return await asyncio.to_thread(self._apply_changes, changes, source)
+
+    def _apply_changes(self, changes: Sequence[MembershipChange], source: str) -> int:
+        applied = 0
+        for change in changes:
+            member_key = (PROFILES_NS, "members", f"{change.segment_id}|{change.user_id}")
+            user_key = (PROFILES_NS, "memberships", change.user_id)
+            at_ms = int(change.at.timestamp() * 1000)
+            if change.change == "entered":
+                try:  # create-only: a repeated 'entered' changes nothing
+                    self.client.put(member_key, {"segment": change.segment_id, "user": change.user_id,
+                                                 "v": change.segment_version, "at": at_ms, "src": source},
+                                    policy={"exists": aerospike.POLICY_EXISTS_CREATE})
+                except aerospike_errors.RecordExistsError:
+                    continue
+                self.client.map_put(user_key, "segs", change.segment_id, [change.segment_version, at_ms, source])
+            else:
+                try:
+                    self.client.remove(member_key)
+                except aerospike_errors.RecordNotFound:
+                    continue
+                self.client.map_remove_by_key(user_key, "segs", change.segment_id, aerospike.MAP_RETURN_NONE)
+            self._count(change)
+            applied += 1
+        return applied
+
+    def _count(self, change: MembershipChange) -> None:
+        minute = int(change.at.timestamp() // 60)
+        key = (ANALYTICS_NS, "changes", f"{change.segment_id}|{minute}")
+        self.client.increment(key, change.change, 1, meta={"ttl": CHANGES_TTL_S})
+
+    async def segment_members(self, segment_id: str, after: str | None, limit: int) -> list[Membership]:
+        return await asyncio.to_thread(self._segment_members, segment_id, after or "", limit)
+
+    def _members(self, segment_id: str) -> list[Membership]:
+        query = self.client.query(PROFILES_NS, "members")
+        query.where(predicates.equals("segment", segment_id))
+        return [Membership(segment_id, b["user"], b["v"], _at(b["at"]), b["src"]) for _, _, b in query.results()]
+
+    def _segment_members(self, segment_id: str, after: str, limit: int) -> list[Membership]:
+        rows = [m for m in self._members(segment_id) if m.user_id > after]
+        return sorted(rows, key=lambda m: m.user_id)[:limit]
+
+    async def segment_size(self, segment_id: str) -> int:
+        return len(await asyncio.to_thread(self._members, segment_id))
+
+    async def change_counts(self, segment_id: str, since: datetime) -> ChangeCounts:
+        return await asyncio.to_thread(self._change_counts, segment_id, since)
+
+    def _change_counts(self, segment_id: str, since: datetime) -> ChangeCounts:
+        first, last = int(since.timestamp() // 60), int(datetime.now(UTC).timestamp() // 60)
+        keys = [(ANALYTICS_NS, "changes", f"{segment_id}|{minute}") for minute in range(first, last + 1)]
+        entered = exited = 0
+        for _, _, bins in self.client.get_many(keys):
+            if bins:
+                entered += int(bins.get("entered", 0))
+                exited += int(bins.get("exited", 0))
+        return ChangeCounts(entered, exited)
+
+    async def remove_segment(self, segment_id: str) -> int:
+        now = datetime.now(UTC)
+        members = await asyncio.to_thread(self._members, segment_id)
+        changes = [MembershipChange(m.user_id, segment_id, "exited", now, m.segment_version) for m in members]
+        return await self.apply_changes(changes)

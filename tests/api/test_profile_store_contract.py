@@ -1,0 +1,104 @@
+"""One contract for every profile store adapter: PostgreSQL here, Aerospike when AEROSPIKE_HOSTS is set."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+
+from server.domain.membership import MembershipChange
+from server.stores.postgres import Database
+from server.stores.postgres_profiles import PostgresProfileStore
+from server.stores.profile_store import ProfileStore
+
+pytestmark = pytest.mark.api
+T = TypeVar("T")
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+ADAPTERS = [
+    "postgres",
+    pytest.param("aerospike", marks=[pytest.mark.live, pytest.mark.skipif(
+        not os.environ.get("AEROSPIKE_HOSTS"), reason="set AEROSPIKE_HOSTS=host:3000 to run against Aerospike")]),
+]
+
+
+def run(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro())
+
+
+async def open_store(kind: str, database_url: str) -> tuple[ProfileStore, Callable[[], Coroutine[Any, Any, None]]]:
+    if kind == "postgres":
+        db = Database(database_url, 4, 5)
+        await db.open(10)
+        return PostgresProfileStore(db), db.close
+    from server.stores.aerospike_profiles import AerospikeProfileStore, connect
+
+    client = connect(os.environ["AEROSPIKE_HOSTS"])
+
+    async def close() -> None:
+        client.close()
+
+    return AerospikeProfileStore(client), close
+
+
+@pytest.fixture(params=ADAPTERS)
+def adapter(request: pytest.FixtureRequest, database_url: str) -> tuple[str, str]:
+    return request.param, database_url
+
+
+def contract(body: Callable[[ProfileStore, str], Coroutine[Any, Any, None]]) -> Callable[[tuple[str, str]], None]:
+    """Run `body(store, unique_prefix)` against the adapter under test."""
+    def test(adapter: tuple[str, str]) -> None:
+        async def go() -> None:
+            store, close = await open_store(*adapter)
+            try:
+                await body(store, uuid.uuid4().hex[:8])
+            finally:
+                await close()
+        run(go)
+
+    test.__doc__ = body.__doc__
+    return test
+
+
+def change(user: str, segment: str, kind: str, version: int = 1, at: datetime = NOW) -> MembershipChange:
+    return MembershipChange(user, segment, kind, at, version)  # type: ignore[arg-type]
+
+
+async def _profiles_roundtrip(store: ProfileStore, p: str) -> None:
+    """Profiles are upserted (last one per user wins) and paged in user-id order."""
+    await store.put_profiles([{"userId": f"{p}-b", "n": 1}, {"userId": f"{p}-a", "n": 1}, {"userId": f"{p}-b", "n": 2}])
+    assert await store.get_profile(f"{p}-b") == {"userId": f"{p}-b", "n": 2}
+    assert await store.get_profile(f"{p}-missing") is None
+    page = await store.scan_profiles(f"{p}-", 10)
+    assert [x["userId"] for x in page if x["userId"].startswith(p)] == [f"{p}-a", f"{p}-b"]
+    assert [x["userId"] for x in await store.scan_profiles(f"{p}-a", 1)] == [f"{p}-b"]
+
+
+async def _memberships(store: ProfileStore, p: str) -> None:
+    """Changes apply once; repeats are no-ops; members page by user id; stats count real changes."""
+    seg = str(uuid.uuid4())
+    applied = await store.apply_changes([change(f"{p}-2", seg, "entered"), change(f"{p}-1", seg, "entered"),
+                                         change(f"{p}-1", seg, "entered")])
+    assert applied == 2
+    assert await store.segment_size(seg) == 2
+    first = await store.segment_members(seg, None, 1)
+    assert [m.user_id for m in first] == [f"{p}-1"]
+    assert [m.user_id for m in await store.segment_members(seg, first[-1].user_id, 10)] == [f"{p}-2"]
+    mine = await store.user_memberships(f"{p}-1")
+    assert [(m.segment_id, m.segment_version, m.entered_at) for m in mine] == [(seg, 1, NOW)]
+    assert await store.apply_changes([change(f"{p}-1", seg, "exited"), change(f"{p}-1", seg, "exited")]) == 1
+    assert await store.user_memberships(f"{p}-1") == []
+    counts = await store.change_counts(seg, NOW - timedelta(hours=1))
+    assert (counts.entered, counts.exited) == (2, 1)
+    assert await store.remove_segment(seg) == 1
+    assert await store.segment_size(seg) == 0
+
+
+test_profiles_roundtrip = contract(_profiles_roundtrip)
+test_memberships = contract(_memberships)
