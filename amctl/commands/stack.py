@@ -15,14 +15,14 @@ from amctl.options import JsonOption, TargetOption
 from amctl.settings import Target
 
 
-def _for_target(ctx: typer.Context, target: Target | None) -> AppContext:
+def for_target(ctx: typer.Context, target: Target | None) -> AppContext:
     app = get_context(ctx)
     if target is not None and target is not app.settings.target:
         app.settings = app.settings.model_copy(update={"target": target})
     return app
 
 
-def _local_stack(app: AppContext) -> LocalStack:
+def local_stack(app: AppContext) -> LocalStack:
     if app.target is not Target.LOCAL:
         app.fail(f"the {app.target} target is not available in this build yet", hint="use --target local")
     return LocalStack(app.settings)
@@ -43,8 +43,8 @@ def _mib(value: int) -> str:
 
 def up(ctx: typer.Context, target: TargetOption = None) -> None:
     """Start the platform; components already running are left as they are."""
-    app = _for_target(ctx, target)
-    stack = _local_stack(app)
+    app = for_target(ctx, target)
+    stack = local_stack(app)
     started_at = time.perf_counter()
     with app.err.status("starting the local stack") as spinner:
 
@@ -78,21 +78,21 @@ def down(
     purge: Annotated[bool, typer.Option("--purge", help="Also delete all data (PostgreSQL, logs, state).")] = False,
 ) -> None:
     """Stop every component in reverse order; data survives unless --purge."""
-    app = _for_target(ctx, target)
-    stack = _local_stack(app)
+    app = for_target(ctx, target)
+    stack = local_stack(app)
     stopped = stack.down(lambda name, state: app.err.print(f"  {name:<18} {state}"), purge=purge)
     app.console.print(f"stopped {len(stopped)} component(s)" if stopped else "nothing was running")
 
 
 def status(ctx: typer.Context, target: TargetOption = None, json_output: JsonOption = False) -> None:
     """Each component's state, pid, port, health and memory."""
-    app = _for_target(ctx, target)
-    rows = _local_stack(app).status()
+    app = for_target(ctx, target)
+    rows = local_stack(app).status()
     if json_output:
         app.print_json([row.__dict__ for row in rows])
     else:
         table = Table(title="Audience Manager — local")
-        for column in ("component", "state", "pid", "port", "memory (RSS)", "uptime"):
+        for column in ("component", "state", "pid", "port", "memory (RSS)", "uptime", "detail"):
             table.add_column(column)
         styles = {"running": "green", "unhealthy": "yellow", "stopped": "dim"}
         for row in rows:
@@ -103,6 +103,7 @@ def status(ctx: typer.Context, target: TargetOption = None, json_output: JsonOpt
                 str(row.port or "-"),
                 _mib(row.rss_bytes),
                 f"{row.uptime_s:.0f} s" if row.uptime_s is not None else "-",
+                row.detail,
             )
         app.console.print(table)
         total = sum(r.rss_bytes for r in rows)
@@ -119,7 +120,7 @@ def logs(
 ) -> None:
     """Print a component's log (and follow it)."""
     app = get_context(ctx)
-    stack = _local_stack(app)
+    stack = local_stack(app)
     try:
         stack.component(component)
     except StackError as exc:

@@ -119,6 +119,23 @@ def _histogram(url: str, name: str) -> dict[float, float]:
     return buckets
 
 
+def _drain(metrics_url: str, timeout_s: float = 90.0) -> float:
+    """Wait until the rule engine has written everything queued (its profile counter stands still);
+    returns how long that took, so one stage's backlog does not spill into the next measurement."""
+    started = time.monotonic()
+    last, still_since = None, time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        text = httpx.get(metrics_url, timeout=5).text
+        match = re.search(r"^am_profiles_written_total (\S+)$", text, re.M)
+        value = match[1] if match else None
+        if value != last:
+            last, still_since = value, time.monotonic()
+        elif time.monotonic() - still_since > 1.5:
+            break
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
 def _quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
     """A quantile from the difference of two cumulative Prometheus histograms (linear in a bucket)."""
     bounds = sorted(after)
@@ -153,7 +170,8 @@ def measure_assignment_latency(
     segments; then batched rates to find the highest one whose p99 stays under 1 s."""
     settings = AmctlSettings()
     _segments(settings, segments)
-    time.sleep(5)  # the new segments' backfill (and its settle pass) runs before the measurement
+    time.sleep(4)  # the new segments' backfill (and its settle pass) runs before the measurement
+    _drain(f"{settings.url(settings.ports.rule_engine)}/metrics")
     metrics = f"{settings.url(settings.ports.rule_engine)}/metrics"
     name = "am_segment_assignment_seconds"
     results: dict[str, Any] = {"segments": segments, "by_rate": {}, "sustained": {}}
@@ -166,10 +184,11 @@ def measure_assignment_latency(
                         events=EventFactory(users=5_000_000, mix=MIXES["default"], seed=random.randrange(10**6)),
                         batch_size=batch)
         load = asyncio.run(run_load(plan)).as_json()
-        time.sleep(3)  # let the job and the writer drain
+        drained = _drain(metrics)
         after = _histogram(metrics, name)
         p50, p99 = _quantile(before, after, 0.5), _quantile(before, after, 0.99)
         return {"achieved_rate": load["achieved_rate"], "dropped": load["dropped"], "errors": load["errors"],
+                "drain_s_after_load": round(drained, 1),
                 "assignments": int(after.get(float("inf"), 0) - before.get(float("inf"), 0)),
                 "p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
                 "p99_ms": round(p99 * 1000, 1) if p99 is not None else None}

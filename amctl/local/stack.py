@@ -49,6 +49,7 @@ class Component:
     oneshot: bool = False
     stop_signal: int = signal.SIGTERM
     prepare: Callable[[], None] | None = None
+    describe: Callable[[], str] | None = None  # a short line for `amctl status`
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,27 @@ class ComponentStatus:
     port: int | None
     rss_bytes: int
     uptime_s: float | None
+    detail: str = ""
 
 
 ProgressCallback = Callable[[str, str], None]
+
+
+def _job_summary(url: str) -> Callable[[], str]:
+    """The rule job's state and newest checkpoint, from the rule engine's health report."""
+
+    def describe() -> str:
+        try:
+            job = httpx.get(url, timeout=2.0).json()["components"]["flinkJob"]["details"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return "job state unknown"
+        text = f"job {job.get('state', '?')}"
+        if job.get("lastCheckpointId") is not None:
+            age = time.time() - job["lastCheckpointAt"] / 1000
+            text += f", checkpoint {job['lastCheckpointId']} ({age:.0f} s ago)"
+        return text + (f"; failure: {job['lastFailure']}" if job.get("lastFailure") else "")
+
+    return describe
 
 
 def _http_ready(url: str) -> Callable[[], bool]:
@@ -141,6 +160,7 @@ class LocalStack:
                 ready=self.broker.ready,
                 port=ports.kafka,
                 port_setting="AMCTL_PORT_KAFKA",
+                describe=lambda: f"storage {self.broker.storage} (records stay in RAM until it stops)",
             ),
             Component(
                 name="migrations",
@@ -159,6 +179,7 @@ class LocalStack:
                 name="rule-engine",
                 command=[py, "-m", "flinkjob"],
                 ready=_http_ready(f"{s.url(ports.rule_engine)}/actuator/health"),  # UP once the job RUNS
+                describe=_job_summary(f"{s.url(ports.rule_engine)}/actuator/health"),
                 port=ports.rule_engine,
                 port_setting="AMCTL_PORT_RULE_ENGINE",
                 env={**self.service_env(ports.rule_engine), "AM_FLINK_UI_PORT": str(ports.flink_ui),
@@ -308,6 +329,7 @@ class LocalStack:
                 result.append(ComponentStatus(comp.name, "stopped", None, comp.port, 0, None))
                 continue
             state = "running" if comp.ready() else "unhealthy"
+            detail = comp.describe() if comp.describe else ""
             result.append(ComponentStatus(comp.name, state, record.pid, comp.port,
-                                          processes.rss_bytes(record.pid), time.time() - record.started_at))
+                                          processes.rss_bytes(record.pid), time.time() - record.started_at, detail))
         return result

@@ -1,0 +1,33 @@
+"""`amctl smoke`: is every component healthy, and does the basic scenario pass? (for CI and after `up`)"""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from amctl.commands.scenario import DEFAULT_DIR, run_scenarios
+from amctl.commands.stack import for_target, local_stack
+from amctl.options import TargetOption
+from amctl.scenario.model import resolve
+
+
+def smoke(ctx: typer.Context, target: TargetOption = None) -> None:
+    """Health of every component, then the basic-segmentation scenario; exits non-zero on any failure."""
+    app = for_target(ctx, target)
+    started = time.perf_counter()
+    rows = local_stack(app).status()
+    down = [r.name for r in rows if r.state != "running"]
+    for row in rows:
+        mark = "[green]✓[/]" if row.state == "running" else "[red]✗[/]"
+        app.console.print(f"{mark} {row.name:<18} {row.state}")
+    if down:
+        app.fail(f"not healthy: {', '.join(down)}", hint="see amctl status and amctl logs COMPONENT")
+    results = run_scenarios(app, [resolve("basic-segmentation", DEFAULT_DIR)])
+    if not all(r.passed for r in results):
+        app.fail("the basic scenario failed (see the step above)")
+    app.console.print(f"[bold green]smoke passed in {time.perf_counter() - started:.1f} s[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(smoke)
