@@ -93,7 +93,10 @@ def run(
         app_ctx.fail(str(exc))
     if not paths:
         app_ctx.fail("no scenario given", hint="name one (amctl scenario list) or pass --all")
-    results = run_scenarios(app_ctx, paths)
+    try:
+        results = run_scenarios(app_ctx, paths)
+    except ScenarioError as exc:
+        app_ctx.fail(str(exc))
     if junit is not None:
         write_junit(results, junit)
         app_ctx.err.print(f"JUnit XML written to {junit}")

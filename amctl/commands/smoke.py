@@ -9,7 +9,7 @@ import typer
 from amctl.commands.scenario import DEFAULT_DIR, run_scenarios
 from amctl.commands.stack import for_target, local_stack
 from amctl.options import TargetOption
-from amctl.scenario.model import resolve
+from amctl.scenario.model import ScenarioError, resolve
 
 
 def smoke(ctx: typer.Context, target: TargetOption = None) -> None:
@@ -23,7 +23,10 @@ def smoke(ctx: typer.Context, target: TargetOption = None) -> None:
         app.console.print(f"{mark} {row.name:<18} {row.state}")
     if down:
         app.fail(f"not healthy: {', '.join(down)}", hint="see amctl status and amctl logs COMPONENT")
-    results = run_scenarios(app, [resolve("basic-segmentation", DEFAULT_DIR)])
+    try:
+        results = run_scenarios(app, [resolve("basic-segmentation", DEFAULT_DIR)])
+    except ScenarioError as exc:
+        app.fail(str(exc))
     if not all(r.passed for r in results):
         app.fail("the basic scenario failed (see the step above)")
     app.console.print(f"[bold green]smoke passed in {time.perf_counter() - started:.1f} s[/]")

@@ -104,3 +104,11 @@ def test_bad_scenario_files_are_explained(tmp_path: Path) -> None:
         load_scenario(write(tmp_path, "name: x\nsteps:\n  - name: two kinds\n    sleep: {}\n    load: {}\n"))
     with pytest.raises(ScenarioError, match="list of 'steps'"):
         load_scenario(write(tmp_path, "name: x\n"))
+
+
+def test_every_shipped_scenario_loads() -> None:
+    from amctl.commands.scenario import DEFAULT_DIR
+    from amctl.scenario.model import find_scenarios
+
+    names = {load_scenario(path).name for path in find_scenarios(DEFAULT_DIR)}
+    assert {"basic-segmentation", "rule-engine-testing"} <= names
