@@ -97,3 +97,22 @@ def test_windowed_rule_expires_without_new_events(running_stack: Stack) -> None:
     entered = time.monotonic()
     eventually(lambda: segment not in segment_ids(running_stack, user), timeout_s=10, what="exit after the window")
     assert time.monotonic() - entered > 1.5  # it stayed a member while the purchases were inside the window
+
+
+def test_preview_counts_match_what_the_job_assigns(running_stack: Stack) -> None:
+    marker = uuid.uuid4().hex[:8]
+    amounts = [50, 400, 900, 1200, 2500, 700, 1800]
+    for i, amount in enumerate(amounts):
+        send(running_stack, f"pv-{marker}-{i}", "purchase", amount=amount, cohort=marker)
+    rules = {"all": [{"field": "cohort", "operator": "eq", "value": marker},
+                     {"field": "totalSpent", "operator": "gte", "value": 800}]}
+    eventually(lambda: running_stack.segments.post("/api/segments/preview", json={"rules": rules}).json()["scanned"]
+               and all(running_stack.segments.get(f"/api/users/pv-{marker}-{i}/profile").status_code == 200
+                       for i in range(len(amounts))), what="every profile stored")
+    preview = running_stack.segments.post("/api/segments/preview", json={"rules": rules, "sampleSize": 100}).json()
+    assert preview["matching"] == 4
+    segment = create(running_stack, rules)
+    eventually(lambda: running_stack.segments.get(f"/api/segments/{segment}/stats").json()["size"]
+               == preview["matching"], what="the job assigned what the preview counted")
+    members = running_stack.segments.get(f"/api/segments/{segment}/members").json()["items"]
+    assert sorted(m["userId"] for m in members) == sorted(preview["sample"])
