@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import site
 import sys
@@ -24,6 +25,7 @@ from flinkjob.settings import RuleEngineSettings
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_MEMBERSHIP, USER_EVENTS, USER_PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("rule-engine")
 
 
 def prepare_python_environment() -> None:
@@ -65,6 +67,7 @@ def configuration(settings: RuleEngineSettings) -> Configuration:
         config.set_string(key, value)
     restore = newest_checkpoint(checkpoints)
     if restore is not None:
+        log.info("restoring from checkpoint %s", restore)
         config.set_string("execution.state-recovery.path", restore.as_uri())
     return config
 
