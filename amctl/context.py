@@ -27,8 +27,10 @@ class AppContext:
         """Machine-readable output: plain JSON on stdout, nothing else."""
         typer.echo(json.dumps(data, indent=2, default=str))
 
-    def fail(self, message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-        """One clear line saying what failed (and what to do next), then exit with `code`."""
+    def fail(self, message: str, hint: str | None = None, code: int = 1, details: list[str] | None = None) -> NoReturn:
+        """One clear line saying what failed (after any `details`, one per line), then exit with `code`."""
+        for line in details or []:
+            self.err.print(f"  {line}", markup=False, highlight=False)
         self.err.print(f"[bold red]error:[/] {message}", highlight=False)
         if hint:
             self.err.print(f"  {hint}", highlight=False)

@@ -109,9 +109,7 @@ def send_events(app: AppContext, events: list[dict[str, Any]], json_output: bool
                 answer = client.send_batch(events[start:start + 500])
                 results += [{**r, "index": r["index"] + start} for r in answer["results"]]
     except ApiError as exc:
-        for line in exc.details:
-            app.err.print(f"  {line}", markup=False)
-        app.fail(str(exc))
+        app.fail(str(exc), details=exc.details)
     finally:
         client.close()
     failed = [r for r in results if r.get("status") in ("rejected", "failed")]

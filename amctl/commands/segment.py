@@ -31,9 +31,7 @@ def segments(ctx: typer.Context) -> Iterator[tuple[AppContext, SegmentClient]]:
     try:
         yield app, client
     except ApiError as exc:
-        for line in exc.details:
-            app.err.print(f"  {line}", markup=False)
-        app.fail(str(exc))
+        app.fail(str(exc), details=exc.details)
     finally:
         client.close()
 
