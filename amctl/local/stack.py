@@ -160,7 +160,8 @@ class LocalStack:
                 ready=self.broker.ready,
                 port=ports.kafka,
                 port_setting="AMCTL_PORT_KAFKA",
-                describe=lambda: f"storage {self.broker.storage} (records stay in RAM until it stops)",
+                describe=lambda: "in memory: RSS grows with records" if self.broker.storage.startswith("memory")
+                else self.broker.storage,
             ),
             Component(
                 name="migrations",

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     env = stack_environment(Path(tmp_path_factory.mktemp("stack")))
     yield env
-    amctl(env, "down")
+    amctl(env, "down", "--purge")  # the data may live outside tmp (/var/lib/amctl when root)
 
 
 def ports(env: dict[str, str], name: str) -> int:
