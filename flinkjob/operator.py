@@ -52,11 +52,14 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
 
     def _emit(self, outcome: Outcome, ctx: Any) -> Iterator[Any]:
         self.user.update(outcome.state.to_json())
+        profile = outcome.state.profile.to_json() if outcome.profile_changed and outcome.state.profile else None
         for change in outcome.changes:
-            yield json.dumps(change.to_json(), separators=(",", ":"))
+            # the profile that caused a change travels with it: the store never shows a membership
+            # before the profile behind it, whatever order the writer reads the two topics in
+            yield json.dumps({**change.to_json(), **({"profile": profile} if profile else {})}, separators=(",", ":"))
         self.changes.inc(len(outcome.changes))
-        if outcome.profile_changed and outcome.state.profile is not None:
-            yield PROFILES, json.dumps(outcome.state.profile.to_json(), separators=(",", ":"))
+        if profile is not None:
+            yield PROFILES, json.dumps(profile, separators=(",", ":"))
         if outcome.next_timer is not None:
             millis = int(outcome.next_timer.timestamp() * 1000) + 1
             if self.timer.value() != millis:

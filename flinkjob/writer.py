@@ -1,5 +1,7 @@
 """Writes the job's output to the profile store in batches: profiles, then membership changes.
 
+A change carries the profile snapshot that caused it, so a membership is never visible before its profile.
+
 Offsets are committed only after a batch is written; the store ignores repeated changes, so a
 crash between the two replays a batch harmlessly.
 """
@@ -65,6 +67,7 @@ class StoreWriter:
             if "probe" in output:
                 self.probe_seen = output["probe"]
         changes = [MembershipChange.from_json(o) for o in outputs if "probe" not in o]
+        profiles += [o["profile"] for o in outputs if "profile" in o]  # the store keeps the newest per user
         if profiles:
             await self.store.put_profiles(profiles)
             self.profiles.inc(len(profiles))

@@ -26,7 +26,7 @@ from aerospike import exception as aerospike_errors
 from aerospike import predicates
 
 from server.domain.membership import MembershipChange
-from server.stores.profile_store import ChangeCounts, Membership
+from server.stores.profile_store import ChangeCounts, Membership, event_count, newest_per_user
 
 PROFILES_NS, ANALYTICS_NS = "user_profiles", "analytics"
 CHANGES_TTL_S = 2 * 24 * 3600
@@ -62,13 +62,19 @@ class AerospikeProfileStore:
         return dict(json.loads(bins["json"]))
 
     async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
-        latest = {p["userId"]: p for p in profiles}
-        await asyncio.to_thread(self._put_profiles, latest)
+        await asyncio.to_thread(self._put_profiles, newest_per_user(profiles))
 
     def _put_profiles(self, latest: dict[str, dict[str, Any]]) -> None:
         for user_id, profile in latest.items():
-            self.client.put((PROFILES_NS, "profiles", user_id),
-                            {"json": json.dumps(profile), "user": user_id, "updated": int(time.time() * 1000)})
+            key = (PROFILES_NS, "profiles", user_id)
+            try:  # the rule engine's writer is the only writer, so read-compare-write does not race
+                _, _, stored = self.client.select(key, ["events"])
+                if int(stored.get("events") or 0) > event_count(profile):
+                    continue
+            except aerospike_errors.RecordNotFound:
+                pass
+            self.client.put(key, {"json": json.dumps(profile), "user": user_id, "events": event_count(profile),
+                                  "updated": int(time.time() * 1000)})
 
     async def scan_profiles(self, after: str | None, limit: int,
                             updated_since: datetime | None = None) -> list[dict[str, Any]]:

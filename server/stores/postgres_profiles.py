@@ -10,7 +10,7 @@ from psycopg.types.json import Jsonb
 
 from server.domain.membership import MembershipChange
 from server.stores.postgres import Database
-from server.stores.profile_store import ChangeCounts, Membership
+from server.stores.profile_store import ChangeCounts, Membership, newest_per_user
 
 _MEMBER_COLUMNS = "segment_id::text, user_id, segment_version, entered_at, source"
 
@@ -30,13 +30,15 @@ class PostgresProfileStore:
         return dict(row[0]) if row else None
 
     async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
-        latest = {p["userId"]: p for p in profiles}  # one row per user: ON CONFLICT cannot hit a row twice
+        latest = newest_per_user(profiles)  # one row per user: ON CONFLICT cannot hit a row twice
         if not latest:
             return
         async with self.db.connection() as conn, conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO user_profiles (user_id, profile, updated_at) VALUES (%s, %s, now())"
-                " ON CONFLICT (user_id) DO UPDATE SET profile = EXCLUDED.profile, updated_at = now()",
+                " ON CONFLICT (user_id) DO UPDATE SET profile = EXCLUDED.profile, updated_at = now()"
+                " WHERE COALESCE((user_profiles.profile->>'eventCount')::bigint, 0)"
+                " <= COALESCE((EXCLUDED.profile->>'eventCount')::bigint, 0)",
                 [(user_id, Jsonb(profile)) for user_id, profile in latest.items()],
             )
 

@@ -37,7 +37,8 @@ class ProfileStore(Protocol):
         """The profile JSON (`Profile.to_json()`), or None for an unknown user."""
 
     async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
-        """Upsert profiles (each with its `userId`); the last one per user wins."""
+        """Upsert profiles (each with its `userId`). Per user the one with the most events wins, the
+        later one on a tie, so a snapshot arriving late never replaces a newer one."""
 
     async def scan_profiles(self, after: str | None, limit: int,
                             updated_since: datetime | None = None) -> list[dict[str, Any]]:
@@ -61,3 +62,17 @@ class ProfileStore(Protocol):
 
     async def remove_segment(self, segment_id: str) -> int:
         """Drop every membership of a deleted segment; returns how many there were."""
+
+
+def event_count(profile: dict[str, Any]) -> int:
+    return int(profile.get("eventCount") or 0)
+
+
+def newest_per_user(profiles: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One profile per user: the one with the most events, the later one on a tie."""
+    latest: dict[str, dict[str, Any]] = {}
+    for profile in profiles:
+        current = latest.get(profile["userId"])
+        if current is None or event_count(profile) >= event_count(current):
+            latest[profile["userId"]] = profile
+    return latest

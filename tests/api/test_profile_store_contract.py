@@ -71,12 +71,18 @@ def change(user: str, segment: str, kind: str, version: int = 1, at: datetime = 
 
 
 async def _profiles_roundtrip(store: ProfileStore, p: str) -> None:
-    """Profiles are upserted (last one per user wins) and paged in user-id order."""
+    """Profiles are upserted (the one with most events wins, the later on a tie) and paged in user-id order."""
     await store.put_profiles([{"userId": f"{p}-b", "n": 1}, {"userId": f"{p}-a", "n": 1}, {"userId": f"{p}-b", "n": 2}])
     assert await store.get_profile(f"{p}-b") == {"userId": f"{p}-b", "n": 2}
+    # a snapshot arriving late (fewer events) never replaces a newer one, in one batch or across batches
+    await store.put_profiles([{"userId": f"{p}-c", "eventCount": 3}, {"userId": f"{p}-c", "eventCount": 2}])
+    await store.put_profiles([{"userId": f"{p}-c", "eventCount": 1}])
+    assert await store.get_profile(f"{p}-c") == {"userId": f"{p}-c", "eventCount": 3}
+    await store.put_profiles([{"userId": f"{p}-c", "eventCount": 4}])
+    assert await store.get_profile(f"{p}-c") == {"userId": f"{p}-c", "eventCount": 4}
     assert await store.get_profile(f"{p}-missing") is None
     page = await store.scan_profiles(f"{p}-", 10)
-    assert [x["userId"] for x in page if x["userId"].startswith(p)] == [f"{p}-a", f"{p}-b"]
+    assert [x["userId"] for x in page if x["userId"].startswith(p)] == [f"{p}-a", f"{p}-b", f"{p}-c"]
     assert [x["userId"] for x in await store.scan_profiles(f"{p}-a", 1)] == [f"{p}-b"]
 
 
