@@ -2,34 +2,60 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from server.communication_api.dispatch import FanOut, OnEnterTrigger, Recipients
+from server.communication_api.repository import CampaignRepository
+from server.communication_api.routes import campaigns
 from server.runtime.app import build_app
 from server.runtime.settings import ServiceSettings
-from server.stores.kafka import BrokerHealth
+from server.stores.deliveries import DeliveryLedger
+from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.postgres import Database
+from server.stores.postgres_profiles import PostgresProfileStore
+from server.stores.topics import EMAIL_JOBS, SEGMENT_MEMBERSHIP
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
+    producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
+    repository, ledger, store = CampaignRepository(db), DeliveryLedger(db), PostgresProfileStore(db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db.open(settings.startup_wait_s)
+        tasks = [asyncio.create_task(app.state.fanout.run(), name="campaign-fan-out"),
+                 asyncio.create_task(app.state.trigger.run(), name="on-enter-trigger")]
         yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5)
+        producer.close()
         await db.close()
 
     app = build_app(
         service="communication-api",
         title="Audience Manager — Communication API",
-        description="Email campaigns to the users of a segment.",
+        description="Email campaigns to the users of a segment: now, at a time, or when a user enters it.",
         settings=settings,
         lifespan=lifespan,
     )
-    app.state.db = db
+    recipients = Recipients(ledger, producer, settings.topic(EMAIL_JOBS), app.state.metrics_registry)
+    app.state.campaigns, app.state.ledger = repository, ledger
+    app.state.fanout = FanOut(repository, store, recipients)
+    app.state.trigger = OnEnterTrigger(settings.kafka_bootstrap, settings.topic(SEGMENT_MEMBERSHIP),
+                                       f"{settings.topic_prefix}communication-api-on-enter", repository, store,
+                                       recipients)
     app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
+    app.state.health.add("fanOut", app.state.fanout.health)
+    app.state.health.add("onEnterTrigger", app.state.trigger.health)
+    app.include_router(campaigns)
     return app

@@ -32,6 +32,13 @@ class ServiceSettings(BaseSettings):
     startup_wait_s: float = 30.0
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 30025
+    smtp_timeout_s: float = 10.0
+    # Email worker
+    email_from: str = "Audience Manager <campaigns@audience-manager.local>"
+    email_max_attempts: int = Field(default=5, description="Tries per mail before it is dead-lettered")
+    email_retry_base_s: float = Field(default=0.5, description="First retry delay; doubles on every try")
+    email_concurrency: int = Field(default=8, description="Mails sent at the same time")
+    email_claim_lease_s: float = Field(default=120.0, description="A mail claimed longer ago is failed as in doubt")
     log_level: str = "info"
     # Ingestion API
     rate_limit_per_s: float = Field(default=2000.0, description="Sustained events/s per client (token bucket)")

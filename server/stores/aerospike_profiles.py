@@ -61,6 +61,16 @@ class AerospikeProfileStore:
             return None
         return dict(json.loads(bins["json"]))
 
+    async def get_profiles(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._get_profiles, list(user_ids))
+
+    def _get_profiles(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not user_ids:
+            return {}
+        records = self.client.get_many([(PROFILES_NS, "profiles", u) for u in user_ids])
+        return {user: dict(json.loads(bins["json"])) for user, (_, _, bins) in zip(user_ids, records, strict=True)
+                if bins}
+
     async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
         await asyncio.to_thread(self._put_profiles, newest_per_user(profiles))
 

@@ -29,6 +29,14 @@ class PostgresProfileStore:
             row = await cur.fetchone()
         return dict(row[0]) if row else None
 
+    async def get_profiles(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not user_ids:
+            return {}
+        async with self.db.connection() as conn:
+            cur = await conn.execute("SELECT user_id, profile FROM user_profiles WHERE user_id = ANY(%s)",
+                                     (list(user_ids),))
+            return {row[0]: dict(row[1]) for row in await cur.fetchall()}
+
     async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
         latest = newest_per_user(profiles)  # one row per user: ON CONFLICT cannot hit a row twice
         if not latest:

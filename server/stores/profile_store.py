@@ -36,6 +36,9 @@ class ProfileStore(Protocol):
     async def get_profile(self, user_id: str) -> dict[str, Any] | None:
         """The profile JSON (`Profile.to_json()`), or None for an unknown user."""
 
+    async def get_profiles(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The profiles of those users that have one, by user id (one round trip)."""
+
     async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
         """Upsert profiles (each with its `userId`). Per user the one with the most events wins, the
         later one on a tie, so a snapshot arriving late never replaces a newer one."""

@@ -8,6 +8,8 @@ USER_EVENTS: Final = "user-events"
 SEGMENT_RULES: Final = "segment-rules"
 SEGMENT_MEMBERSHIP: Final = "segment-membership"
 EMAIL_JOBS: Final = "email-jobs"
+# Jobs the email worker gave up on (after its retries, or a permanent SMTP refusal), for inspection.
+EMAIL_DEAD_LETTERS: Final = "email-jobs-dead-letter"
 # The rule engine's own: `segment-rules` carries tombstones for deleted segments, which Flink's
 # string deserializer cannot read, so the rule engine's feeder republishes every definition
 # (deletes as `{"deleted": true}`) on RULE_DEFINITIONS and backfill requests on REEVALUATIONS;
@@ -22,6 +24,7 @@ TOPICS: Final[dict[str, int]] = {
     SEGMENT_RULES: 1,
     SEGMENT_MEMBERSHIP: 4,
     EMAIL_JOBS: 4,
+    EMAIL_DEAD_LETTERS: 1,
     RULE_DEFINITIONS: 1,
     REEVALUATIONS: 4,
     USER_PROFILES: 4,

@@ -81,6 +81,9 @@ async def _profiles_roundtrip(store: ProfileStore, p: str) -> None:
     await store.put_profiles([{"userId": f"{p}-c", "eventCount": 4}])
     assert await store.get_profile(f"{p}-c") == {"userId": f"{p}-c", "eventCount": 4}
     assert await store.get_profile(f"{p}-missing") is None
+    many = await store.get_profiles([f"{p}-a", f"{p}-missing", f"{p}-b"])
+    assert many == {f"{p}-a": {"userId": f"{p}-a", "n": 1}, f"{p}-b": {"userId": f"{p}-b", "n": 2}}
+    assert await store.get_profiles([]) == {}
     page = await store.scan_profiles(f"{p}-", 10)
     assert [x["userId"] for x in page if x["userId"].startswith(p)] == [f"{p}-a", f"{p}-b", f"{p}-c"]
     assert [x["userId"] for x in await store.scan_profiles(f"{p}-a", 1)] == [f"{p}-b"]

@@ -13,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from amctl.local import processes
 from server.communication_api.app import create_app as communication_app
+from server.email_worker.app import create_app as worker_app
 from server.ingestion_api.app import create_app as ingestion_app
 from server.runtime.settings import ServiceSettings
 from server.segment_api.app import create_app as segment_app
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.api
 APPS: dict[str, tuple[Callable[[ServiceSettings], FastAPI], set[str]]] = {
     "segment-api": (segment_app, {"db", "kafka", "outbox"}),
     "ingestion-api": (ingestion_app, {"kafka"}),
-    "communication-api": (communication_app, {"db", "kafka"}),
+    "communication-api": (communication_app, {"db", "kafka", "fanOut", "onEnterTrigger"}),
+    "email-worker": (worker_app, {"db", "kafka", "worker"}),
 }
 
 

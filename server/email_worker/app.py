@@ -1,0 +1,48 @@
+"""The email worker's process: the consumer loop, plus `/actuator/health` and `/metrics` over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.email_worker.smtp import SmtpSender
+from server.email_worker.worker import EmailWorker
+from server.runtime.app import build_app
+from server.runtime.settings import ServiceSettings
+from server.stores.deliveries import DeliveryLedger
+from server.stores.kafka import AsyncProducer, BrokerHealth
+from server.stores.postgres import Database
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
+    producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
+    sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout_s, settings.email_from)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await db.open(settings.startup_wait_s)
+        task = asyncio.create_task(app.state.worker.run(), name="email-worker")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)
+        producer.close()
+        await db.close()
+
+    app = build_app(
+        service="email-worker",
+        title="Audience Manager — email worker",
+        description="Delivers campaign mails from email-jobs over SMTP.",
+        settings=settings,
+        lifespan=lifespan,
+    )
+    app.state.worker = EmailWorker(settings, DeliveryLedger(db), sender, producer, app.state.metrics_registry)
+    app.state.health.add("db", db.health)
+    app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
+    app.state.health.add("worker", app.state.worker.health)
+    return app

@@ -1,0 +1,52 @@
+"""One email over SMTP, with failures sorted into "try again later" and "never going to work"."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from server.domain.email import EmailJob
+
+
+class DeliveryFailed(Exception):
+    """The mail was not delivered; `permanent` says whether retrying could help."""
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def build_message(job: EmailJob, sender: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = job.to
+    message["Subject"] = job.subject
+    message["Date"] = formatdate(localtime=False)
+    # deterministic per (campaign, user), so a downstream system can also spot a duplicate
+    message["Message-ID"] = make_msgid(idstring=job.idempotency_key.replace(":", "."), domain="audience-manager")
+    message["X-Campaign-Id"] = job.campaign_id
+    message["X-User-Id"] = job.user_id
+    message.set_content(job.body)
+    return message
+
+
+class SmtpSender:
+    """Sends with the standard library's client (blocking: call it from a worker thread)."""
+
+    def __init__(self, host: str, port: int, timeout_s: float, sender: str) -> None:
+        self.host, self.port, self.timeout_s, self.sender = host, port, timeout_s, sender
+
+    def send(self, job: EmailJob) -> None:
+        message = build_message(job, self.sender)
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as client:
+                client.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            raise DeliveryFailed(f"recipient refused: {exc.recipients}", all(c >= 500 for c in codes)) from None
+        except smtplib.SMTPResponseException as exc:
+            text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+            raise DeliveryFailed(f"SMTP {exc.smtp_code}: {text}", exc.smtp_code >= 500) from None
+        except (smtplib.SMTPException, OSError) as exc:  # refused, reset, timed out: the server may come back
+            raise DeliveryFailed(f"SMTP server {self.host}:{self.port} unreachable: {exc}", False) from None

@@ -1,0 +1,131 @@
+"""Consumes `email-jobs`: claim the delivery row, send, record the outcome; retry, then dead-letter.
+
+Each job is sent at most once (see `server.stores.deliveries`). Transient failures (SMTP server
+down, 4xx) are retried with exponential backoff up to `email_max_attempts`; permanent ones (5xx)
+and exhausted retries mark the delivery failed and copy the job to `email-jobs-dead-letter`.
+Offsets are committed once every job of a batch has reached an outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+import psycopg
+from confluent_kafka import Consumer, KafkaException, Message
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from psycopg_pool import PoolTimeout
+
+from server.domain.email import EmailJob
+from server.email_worker.smtp import DeliveryFailed, SmtpSender
+from server.runtime.errors import DependencyUnavailable
+from server.runtime.health import ComponentHealth
+from server.runtime.metrics import LATENCY_BUCKETS, register_metric_name
+from server.runtime.settings import ServiceSettings
+from server.stores.deliveries import ClaimResult, DeliveryLedger, DeliveryStatus
+from server.stores.kafka import AsyncProducer, group_consumer_config
+from server.stores.topics import EMAIL_DEAD_LETTERS, EMAIL_JOBS
+
+log = logging.getLogger("email-worker")
+EMAILS = register_metric_name("am_emails_total")
+SMTP_SECONDS = register_metric_name("am_smtp_send_seconds")
+SWEEP_EVERY_S = 10.0
+STORE_ERRORS = (DependencyUnavailable, psycopg.OperationalError, PoolTimeout)
+
+
+class EmailWorker:
+    def __init__(self, settings: ServiceSettings, ledger: DeliveryLedger, sender: SmtpSender,
+                 producer: AsyncProducer, registry: CollectorRegistry) -> None:
+        self.settings, self.ledger, self.sender, self.producer = settings, ledger, sender, producer
+        self.dead_letter_topic = settings.topic(EMAIL_DEAD_LETTERS)
+        self.topic = settings.topic(EMAIL_JOBS)
+        self.consumer = Consumer(group_consumer_config(settings.kafka_bootstrap,
+                                                       f"{settings.topic_prefix}email-worker"))
+        self.slots = asyncio.Semaphore(settings.email_concurrency)
+        self.outcomes = Counter(EMAILS.removesuffix("_total"), "Email jobs by outcome",
+                                ["outcome"], registry=registry)
+        self.smtp_seconds = Histogram(SMTP_SECONDS, "Time to hand one mail to the SMTP server",
+                                      buckets=LATENCY_BUCKETS, registry=registry)
+        self.last_error: str | None = None
+        self._last_sweep = 0.0
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self.consumer.subscribe, [self.topic])
+        try:
+            while True:
+                messages = await asyncio.to_thread(self.consumer.consume, 100, 0.2)
+                jobs = [m for m in messages if not m.error() and m.value()]
+                await asyncio.gather(*(self._handle(m) for m in jobs))
+                if messages:
+                    with contextlib.suppress(KafkaException):  # a rebalance took the partition: replay is safe
+                        await asyncio.to_thread(self.consumer.commit, asynchronous=False)
+                await self._sweep()
+        finally:
+            await asyncio.to_thread(self.consumer.close)
+
+    async def _sweep(self) -> None:
+        if time.monotonic() - self._last_sweep < SWEEP_EVERY_S:
+            return
+        self._last_sweep = time.monotonic()
+        with contextlib.suppress(*STORE_ERRORS):
+            expired = await self.ledger.expire_stale_claims(self.settings.email_claim_lease_s)
+            if expired:
+                self.outcomes.labels("in_doubt").inc(expired)
+                log.warning("%d deliveries were claimed by a worker that stopped; marked failed (in doubt)", expired)
+
+    async def _handle(self, message: Message) -> None:
+        try:
+            job = EmailJob.from_json(json.loads(message.value() or b""))
+        except (ValueError, KeyError) as exc:
+            log.error("dead-lettering an unreadable job at offset %s: %s", message.offset(), exc)
+            await self._dead_letter(message.key(), message.value(), f"unreadable job: {exc}")
+            return
+        while True:  # the store may be briefly unavailable: the job waits, it is not lost or sent twice
+            try:
+                async with self.slots:
+                    await self.deliver(job)
+                self.last_error = None
+                return
+            except STORE_ERRORS as exc:
+                self.last_error = str(exc)
+                log.warning("delivery store unavailable, job %s waits: %s", job.idempotency_key, exc)
+                await asyncio.sleep(1)
+
+    async def deliver(self, job: EmailJob) -> None:
+        """Claim, send with retries, record the outcome."""
+        while True:
+            claim = await self.ledger.claim(job.campaign_id, job.user_id)
+            if claim.result is not ClaimResult.SEND:
+                self.outcomes.labels(claim.result.value).inc()
+                return
+            try:
+                started = time.perf_counter()
+                await asyncio.to_thread(self.sender.send, job)
+                self.smtp_seconds.observe(time.perf_counter() - started)
+            except DeliveryFailed as exc:
+                if exc.permanent or claim.attempts >= self.settings.email_max_attempts:
+                    reason = f"{exc} (after {claim.attempts} attempt{'s' if claim.attempts > 1 else ''})"
+                    await self.ledger.finish(job.campaign_id, job.user_id, DeliveryStatus.FAILED, reason)
+                    self.outcomes.labels("failed").inc()
+                    await self._dead_letter(job.user_id.encode(), json.dumps(job.to_json()).encode(), reason)
+                    return
+                await self.ledger.finish(job.campaign_id, job.user_id, DeliveryStatus.QUEUED, f"retrying: {exc}")
+                self.outcomes.labels("retried").inc()
+                await asyncio.sleep(self.settings.email_retry_base_s * 2 ** (claim.attempts - 1))
+                continue
+            await self.ledger.finish(job.campaign_id, job.user_id, DeliveryStatus.SENT)
+            self.outcomes.labels("sent").inc()
+            return
+
+    async def _dead_letter(self, key: bytes | str | None, value: bytes | None, reason: str) -> None:
+        record = {"reason": reason, "job": (value or b"").decode(errors="replace")}
+        try:
+            await self.producer.send(self.dead_letter_topic, key, json.dumps(record).encode())
+        except DependencyUnavailable as exc:  # the delivery row already says failed, with the reason
+            log.error("could not dead-letter a job (%s): %s", reason, exc)
+
+    async def health(self) -> ComponentHealth:
+        return ComponentHealth("DOWN" if self.last_error else "UP", {"lastError": self.last_error})
