@@ -111,9 +111,36 @@ class IngestionClient(ServiceClient):
         return self.request("POST", "/api/events/batch", json={"events": events})  # type: ignore[no-any-return]
 
 
+class CommunicationClient(ServiceClient):
+    name = "Communication API"
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/api/campaigns", json=body)  # type: ignore[no-any-return]
+
+    def list_campaigns(self, status: str | None, segment_id: str | None, limit: int, offset: int) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "segmentId": segment_id, "limit": limit,
+                                    "offset": offset}.items() if v is not None}
+        return self.request("GET", "/api/campaigns", params=params)  # type: ignore[no-any-return]
+
+    def get(self, campaign_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/campaigns/{campaign_id}")  # type: ignore[no-any-return]
+
+    def cancel(self, campaign_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/campaigns/{campaign_id}/cancel")  # type: ignore[no-any-return]
+
+    def deliveries(self, campaign_id: str, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return self.request("GET", f"/api/campaigns/{campaign_id}/deliveries",  # type: ignore[no-any-return]
+                            params=params)
+
+
 def segment_client(settings: AmctlSettings) -> SegmentClient:
     return SegmentClient(settings.url(settings.ports.segment_api))
 
 
 def ingestion_client(settings: AmctlSettings) -> IngestionClient:
     return IngestionClient(settings.url(settings.ports.ingestion_api))
+
+
+def communication_client(settings: AmctlSettings) -> CommunicationClient:
+    return CommunicationClient(settings.url(settings.ports.communication_api))

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
+from amctl.client import ApiError, ServiceClient
 from amctl.settings import AmctlSettings, Target
+
+C = TypeVar("C", bound=ServiceClient)
 
 
 @dataclass
@@ -35,6 +40,19 @@ class AppContext:
         if hint:
             self.err.print(f"  {hint}", highlight=False)
         raise typer.Exit(code)
+
+
+@contextmanager
+def service_call(ctx: typer.Context, factory: Callable[[AmctlSettings], C]) -> Iterator[tuple[AppContext, C]]:
+    """A service client for one command; API errors end the command with their message (and details)."""
+    app = get_context(ctx)
+    client = factory(app.settings)
+    try:
+        yield app, client
+    except ApiError as exc:
+        app.fail(str(exc), details=exc.details)
+    finally:
+        client.close()
 
 
 def get_context(ctx: typer.Context) -> AppContext:

@@ -28,6 +28,7 @@ class Ports(BaseSettings):
     ingestion_api: int = 30082
     communication_api: int = 30083
     rule_engine: int = 30084
+    email_worker: int = 30085
     postgres: int = 30432
     kafka: int = 30092
     flink_ui: int = 30881

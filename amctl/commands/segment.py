@@ -12,8 +12,8 @@ import typer
 import yaml
 from rich.table import Table
 
-from amctl.client import ApiError, SegmentClient, segment_client
-from amctl.context import AppContext, get_context
+from amctl.client import SegmentClient, segment_client
+from amctl.context import AppContext, service_call
 from amctl.options import JsonOption
 
 segment_app = typer.Typer(help="Create, inspect and change segments.", no_args_is_help=True)
@@ -25,15 +25,8 @@ RulesFileOption = Annotated[Path | None, typer.Option("--rules-file", help="Rule
 
 @contextmanager
 def segments(ctx: typer.Context) -> Iterator[tuple[AppContext, SegmentClient]]:
-    """The Segment API client; API errors end the command with their message (and details)."""
-    app = get_context(ctx)
-    client = segment_client(app.settings)
-    try:
-        yield app, client
-    except ApiError as exc:
-        app.fail(str(exc), details=exc.details)
-    finally:
-        client.close()
+    with service_call(ctx, segment_client) as pair:
+        yield pair
 
 
 def read_rules(app: AppContext, inline: str | None, file: Path | None) -> dict[str, Any] | None:

@@ -57,6 +57,11 @@ class MailStore:
         return "250 Message accepted for delivery"
 
 
+def store_path(state_dir: Path) -> Path:
+    """Where the local stack's sink keeps its mails."""
+    return state_dir / "mail" / "mails.jsonl"
+
+
 def read_mails(path: Path, campaign_id: str | None = None) -> list[ReceivedMail]:
     """The mails the sink kept, oldest first; only one campaign's when `campaign_id` is given."""
     if not path.exists():

@@ -21,6 +21,7 @@ import httpx
 
 from amctl.local import processes
 from amctl.local.broker import EmbeddedBroker
+from amctl.local.mail_sink import read_mails, store_path
 from amctl.local.postgres import EmbeddedPostgres
 from amctl.settings import AmctlSettings
 
@@ -125,6 +126,7 @@ class LocalStack:
             "AM_DATABASE_URL": f"postgresql://postgres@{s.host}:{s.ports.postgres}/{DATABASE_NAME}",
             "AM_KAFKA_BOOTSTRAP": self.broker.bootstrap,
             "AM_TOPIC_PREFIX": s.topic_prefix,
+            "AM_SMTP_HOST": s.host,
             "AM_SMTP_PORT": str(s.ports.smtp),
         }
         if port is not None:
@@ -176,6 +178,16 @@ class LocalStack:
                 "communication-api", "server.communication_api", ports.communication_api,
                 "AMCTL_PORT_COMMUNICATION_API",
             ),
+            Component(
+                name="mail-sink",
+                command=[py, "-m", "amctl.local.mail_sink", "--host", s.host, "--port", str(ports.smtp),
+                         "--store", str(store_path(self.state_dir))],
+                ready=lambda: processes.port_accepts(s.host, ports.smtp),
+                port=ports.smtp,
+                port_setting="AMCTL_PORT_SMTP",
+                describe=lambda: f"{len(read_mails(store_path(self.state_dir)))} mails kept",
+            ),
+            service("email-worker", "server.email_worker", ports.email_worker, "AMCTL_PORT_EMAIL_WORKER"),
             Component(
                 name="rule-engine",
                 command=[py, "-m", "flinkjob"],

@@ -90,3 +90,47 @@ def test_load_mode_reports_rate_and_thresholds(running_stack: Stack) -> None:
     assert breached.returncode == 99 and "FAIL" in breached.stdout
     bad = amctl(running_stack.env, "events", "send", "--rate", "20", "--threshold", "p99<")
     assert bad.returncode == 1 and "expected METRIC<VALUE" in bad.stderr
+
+
+def test_campaigns_reach_the_mail_sink_once_per_member(running_stack: Stack) -> None:
+    """Events → rule job → membership → on-enter campaign → worker → SMTP sink, and a `now` campaign
+    sent with `amctl campaign create --wait`: one mail per member, opt-outs skipped."""
+    tag = uuid.uuid4().hex[:6]
+    segment = run_json(running_stack, "segment", "create", f"vip {tag}", "--rules",
+                       json.dumps({"all": [{"field": "totalSpent", "operator": "gt", "value": 1000},
+                                           {"field": "tag", "operator": "eq", "value": tag}]}))
+    assert isinstance(segment, dict)
+    welcome = run_json(running_stack, "campaign", "create", f"welcome {tag}", "--segment", segment["id"],
+                       "--schedule", "on_enter", "--subject", "Welcome {{ firstName }}",
+                       "--body", "Spent {{ totalSpent }}")
+    assert isinstance(welcome, dict) and welcome["status"] == "ACTIVE"
+    users = {f"{name}-{tag}": name.title() for name in ("ann", "bob", "cid")}
+    for user, first in users.items():
+        opt_out = ["-p", "emailOptOut=true"] if first == "Cid" else []
+        sent = amctl(running_stack.env, "events", "send", "--user", user, "--type", "purchase", "-p", "amount=1500",
+                     "-p", f"tag={tag}", "-p", f"firstName={first}", "-p", f"email={user}@example.com", *opt_out)
+        assert sent.returncode == 0, sent.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = run_json(running_stack, "campaign", "get", welcome["id"])
+        assert isinstance(got, dict)
+        if got["counts"]["sent"] == 2 and got["counts"]["skipped"] == 1:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"the welcome mails were not all delivered: {got['counts']}")
+    mails = run_json(running_stack, "campaign", "mails", welcome["id"])
+    assert isinstance(mails, list)
+    assert sorted((m["rcpt_to"][0], m["subject"]) for m in mails) == [
+        (f"ann-{tag}@example.com", "Welcome Ann"), (f"bob-{tag}@example.com", "Welcome Bob")]
+
+    now = amctl(running_stack.env, "campaign", "create", f"thanks {tag}", "--segment", segment["id"],
+                "--subject", "Thanks", "--body", "Thanks {{ firstName }}", "--wait", "--json")
+    assert now.returncode == 0, now.stderr
+    done = json.loads(now.stdout)
+    assert done["status"] == "QUEUED" and done["audienceSize"] == 3
+    assert done["counts"] == {"queued": 0, "sent": 2, "failed": 0, "skipped": 1, "cancelled": 0}
+    assert len(run_json(running_stack, "campaign", "mails", done["id"])) == 2  # type: ignore[arg-type]
+    bad = amctl(running_stack.env, "campaign", "create", "x", "--segment", segment["id"], "--subject", "s",
+                "--body", "{% if %}")
+    assert bad.returncode == 1 and "template.body: line 1" in bad.stderr and "Traceback" not in bad.stderr
