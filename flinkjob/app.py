@@ -20,7 +20,7 @@ from server.runtime.app import build_app
 from server.runtime.health import ComponentHealth
 from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.postgres import Database
-from server.stores.postgres_profiles import PostgresProfileStore
+from server.stores.selection import profile_store
 
 log = logging.getLogger("rule-engine")
 
@@ -72,7 +72,7 @@ class FlinkJob:
 def create_app(settings: RuleEngineSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
     job = FlinkJob(settings)
-    store = PostgresProfileStore(db)
+    store = profile_store(settings, db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -17,14 +17,14 @@ from server.runtime.settings import ServiceSettings
 from server.stores.deliveries import DeliveryLedger
 from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.postgres import Database
-from server.stores.postgres_profiles import PostgresProfileStore
+from server.stores.selection import profile_store
 from server.stores.topics import EMAIL_JOBS, SEGMENT_MEMBERSHIP
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
     producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
-    repository, ledger, store = CampaignRepository(db), DeliveryLedger(db), PostgresProfileStore(db)
+    repository, ledger, store = CampaignRepository(db), DeliveryLedger(db), profile_store(settings, db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -14,7 +14,7 @@ from server.ingestion_api.schemas import MAX_BATCH_BYTES, MAX_EVENT_BYTES
 from server.runtime.app import build_app
 from server.runtime.settings import ServiceSettings
 from server.stores.kafka import AsyncProducer, BrokerHealth
-from server.stores.rate_limit import LocalRecentIds, LocalTokenBuckets
+from server.stores.selection import request_guards
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -24,8 +24,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
         app.state.ingestor = Ingestor(
             settings, producer,
-            LocalTokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst),
-            LocalRecentIds(settings.dedupe_window_s),
+            *request_guards(settings),
             IngestionMetrics(app.state.metrics_registry),
         )
         yield

@@ -27,6 +27,8 @@ class ServiceSettings(BaseSettings):
     database_password: SecretStr = SecretStr("")
     database_pool_max: int = 10
     kafka_bootstrap: str = "127.0.0.1:30092"
+    aerospike_hosts: str = Field(default="", description="host:port,… — set on Kubernetes: profiles and caches "
+                                                         "then live in Aerospike instead of PostgreSQL/memory")
     topic_prefix: str = Field(default="", description="Prepended to every topic name (tests use one per test)")
     dependency_timeout_s: float = 2.0
     startup_wait_s: float = 30.0

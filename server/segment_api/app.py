@@ -16,7 +16,7 @@ from server.segment_api.routes import segments, users
 from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.outbox import OutboxRelay
 from server.stores.postgres import Database
-from server.stores.postgres_profiles import PostgresProfileStore
+from server.stores.selection import profile_store
 from server.stores.topics import SEGMENT_RULES
 
 
@@ -47,7 +47,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.db = db
     app.state.segments = repository
-    app.state.profiles = PostgresProfileStore(db)
+    app.state.profiles = profile_store(settings, db)
     app.state.relay = relay
     app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))

@@ -67,9 +67,12 @@ class AerospikeProfileStore:
     def _get_profiles(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not user_ids:
             return {}
-        records = self.client.get_many([(PROFILES_NS, "profiles", u) for u in user_ids])
-        return {user: dict(json.loads(bins["json"])) for user, (_, _, bins) in zip(user_ids, records, strict=True)
-                if bins}
+        batch = self.client.batch_read([(PROFILES_NS, "profiles", u) for u in user_ids], ["json"])
+        found: dict[str, dict[str, Any]] = {}
+        for user, entry in zip(user_ids, batch.batch_records, strict=True):
+            if entry.result == 0 and entry.record is not None:  # otherwise not found
+                found[user] = dict(json.loads(entry.record[2]["json"]))
+        return found
 
     async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
         await asyncio.to_thread(self._put_profiles, newest_per_user(profiles))
