@@ -42,7 +42,8 @@ def test_up_status_down_leaves_nothing_behind(stack_env: dict[str, str]) -> None
     status = amctl(stack_env, "status", "--json")
     assert status.returncode == 0, status.stderr
     rows = {row["name"]: row for row in json.loads(status.stdout)}
-    assert set(rows) == {"postgres", "kafka", "segment-api", "ingestion-api", "communication-api", "rule-engine"}
+    assert set(rows) == {"postgres", "kafka", "segment-api", "ingestion-api", "communication-api", "mail-sink",
+                         "email-worker", "rule-engine"}
     assert all(row["state"] == "running" and row["pid"] and row["rss_bytes"] > 0 for row in rows.values())
 
     again = amctl(stack_env, "up")
@@ -51,7 +52,8 @@ def test_up_status_down_leaves_nothing_behind(stack_env: dict[str, str]) -> None
 
     down = amctl(stack_env, "down")
     assert down.returncode == 0, down.stderr
-    for name in ("segment_api", "ingestion_api", "communication_api", "postgres", "kafka"):
+    for name in ("segment_api", "ingestion_api", "communication_api", "postgres", "kafka", "smtp", "email_worker",
+                 "rule_engine", "flink_ui"):
         assert not processes.port_accepts("127.0.0.1", ports(stack_env, name)), f"{name} still listening"
     for row in rows.values():
         assert not processes.process_alive(row["pid"]), f"{row['name']} still running"
