@@ -7,6 +7,7 @@ import logging
 import os
 import site
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from pyflink.common import Configuration, Types, WatermarkStrategy
@@ -19,12 +20,16 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSink,
     KafkaSource,
 )
+from pyflink.java_gateway import get_gateway
+from pyflink.util.java_utils import get_java_class
 
 from flinkjob.operator import PROFILES, RULES, RuleEngineFunction
 from flinkjob.settings import RuleEngineSettings
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_MEMBERSHIP, USER_EVENTS, USER_PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Where a bounded run stops: topic -> partition -> offset (exclusive). The live job is unbounded.
+StopAt = Mapping[str, Mapping[int, int]]
 log = logging.getLogger("rule-engine")
 
 
@@ -72,8 +77,8 @@ def configuration(settings: RuleEngineSettings) -> Configuration:
     return config
 
 
-def _source(settings: RuleEngineSettings, name: str, *topics: str) -> KafkaSource:
-    return (
+def source(settings: RuleEngineSettings, name: str, *topics: str, stop_at: StopAt | None = None) -> KafkaSource:
+    builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap)
         .set_topics(*topics)
@@ -82,11 +87,25 @@ def _source(settings: RuleEngineSettings, name: str, *topics: str) -> KafkaSourc
         .set_value_only_deserializer(SimpleStringSchema())
         .set_property("fetch.max.wait.ms", "10")
         .set_property("partition.discovery.interval.ms", "60000")
-        .build()
     )
+    if stop_at is not None:
+        builder.set_bounded(_offsets({t: stop_at[t] for t in topics}))
+    return builder.build()
 
 
-def _sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
+def _offsets(at: StopAt) -> KafkaOffsetsInitializer:
+    """`KafkaOffsetsInitializer.offsets`, for the unshaded Kafka client classes of the connector jars here
+    (PyFlink's own helper names the shaded ones of the SQL connector jar)."""
+    jvm = get_gateway().jvm
+    offsets = jvm.org.apache.flink.python.util.HashMapWrapper(None, get_java_class(jvm.Long))
+    for topic, partitions in at.items():
+        for partition, offset in partitions.items():
+            offsets.put(jvm.org.apache.kafka.common.TopicPartition(topic, partition), offset)
+    initializer = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
+    return KafkaOffsetsInitializer(initializer.offsets(offsets.asMap()))
+
+
+def sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
     return (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap)
@@ -100,24 +119,31 @@ def _sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
     )
 
 
-def build(settings: RuleEngineSettings) -> StreamExecutionEnvironment:
-    """The whole pipeline on an execution environment, ready for `execute_async`."""
+def user_key(value: str) -> str:
+    return str(json.loads(value)["userId"])
+
+
+def build(settings: RuleEngineSettings, stop_at: StopAt | None = None) -> StreamExecutionEnvironment:
+    """The whole pipeline on an execution environment, ready for `execute_async`.
+
+    With `stop_at` the sources end at those offsets, so `execute()` returns (benchmarks use this).
+    """
     prepare_python_environment()
     env = StreamExecutionEnvironment.get_execution_environment(configuration(settings))
     topic = settings.topic
     epoch = settings.broker_epoch  # offsets belong to one broker epoch: a new epoch reads from the start
-    keyed = env.from_source(_source(settings, "users", topic(USER_EVENTS), topic(REEVALUATIONS)),
+    keyed = env.from_source(source(settings, "users", topic(USER_EVENTS), topic(REEVALUATIONS), stop_at=stop_at),
                             WatermarkStrategy.no_watermarks(), "user-events").uid(f"user-events-{epoch}")
-    rules = env.from_source(_source(settings, "rules", topic(RULE_DEFINITIONS)),
+    rules = env.from_source(source(settings, "rules", topic(RULE_DEFINITIONS), stop_at=stop_at),
                             WatermarkStrategy.no_watermarks(), "segment-rules").uid(f"segment-rules-{epoch}")
     changes = (
-        keyed.key_by(lambda value: json.loads(value)["userId"], key_type=Types.STRING())
+        keyed.key_by(user_key, key_type=Types.STRING())
         .connect(rules.broadcast(RULES))
         .process(RuleEngineFunction(), output_type=Types.STRING())
         .name("evaluate-rules")
         .uid("evaluate-rules")
     )
-    changes.sink_to(_sink(settings, topic(SEGMENT_MEMBERSHIP))).name("segment-membership").uid("membership-sink")
-    changes.get_side_output(PROFILES).sink_to(_sink(settings, topic(USER_PROFILES))).name("user-profiles") \
+    changes.sink_to(sink(settings, topic(SEGMENT_MEMBERSHIP))).name("segment-membership").uid("membership-sink")
+    changes.get_side_output(PROFILES).sink_to(sink(settings, topic(USER_PROFILES))).name("user-profiles") \
         .uid("profile-sink")
     return env

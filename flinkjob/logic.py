@@ -7,16 +7,17 @@ segments the user is in (id -> version entered at).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from server.domain.events import UserEvent
 from server.domain.membership import MembershipChange, SegmentRule, evaluate_memberships
 from server.domain.profile import Profile, apply_event, prune_history
-from server.domain.rules import RuleValidationError, next_expiry, parse_rule
+from server.domain.rules import RuleValidationError, parse_rule, window_expiry
 
 
 @dataclass
@@ -24,15 +25,17 @@ class UserState:
     profile: Profile | None = None
     memberships: dict[str, int] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        profile = self.profile.to_json() if self.profile else None
-        return json.dumps({"profile": profile, "memberships": self.memberships}, separators=(",", ":"))
+    def to_json(self, profile: dict[str, Any] | None = None) -> str:
+        """The state as stored in Flink; `profile` is the profile's JSON when the caller already has it."""
+        if profile is None and self.profile is not None:
+            profile = self.profile.to_json()
+        return orjson.dumps({"profile": profile, "memberships": self.memberships}).decode()
 
     @classmethod
     def from_json(cls, text: str | None) -> UserState:
         if not text:
             return cls()
-        data = json.loads(text)
+        data = orjson.loads(text)
         profile = Profile.from_json(data["profile"]) if data.get("profile") else None
         return cls(profile=profile, memberships={k: int(v) for k, v in data.get("memberships", {}).items()})
 
@@ -78,8 +81,8 @@ def _diff(state: UserState, profile: Profile, rules: Mapping[str, SegmentRule], 
 
 
 def _next_timer(profile: Profile, rules: Mapping[str, SegmentRule], now: datetime) -> datetime | None:
-    expiries = [t for r in rules.values() if (t := next_expiry(r.rule, profile, now)) is not None]
-    return min(expiries, default=None)
+    looked_through = frozenset().union(*(r.windows for r in rules.values()))
+    return window_expiry(looked_through, profile, now) if looked_through else None
 
 
 def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule], now: datetime) -> Outcome:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pyflink.common import Types
 from pyflink.datastream import OutputTag, RuntimeContext
 from pyflink.datastream.functions import KeyedBroadcastProcessFunction
@@ -29,6 +29,7 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         self.user = runtime_context.get_state(ValueStateDescriptor("user", Types.STRING()))
         self.timer = runtime_context.get_state(ValueStateDescriptor("timer", Types.LONG()))
         self.compiled: dict[str, tuple[str, SegmentRule]] = {}  # segment id -> (raw definition, compiled)
+        self.active: dict[str, SegmentRule] | None = None
         group = runtime_context.get_metrics_group()
         self.events = group.counter("eventsProcessed")
         self.evaluations = group.counter("ruleEvaluations")
@@ -36,13 +37,19 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         self.eval_micros = group.distribution("evaluationMicros") if hasattr(group, "distribution") else None
 
     def _rules(self, ctx: Any) -> dict[str, SegmentRule]:
+        """The active rules, compiled; rebuilt only after the broadcast side changed (or a restore)."""
+        if self.active is None:
+            self.active = self._compile_all(ctx)
+        return self.active
+
+    def _compile_all(self, ctx: Any) -> dict[str, SegmentRule]:
         rules: dict[str, SegmentRule] = {}
         for segment_id, raw in ctx.get_broadcast_state(RULES).items():
             if segment_id == PROBE_ID:
                 continue
             cached = self.compiled.get(segment_id)
             if cached is None or cached[0] != raw:
-                rule = compile_definition(json.loads(raw))
+                rule = compile_definition(orjson.loads(raw))
                 if rule is None:
                     continue
                 cached = (raw, rule)
@@ -51,15 +58,15 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         return rules
 
     def _emit(self, outcome: Outcome, ctx: Any) -> Iterator[Any]:
-        self.user.update(outcome.state.to_json())
         profile = outcome.state.profile.to_json() if outcome.profile_changed and outcome.state.profile else None
+        self.user.update(outcome.state.to_json(profile))
         for change in outcome.changes:
             # the profile that caused a change travels with it: the store never shows a membership
             # before the profile behind it, whatever order the writer reads the two topics in
-            yield json.dumps({**change.to_json(), **({"profile": profile} if profile else {})}, separators=(",", ":"))
+            yield orjson.dumps({**change.to_json(), **({"profile": profile} if profile else {})}).decode()
         self.changes.inc(len(outcome.changes))
         if profile is not None:
-            yield PROFILES, json.dumps(profile, separators=(",", ":"))
+            yield PROFILES, orjson.dumps(profile).decode()
         if outcome.next_timer is not None:
             millis = int(outcome.next_timer.timestamp() * 1000) + 1
             if self.timer.value() != millis:
@@ -67,10 +74,10 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
                 self.timer.update(millis)
 
     def process_element(self, value: str, ctx: Any) -> Iterator[Any]:
-        record = json.loads(value)
+        record = orjson.loads(value)
         if record.get("kind") == "probe":  # readiness: both inputs flow once the probe's token is known
             if ctx.get_broadcast_state(RULES).get(PROBE_ID) == record["token"]:
-                yield json.dumps({"probe": record["token"]})
+                yield orjson.dumps({"probe": record["token"]}).decode()
             return
         rules = self._rules(ctx)
         state = UserState.from_json(self.user.value())
@@ -87,14 +94,15 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         yield from self._emit(outcome, ctx)
 
     def process_broadcast_element(self, value: str, ctx: Any) -> None:
-        definition = json.loads(value)
+        definition = orjson.loads(value)
         state = ctx.get_broadcast_state(RULES)
+        self.active = None
         if definition.get("kind") == "probe":
             state.put(PROBE_ID, definition["token"])
             return
         segment_id = str(definition["id"])
         current = state.get(segment_id)
-        if current is not None and int(json.loads(current).get("version", 0)) > int(definition.get("version") or 0) \
+        if current is not None and int(orjson.loads(current).get("version", 0)) > int(definition.get("version") or 0) \
                 and not definition.get("deleted"):
             return  # an older definition arriving late
         if compile_definition(definition) is None:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from server.domain.profile import Profile
-from server.domain.rules import Predicate, Rule, compile_rule, required_retention
+from server.domain.rules import Predicate, Rule, Window, compile_rule, windows
 from server.domain.timeutil import format_timestamp, parse_timestamp
 
 Change = Literal["entered", "exited"]
@@ -22,11 +22,14 @@ class SegmentRule:
     version: int
     rule: Rule
     predicate: Predicate = field(compare=False)
-    retention: timedelta = timedelta(0)
+    windows: frozenset[Window] = frozenset()  # time windows its behavioural conditions look through
+    retention: timedelta = timedelta(0)  # how much event history it needs: its longest window
 
     @classmethod
     def build(cls, segment_id: str, version: int, rule: Rule) -> SegmentRule:
-        return cls(segment_id, version, rule, compile_rule(rule), required_retention(rule))
+        looked_through = windows(rule)
+        return cls(segment_id, version, rule, compile_rule(rule), looked_through,
+                   max((within for _, within in looked_through), default=timedelta(0)))
 
 
 @dataclass(frozen=True)

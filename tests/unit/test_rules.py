@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.domain.events import UserEvent
+from server.domain.membership import SegmentRule
 from server.domain.profile import Profile, apply_event
 from server.domain.rules import (
     AllOf,
@@ -24,6 +25,7 @@ from server.domain.rules import (
     parse_rule,
     required_retention,
     rule_to_json,
+    window_expiry,
 )
 
 pytestmark = pytest.mark.unit
@@ -173,6 +175,20 @@ def test_windowed_count_and_sum_and_expiry() -> None:
     assert evaluate(spend, p, NOW) is False  # only two purchases (200) in the last 3 days
     assert evaluate(parse_rule({"event": "purchase", "sum": {"gte": 300}}), p, NOW)  # all time: totalSpent
     assert next_expiry(parse_rule({"field": "a", "operator": "exists"}), p, NOW) is None
+
+
+def test_a_compiled_segment_knows_its_windows_and_the_earliest_expiry_across_them() -> None:
+    rule = parse_rule({"any": [{"event": "purchase", "count": {"gte": 3}, "within": "P7D"},
+                               {"not": {"event": "purchase", "sum": {"field": "amount", "gte": 50}, "within": "P3D"}},
+                               {"event": "purchase", "count": {"gte": 9}, "within": "P7D"}]})
+    segment = SegmentRule.build("s", 1, rule)
+    assert segment.windows == {("purchase", timedelta(days=7)), ("purchase", timedelta(days=3))}
+    assert segment.retention == timedelta(days=7)
+    p = purchases(timedelta(days=6), timedelta(days=2, hours=12))
+    # the 3-day window loses the 2.5-day-old purchase in half a day, before the 7-day one loses its oldest
+    assert window_expiry(segment.windows, p, NOW) == NOW + timedelta(hours=12)
+    assert window_expiry(frozenset(), p, NOW) is None
+    assert SegmentRule.build("t", 1, parse_rule({"field": "a", "operator": "exists"})).retention == timedelta(0)
 
 
 # -- properties over random rules and profiles -------------------------------------------

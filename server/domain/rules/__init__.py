@@ -3,7 +3,7 @@
 There is deliberately no regex operator: every operator runs in time linear in its input.
 """
 
-from server.domain.rules.analysis import lint_rule, next_expiry, required_retention
+from server.domain.rules.analysis import Window, lint_rule, next_expiry, required_retention, window_expiry, windows
 from server.domain.rules.compile import Predicate, compile_rule
 from server.domain.rules.evaluate import evaluate
 from server.domain.rules.model import (
@@ -32,6 +32,7 @@ __all__ = [
     "Rule",
     "RuleIssue",
     "RuleValidationError",
+    "Window",
     "compile_rule",
     "evaluate",
     "lint_rule",
@@ -39,4 +40,6 @@ __all__ = [
     "parse_rule",
     "required_retention",
     "rule_to_json",
+    "window_expiry",
+    "windows",
 ]

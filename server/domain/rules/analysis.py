@@ -20,22 +20,32 @@ def walk(rule: Rule) -> Iterator[Rule]:
         yield from walk(rule.child)
 
 
+Window = tuple[str, timedelta]  # a behavioural condition's (event type, window length)
+
+
+def windows(rule: Rule) -> frozenset[Window]:
+    """Every time window the rule's behavioural conditions look through (empty when it has none)."""
+    return frozenset((n.event, n.within) for n in walk(rule) if isinstance(n, Behaviour) and n.within is not None)
+
+
 def required_retention(rule: Rule) -> timedelta:
     """The longest window of any behavioural condition (zero when the rule has none)."""
-    windows = [n.within for n in walk(rule) if isinstance(n, Behaviour) and n.within is not None]
-    return max(windows, default=timedelta(0))
+    return max((within for _, within in windows(rule)), default=timedelta(0))
+
+
+def window_expiry(looked_through: frozenset[Window], profile: Profile, now: datetime) -> datetime | None:
+    """The next moment one of these windows loses an entry of the profile's history, or None."""
+    moments = []
+    for event, within in looked_through:
+        entries = window_entries(profile, event, within, now)
+        if entries:
+            moments.append(entries[0][0] + within.total_seconds())
+    return datetime.fromtimestamp(min(moments), UTC) if moments else None
 
 
 def next_expiry(rule: Rule, profile: Profile, now: datetime) -> datetime | None:
     """The next moment a windowed condition's value can change with no new event, or None."""
-    moments = []
-    for node in walk(rule):
-        if isinstance(node, Behaviour) and node.within is not None:
-            entries = window_entries(profile, node.event, node.within, now)
-            if entries:
-                oldest = entries[0][0] + node.within.total_seconds()
-                moments.append(datetime.fromtimestamp(oldest, UTC))
-    return min(moments, default=None)
+    return window_expiry(windows(rule), profile, now)
 
 
 def _bounds(conditions: list[Condition]) -> tuple[float | None, bool, float | None, bool]:

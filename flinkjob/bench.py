@@ -1,0 +1,127 @@
+"""Throughput of the rule job beside a no-op PyFlink job reading the same topic (`amctl bench` runs it).
+
+Both read the same prepared records on a topic prefix of their own, as bounded jobs on a local
+mini-cluster in this process, with the live job's configuration (thread mode, bundle size, sinks):
+- **rules**: the rule engine's own pipeline (`job.build`) with 20 active segments;
+- **no-op**: the same source and `key_by`, a Python identity map, the same Kafka sink.
+
+After one discarded warm-up run, each is run twice, over a few records and over all of them;
+throughput is the difference in records over the difference in wall time, so job start-up (tasks,
+Python workers) cancels out.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+from pyflink.common import Types, WatermarkStrategy
+from pyflink.datastream import StreamExecutionEnvironment
+
+from flinkjob.job import StopAt, build, configuration, prepare_python_environment, sink, source, user_key
+from flinkjob.settings import RuleEngineSettings
+from server.domain.bench import RULES
+from server.stores.kafka import create_topics
+from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_MEMBERSHIP, USER_EVENTS
+
+WARMUP_PER_PARTITION = 25
+
+
+def _produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> dict[int, int]:
+    """Write records; returns each partition's end offset (exclusive)."""
+    ends: dict[int, int] = defaultdict(int)
+    failures: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+        else:
+            ends[msg.partition()] = max(ends[msg.partition()], msg.offset() + 1)
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10_000,
+                         "enable.idempotence": True})
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(60) or failures:
+        raise RuntimeError(f"could not prepare {topic}: {failures[:1] or 'flush timed out'}")
+    return dict(ends)
+
+
+def _events(count: int, users: int) -> list[tuple[str, bytes]]:
+    """A purchase-heavy mix over `users` users, as the Ingestion API would have written it."""
+    rng, now = random.Random(7), datetime.now(UTC).isoformat()
+    records = []
+    for _ in range(count):
+        user, kind = f"bench-user-{rng.randrange(users)}", rng.choice(("purchase", "page_view", "page_view"))
+        properties: dict[str, Any] = {"category": rng.choice(("books", "electronics", "garden")),
+                                      "country": rng.choice(("DE", "FR", "US", "AT"))}
+        if kind == "purchase":
+            properties["amount"] = round(rng.uniform(5, 500), 2)
+        event = {"userId": user, "eventType": kind, "properties": properties, "eventId": str(uuid.uuid4()),
+                 "timestamp": now, "receivedAt": now}
+        records.append((user, orjson.dumps(event)))
+    return records
+
+
+def _definitions(segments: int) -> list[tuple[str, bytes]]:
+    return [(f"bench-{i}", orjson.dumps({"id": f"bench-{i}", "version": 1, "type": "DYNAMIC", "status": "ACTIVE",
+                                         "rules": RULES[i % len(RULES)]}))
+            for i in range(segments)]
+
+
+def _passthrough(settings: RuleEngineSettings, stop_at: StopAt) -> StreamExecutionEnvironment:
+    env = StreamExecutionEnvironment.get_execution_environment(configuration(settings))
+    events = env.from_source(source(settings, "noop", settings.topic(USER_EVENTS), stop_at=stop_at),
+                             WatermarkStrategy.no_watermarks(), "user-events")
+    (events.key_by(user_key, key_type=Types.STRING())
+     .map(lambda value: value, output_type=Types.STRING())
+     .sink_to(sink(settings, settings.topic(SEGMENT_MEMBERSHIP))))
+    return env
+
+
+def _timed_run(kind: str, settings: RuleEngineSettings, stop_at: StopAt) -> float:
+    env = build(settings, stop_at) if kind == "rules" else _passthrough(settings, stop_at)
+    started = time.perf_counter()
+    env.execute(f"bench-{kind}")
+    return time.perf_counter() - started
+
+
+def measure_job_throughput(events: int = 60_000, segments: int = 20, users: int = 20_000) -> dict[str, Any]:
+    bootstrap = os.environ["AM_KAFKA_BOOTSTRAP"]
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+    create_topics(bootstrap, prefix)
+    ends = _produce(bootstrap, prefix + USER_EVENTS, _events(events, users))
+    rules_end = _produce(bootstrap, prefix + RULE_DEFINITIONS, _definitions(segments))
+    warmup = {p: min(end, WARMUP_PER_PARTITION) for p, end in ends.items()}
+    figures: dict[str, Any] = {"events": events, "segments": segments, "users": users}
+    prepare_python_environment()
+    with tempfile.TemporaryDirectory(prefix="amctl-job-bench-") as state:
+        settings = RuleEngineSettings(kafka_bootstrap=bootstrap, topic_prefix=prefix, state_dir=Path(state),
+                                      flink_ui_port=0)  # any free port: the live job's UI may be running
+        warm_stop = {prefix + USER_EVENTS: warmup}
+        _timed_run("noop", settings, warm_stop)  # the first job in a process also pays for the JVM's warm-up
+        for kind in ("noop", "rules"):
+            runs = []
+            for partitions in (warmup, ends):
+                stop_at = {prefix + USER_EVENTS: partitions, prefix + REEVALUATIONS: {p: 0 for p in range(4)},
+                           prefix + RULE_DEFINITIONS: rules_end}
+                runs.append((sum(partitions.values()), _timed_run(kind, settings, stop_at)))
+            (few, t_few), (many, t_many) = runs
+            figures[f"{kind}_events_per_s"] = round((many - few) / max(t_many - t_few, 1e-3))
+            figures[f"{kind}_run_s"] = round(t_many, 2)
+    figures["rules_to_noop_ratio"] = round(figures["rules_events_per_s"] / figures["noop_events_per_s"], 2)
+    return figures
