@@ -14,6 +14,21 @@ from server.stores.profile_store import ChangeCounts, Membership, newest_per_use
 
 _MEMBER_COLUMNS = "segment_id::text, user_id, segment_version, entered_at, source"
 
+# One change, entered or exited, recorded in the history only when it changed the membership (so a
+# replayed change adds nothing). Needs no answer before the next statement: changes can be pipelined.
+_APPLY_CHANGE = (
+    "WITH entered AS ("
+    " INSERT INTO segment_memberships (segment_id, user_id, segment_version, entered_at, source)"
+    " SELECT %(segment)s::uuid, %(user)s::text, %(version)s::integer, %(at)s::timestamptz, %(source)s::text"
+    " WHERE %(change)s::text = 'entered' ON CONFLICT DO NOTHING RETURNING 1),"
+    " exited AS ("
+    " DELETE FROM segment_memberships WHERE %(change)s::text = 'exited'"
+    " AND segment_id = %(segment)s::uuid AND user_id = %(user)s::text RETURNING 1)"
+    " INSERT INTO membership_changes (segment_id, user_id, change, segment_version, at)"
+    " SELECT %(segment)s::uuid, %(user)s::text, %(change)s::text, %(version)s::integer, %(at)s::timestamptz"
+    " WHERE EXISTS (SELECT 1 FROM entered) OR EXISTS (SELECT 1 FROM exited) RETURNING 1"
+)
+
 
 def _membership(row: tuple[Any, ...]) -> Membership:
     return Membership(segment_id=row[0], user_id=row[1], segment_version=row[2], entered_at=row[3], source=row[4])
@@ -69,27 +84,19 @@ class PostgresProfileStore:
             return [_membership(row) for row in await cur.fetchall()]
 
     async def apply_changes(self, changes: Sequence[MembershipChange], source: str = "rule") -> int:
+        """Apply changes in order, in one transaction and one pipelined round trip; returns how many were real."""
+        if not changes:
+            return 0
         applied = 0
         async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for change in changes:
-                if change.change == "entered":
-                    await cur.execute(
-                        "INSERT INTO segment_memberships (segment_id, user_id, segment_version, entered_at, source)"
-                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        (change.segment_id, change.user_id, change.segment_version, change.at, source),
-                    )
-                else:
-                    await cur.execute(
-                        "DELETE FROM segment_memberships WHERE segment_id = %s AND user_id = %s",
-                        (change.segment_id, change.user_id),
-                    )
-                if cur.rowcount:  # only real changes are recorded, so a replay adds nothing
-                    applied += 1
-                    await cur.execute(
-                        "INSERT INTO membership_changes (segment_id, user_id, change, segment_version, at)"
-                        " VALUES (%s, %s, %s, %s, %s)",
-                        (change.segment_id, change.user_id, change.change, change.segment_version, change.at),
-                    )
+            await cur.executemany(_APPLY_CHANGE, [
+                {"segment": c.segment_id, "user": c.user_id, "change": c.change, "version": c.segment_version,
+                 "at": c.at, "source": source} for c in changes
+            ], returning=True)
+            while True:
+                applied += len(await cur.fetchall())
+                if not cur.nextset():
+                    break
         return applied
 
     async def segment_members(self, segment_id: str, after: str | None, limit: int) -> list[Membership]:

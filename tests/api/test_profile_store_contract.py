@@ -109,5 +109,18 @@ async def _memberships(store: ProfileStore, p: str) -> None:
     assert await store.segment_size(seg) == 0
 
 
+async def _changes_in_order(store: ProfileStore, p: str) -> None:
+    """One batch may enter, exit and re-enter the same user: applied in order, each recorded once."""
+    seg, user = str(uuid.uuid4()), f"{p}-flip"
+    batch = [change(user, seg, "entered"), change(user, seg, "exited"), change(user, seg, "entered", version=2)]
+    assert await store.apply_changes(batch) == 3
+    assert [(m.segment_id, m.segment_version) for m in await store.user_memberships(user)] == [(seg, 2)]
+    assert await store.apply_changes(batch[2:]) == 0  # a replayed tail changes nothing
+    counts = await store.change_counts(seg, NOW - timedelta(hours=1))
+    assert (counts.entered, counts.exited) == (2, 1)
+    assert await store.apply_changes([]) == 0
+
+
 test_profiles_roundtrip = contract(_profiles_roundtrip)
 test_memberships = contract(_memberships)
+test_changes_in_order = contract(_changes_in_order)
