@@ -1,12 +1,22 @@
-"""The scenario runner's view of the services: `call(service, method, path, json)` over httpx."""
+"""The scenario runner's view of the services: `call(service, method, path, json)` over httpx.
+
+`mail-sink` is the local target's SMTP sink, read from its store: `GET /campaigns/{id}` lists the
+mails received for a campaign, so a scenario can wait until they have arrived.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import asdict
 from typing import Any
 
 import httpx
 
-from amctl.settings import AmctlSettings
+from amctl.local.mail_sink import read_mails, store_path
+from amctl.settings import AmctlSettings, Target
+
+MAIL_SINK = "mail-sink"
+_CAMPAIGN_MAILS = re.compile(r"^/campaigns/([^/]+)$")
 
 
 class ServiceHttp:
@@ -22,6 +32,7 @@ class ServiceHttp:
             "rule-engine": settings.url(ports.rule_engine),
         }
         self._client = httpx.Client(timeout=timeout_s)
+        self.settings = settings
 
     def url(self, service: str, path: str) -> str:
         if service not in self.bases:
@@ -29,6 +40,8 @@ class ServiceHttp:
         return self.bases[service] + path
 
     def call(self, service: str, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        if service == MAIL_SINK:
+            return self._mails(method, path)
         try:
             response = self._client.request(method, self.url(service, path), json=json)
         except httpx.HTTPError as exc:
@@ -37,6 +50,15 @@ class ServiceHttp:
             return response.status_code, response.json()
         except ValueError:
             return response.status_code, response.text
+
+    def _mails(self, method: str, path: str) -> tuple[int, Any]:
+        if self.settings.target is not Target.LOCAL:
+            return 0, "the mail sink is read on the local target only; on k8s open the mail catcher's web UI"
+        match = _CAMPAIGN_MAILS.match(path)
+        if method != "GET" or match is None:
+            return 404, f"the mail sink answers GET /campaigns/{{id}} only, not {method} {path}"
+        mails = read_mails(store_path(self.settings.state_dir), match.group(1))
+        return 200, sorted((asdict(m) for m in mails), key=lambda m: m["rcpt_to"])
 
     def close(self) -> None:
         self._client.close()

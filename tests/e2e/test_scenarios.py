@@ -18,13 +18,15 @@ def test_smoke(running_stack: Stack) -> None:
     assert "smoke passed" in result.stdout
 
 
-@pytest.mark.parametrize("scenario", ["basic-segmentation", "rule-engine-testing"])
-def test_scenario_passes_with_junit(running_stack: Stack, scenario: str, tmp_path: Path) -> None:
+def test_all_demo_scenarios_pass_with_junit(running_stack: Stack, tmp_path: Path) -> None:
     junit = tmp_path / "out.xml"
-    result = amctl(running_stack.env, "scenario", "run", scenario, "--junit", str(junit))
+    result = amctl(running_stack.env, "scenario", "run", "--all", "--junit", str(junit))
     assert result.returncode == 0, result.stdout + result.stderr
-    suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite is not None and suite.get("failures") == "0" and int(suite.get("tests", "0")) >= 8
+    suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
+    assert set(suites) == {"basic-segmentation", "rule-engine-testing", "communication-campaign"}
+    for name, suite in suites.items():
+        assert suite.get("failures") == "0" and int(suite.get("tests", "0")) >= 8, name
+        assert not list(suite.iter("skipped")), name
 
 
 def test_a_failing_scenario_names_the_step(running_stack: Stack, tmp_path: Path) -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from amctl.local.mail_sink import store_path
 from amctl.scenario.expect import ExpectationFailed, check, lookup
+from amctl.scenario.http import MAIL_SINK, ServiceHttp
 from amctl.scenario.junit import write_junit
 from amctl.scenario.model import ScenarioError, load_scenario
 from amctl.scenario.runner import ScenarioRunner, render
+from amctl.settings import AmctlSettings, Target
 
 pytestmark = pytest.mark.unit
 
@@ -112,3 +116,20 @@ def test_every_shipped_scenario_loads() -> None:
 
     names = {load_scenario(path).name for path in find_scenarios(DEFAULT_DIR)}
     assert {"basic-segmentation", "rule-engine-testing"} <= names
+
+
+def test_the_mail_sink_service_reads_one_campaigns_mails(tmp_path: Path) -> None:
+    store = store_path(tmp_path)
+    store.parent.mkdir(parents=True)
+    mail = {"received_at": "2026-01-01T00:00:00Z", "mail_from": "am@example.com", "subject": "Hi", "body": "b",
+            "user_id": "u", "message_id": "<m>"}
+    store.write_text("\n".join(json.dumps({**mail, "rcpt_to": [to], "campaign_id": c})
+                               for to, c in (("z@x", "c1"), ("a@x", "c1"), ("b@x", "c2"))) + "\n")
+    http = ServiceHttp(AmctlSettings(state_dir=tmp_path))
+    status, mails = http.call(MAIL_SINK, "GET", "/campaigns/c1")
+    assert status == 200 and [m["rcpt_to"] for m in mails] == [["a@x"], ["z@x"]]
+    assert http.call(MAIL_SINK, "GET", "/campaigns/none") == (200, [])
+    assert http.call(MAIL_SINK, "POST", "/campaigns/c1")[0] == 404
+    remote = ServiceHttp(AmctlSettings(state_dir=tmp_path, target=Target.K8S))
+    status, message = remote.call(MAIL_SINK, "GET", "/campaigns/c1")
+    assert status == 0 and "local target only" in message
