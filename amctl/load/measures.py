@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -63,17 +64,9 @@ def measure_ingestion(seconds: float = 5.0) -> dict[str, Any]:
     base = settings.url(settings.ports.ingestion_api)
     single = _throughput(f"{base}/api/events", 1, seconds, 16)
     batch = _throughput(f"{base}/api/events/batch", 100, seconds, 8)
-    port = processes.free_port()
-    bare = subprocess.Popen([sys.executable, "-m", "amctl.load.bare", str(port)])
-    try:
-        deadline = time.monotonic() + 15
-        while not processes.port_accepts("127.0.0.1", port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        bare_single = _throughput(f"http://127.0.0.1:{port}/api/events", 1, seconds, 16)
-        bare_batch = _throughput(f"http://127.0.0.1:{port}/api/events/batch", 100, seconds, 8)
-    finally:
-        bare.terminate()
-        bare.wait(10)
+    with _bare_server() as bare:
+        bare_single = _throughput(f"{bare}/api/events", 1, seconds, 16)
+        bare_batch = _throughput(f"{bare}/api/events/batch", 100, seconds, 8)
     raw = _raw_producer(f"{settings.host}:{settings.ports.kafka}", seconds)
     return {
         "single_events_per_s": round(single), "batch_events_per_s": round(batch),
@@ -82,6 +75,38 @@ def measure_ingestion(seconds: float = 5.0) -> dict[str, Any]:
         "single_vs_bare_fastapi": round(single / bare_single, 3), "batch_vs_bare_fastapi": round(batch / bare_batch, 3),
         "batch_vs_raw_producer": round(batch / raw, 3),
     }
+
+
+@contextmanager
+def _bare_server(*flags: str) -> Iterator[str]:
+    """Run `amctl.load.bare` on a free port; yields its base URL."""
+    port = processes.free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "amctl.load.bare", str(port), *flags])
+    try:
+        deadline = time.monotonic() + 15
+        while not processes.port_accepts("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        bare.terminate()
+        bare.wait(10)
+
+
+def measure_generator_accuracy(rates: list[float], seconds: float = 5.0) -> dict[str, Any]:
+    """`amctl events send`'s achieved rate against a target that keeps up (a raw 202 responder)."""
+    figures: dict[str, Any] = {}
+    with _bare_server("--raw") as bare:
+        for rate in rates:
+            plan = LoadPlan(url=f"{bare}/api/events", schedule=ArrivalSchedule([Stage(rate, seconds)]),
+                            events=EventFactory(users=1000, mix=MIXES["default"]))
+            summary = asyncio.run(run_load(plan)).as_json()
+            figures[f"at_{rate:g}"] = {
+                "achieved_rate": summary["achieved_rate"],
+                "achieved_vs_target": round(summary["achieved_rate"] / rate, 4),
+                "late": summary["late"], "dropped": summary["dropped"], "errors": summary["errors"],
+                "p99_ms": summary["latency_ms"]["p99"],
+            }
+    return figures
 
 
 def _raw_producer(bootstrap: str, seconds: float) -> float:
