@@ -12,11 +12,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
 import orjson
 
+from amctl.load.http1 import HttpPool
 from amctl.load.profile import CATEGORIES, MIXES, EventFactory
 from amctl.load.runner import LoadPlan, run_load
 from amctl.load.schedule import ArrivalSchedule, Stage
@@ -30,15 +31,14 @@ async def _closed_loop(url: str, body: Factory, workers: int, seconds: float) ->
     """Requests completed by `workers` senders that each wait for an answer before the next."""
     done = 0
     deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(headers={"Content-Type": "application/json"},
-                                     connector=aiohttp.TCPConnector(limit=workers)) as session:
+    path = urlsplit(url).path
+    async with HttpPool(url) as pool:
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < deadline:
-                async with session.post(url, data=body()) as response:
-                    await response.read()
-                    if response.status < 300:
-                        done += 1
+                response = await pool.request("POST", path, body())
+                if response.status < 300:
+                    done += 1
 
         await asyncio.gather(*(worker() for _ in range(workers)))
     return done
@@ -273,7 +273,7 @@ def measure_user_segments_latency(rate: float = 500.0, seconds: float = 10.0) ->
     rng = random.Random(7)
     plan = LoadPlan(url=base, schedule=ArrivalSchedule([Stage(rate, seconds)]),
                     events=EventFactory(users=1, mix=MIXES["default"]),
-                    get_url=lambda: f"{base}/api/users/prop-user-{rng.randrange(1000)}/segments")
+                    get_url=lambda: f"/api/users/prop-user-{rng.randrange(1000)}/segments")
     summary = asyncio.run(run_load(plan)).as_json()
     return {"rate": rate, "achieved_rate": summary["achieved_rate"], "errors": summary["errors"],
             "dropped": summary["dropped"], "p50_ms": summary["latency_ms"]["p50"],

@@ -12,11 +12,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 from hdrh.histogram import HdrHistogram
 
+from amctl.load.http1 import HttpPool, HttpProtocolError
 from amctl.load.profile import EventFactory
 from amctl.load.schedule import ArrivalSchedule
 from amctl.load.thresholds import Threshold
@@ -100,8 +101,8 @@ class LoadPlan:
     concurrency: int = 256
     timeout_s: float = 10.0
     headers: dict[str, str] = field(default_factory=dict)
-    # when set, each send is a GET of the URL this returns (read benchmarks) instead of a POST of events
-    get_url: Callable[[], str] | None = None
+    # when set, each send is a GET of the path this returns (read benchmarks) instead of a POST of events
+    get_url: Callable[[], str] | None = None  # a path on the same server as `url`
 
 
 async def run_load(plan: LoadPlan, on_progress: Callable[[LoadResult], None] | None = None,
@@ -111,22 +112,21 @@ async def run_load(plan: LoadPlan, on_progress: Callable[[LoadResult], None] | N
     result = LoadResult(target_rate=plan.schedule.expected_sends() * plan.batch_size / plan.schedule.duration_s,
                         duration_s=plan.schedule.duration_s, batch_size=plan.batch_size)
     in_flight: set[asyncio.Task[None]] = set()
-    connector = aiohttp.TCPConnector(limit=plan.concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=plan.timeout_s)
-    headers = {"Content-Type": "application/json", **plan.headers}
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
+    target = urlsplit(plan.url)
+    post_path = target.path + (f"?{target.query}" if target.query else "")
+    async with HttpPool(plan.url, plan.timeout_s, plan.headers) as pool:
 
         async def send(body: bytes | None) -> None:
             started = time.perf_counter()
             try:
-                request = session.get(plan.get_url()) if plan.get_url else session.post(plan.url, data=body)
-                async with request as response:
-                    await response.read()
-                    status = response.status
-                result.record(str(status), time.perf_counter() - started, 200 <= status < 300)
+                if plan.get_url is not None:
+                    response = await pool.request("GET", plan.get_url())
+                else:
+                    response = await pool.request("POST", post_path, body)
+                result.record(str(response.status), time.perf_counter() - started, 200 <= response.status < 300)
             except TimeoutError:
                 result.record("timeout", time.perf_counter() - started, False)
-            except aiohttp.ClientError as exc:
+            except (OSError, HttpProtocolError) as exc:
                 result.record(type(exc).__name__, time.perf_counter() - started, False)
 
         def body() -> bytes | None:
