@@ -13,6 +13,7 @@ import httpx
 from fastapi import FastAPI
 
 from flinkjob.feeder import RuleFeeder
+from flinkjob.metrics import FlinkJobMetrics
 from flinkjob.probe import PipelineProbe
 from flinkjob.settings import RuleEngineSettings
 from flinkjob.writer import StoreWriter
@@ -39,10 +40,13 @@ class FlinkJob:
         self.client = build(self.settings).execute_async("audience-rule-engine")
         log.info("submitted Flink job %s", self.client.get_job_id())
 
+    def job_id(self) -> str | None:
+        return str(self.client.get_job_id()) if self.client else None
+
     async def overview(self) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=2) as client:
             jobs = (await client.get(f"{self.rest}/jobs/overview")).json()["jobs"]
-            job_id = str(self.client.get_job_id()) if self.client else None
+            job_id = self.job_id()
             job = next((j for j in jobs if j["jid"] == job_id), None)
             if job is None:
                 return {"state": "NOT SUBMITTED"}
@@ -84,8 +88,11 @@ def create_app(settings: RuleEngineSettings) -> FastAPI:
         feeder = RuleFeeder(settings.kafka_bootstrap, settings.topic_prefix, producer, store, settings.backfill_page)
         probe = PipelineProbe(producer, settings.topic_prefix)
         app.state.writer, app.state.feeder, app.state.probe = writer, feeder, probe
+        job_metrics = FlinkJobMetrics(job.rest, job.job_id)
+        app.state.metrics_registry.register(job_metrics)
         tasks = [asyncio.create_task(writer.run(), name="writer"), asyncio.create_task(feeder.run(), name="feeder"),
-                 asyncio.create_task(probe.run(lambda: writer.probe_seen), name="probe")]
+                 asyncio.create_task(probe.run(lambda: writer.probe_seen), name="probe"),
+                 asyncio.create_task(job_metrics.run(), name="job-metrics")]
         yield
         for task in tasks:
             task.cancel()

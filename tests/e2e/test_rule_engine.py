@@ -116,3 +116,24 @@ def test_preview_counts_match_what_the_job_assigns(running_stack: Stack) -> None
                == preview["matching"], what="the job assigned what the preview counted")
     members = running_stack.segments.get(f"/api/segments/{segment}/members").json()["items"]
     assert sorted(m["userId"] for m in members) == sorted(preview["sample"])
+
+
+def job_metric(stack: Stack, name: str) -> float:
+    for line in stack.rule_engine.get("/metrics").text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_the_jobs_own_counters_are_served_on_the_rule_engines_metrics(running_stack: Stack) -> None:
+    before = job_metric(running_stack, "am_rule_engine_events_processed_total")
+    evaluated_before = job_metric(running_stack, "am_rule_engine_evaluation_seconds_count")
+    user = f"metrics-{uuid.uuid4().hex[:8]}"
+    for amount in (10, 20, 30):
+        send(running_stack, user, "purchase", amount=amount)
+    eventually(lambda: job_metric(running_stack, "am_rule_engine_events_processed_total") >= before + 3,
+               what="three more events counted by the job")
+    assert job_metric(running_stack, "am_rule_engine_job_running") == 1.0
+    assert job_metric(running_stack, "am_rule_engine_evaluation_seconds_count") >= evaluated_before + 3
+    assert job_metric(running_stack, "am_rule_engine_evaluation_seconds_sum") > 0
+    assert job_metric(running_stack, "am_rule_engine_last_checkpoint_timestamp_seconds") > time.time() - 600
