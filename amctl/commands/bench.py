@@ -25,6 +25,7 @@ def measurements(quick: bool) -> Callable[[AmctlSettings], list[Measurement]]:
                         {"rates": [400, 1000, 2000, 5000], "seconds": seconds / 2}),
             Measurement("rule_evaluations", "server.domain.bench", "measure_rule_evaluations",
                         {"seconds": 1.0 if quick else 3.0}),
+            Measurement("seed_flow", "amctl.load.measures", "measure_seed_flow", {"trials": 3 if quick else 10}),
             Measurement("rule_propagation", "amctl.load.measures", "measure_rule_propagation",
                         {"trials": 2 if quick else 5}),
             Measurement("user_segments_api", "amctl.load.measures", "measure_user_segments_latency",

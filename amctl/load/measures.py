@@ -230,6 +230,39 @@ def measure_assignment_latency(
     return results
 
 
+def measure_seed_flow(trials: int = 5) -> dict[str, Any]:
+    """The seed's flow: with "High Value Users" (totalSpent > 1000) live, a new user's purchase of
+    1500 is POSTed; timed until GET /api/users/{id}/segments lists the segment (polled every 5 ms)."""
+    settings = AmctlSettings()
+    seg = httpx.Client(base_url=settings.url(settings.ports.segment_api), timeout=10)
+    ing = httpx.Client(base_url=settings.url(settings.ports.ingestion_api), timeout=10)
+    timings: list[float | None] = []
+    try:
+        sid = seg.post("/api/segments", json={"name": f"High Value Users {uuid.uuid4().hex[:8]}", "rules": {
+            "conditions": [{"field": "totalSpent", "operator": "gt", "value": 1000}]}}).json()["id"]
+        time.sleep(1.0)  # the definition reaches the job (propagation is measured on its own)
+        for _ in range(trials):
+            user = f"seed-{uuid.uuid4().hex[:10]}"
+            started = time.perf_counter()
+            ing.post("/api/events", json={"userId": user, "eventType": "purchase",
+                                          "properties": {"amount": 1500, "category": "electronics"}})
+            found = None
+            while found is None and time.perf_counter() - started < 10:
+                segments = seg.get(f"/api/users/{user}/segments").json()["segments"]
+                if any(s["segmentId"] == sid for s in segments):
+                    found = time.perf_counter() - started
+                else:
+                    time.sleep(0.005)
+            timings.append(found)
+    finally:
+        seg.close()
+        ing.close()
+    measured = sorted(t for t in timings if t is not None)
+    return {"trials": trials, "listed_ms": [round(t * 1000) if t is not None else None for t in timings],
+            "median_ms": round(measured[len(measured) // 2] * 1000) if measured else None,
+            "max_ms": round(measured[-1] * 1000) if measured else None}
+
+
 def measure_rule_propagation(trials: int = 5) -> dict[str, Any]:
     """Segment created → applied to the next event: events for fresh users every 50 ms after the
     create call returns; the first one assigned bounds the propagation time."""
