@@ -55,6 +55,9 @@ def configuration(settings: RuleEngineSettings) -> Configuration:
         "python.executable": sys.executable,
         "python.fn-execution.bundle.size": "10",
         "python.fn-execution.bundle.time": "5",
+        # records cross the keyBy exchange in network buffers, flushed when full or after this long
+        # (Flink's default, 100 ms, would be most of the end-to-end latency at modest rates)
+        "execution.buffer-timeout.interval": "10ms",
         "rest.port": str(settings.flink_ui_port),
         "rest.bind-port": str(settings.flink_ui_port),
         "rest.bind-address": settings.host,

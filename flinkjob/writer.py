@@ -52,7 +52,8 @@ class StoreWriter:
 
     async def run(self) -> None:
         while True:
-            msgs = await asyncio.to_thread(self.consumer.consume, self.batch, 0.05)
+            # returns when `batch` records are there or after 10 ms, whichever is first
+            msgs = await asyncio.to_thread(self.consumer.consume, self.batch, 0.01)
             self.last_poll = time.monotonic()
             records = [m for m in msgs if not m.error() and m.value() is not None]
             if not records:
