@@ -8,7 +8,7 @@ import typer
 from pydantic import ValidationError
 
 from amctl import __version__
-from amctl.commands import bench, campaign, events, scenario, segment, smoke, stack
+from amctl.commands import bench, campaign, events, scenario, segment, smoke, stack, top
 from amctl.context import AppContext
 from amctl.settings import AmctlSettings, Target
 
@@ -22,6 +22,7 @@ app = typer.Typer(
 stack.register(app)
 bench.register(app)
 smoke.register(app)
+top.register(app)
 app.add_typer(campaign.app, name="campaign")
 app.add_typer(events.app, name="events")
 app.add_typer(scenario.app, name="scenario")

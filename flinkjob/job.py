@@ -58,6 +58,7 @@ def configuration(settings: RuleEngineSettings) -> Configuration:
         # records cross the keyBy exchange in network buffers, flushed when full or after this long
         # (Flink's default, 100 ms, would be most of the end-to-end latency at modest rates)
         "execution.buffer-timeout.interval": "10ms",
+        "metrics.fetcher.update-interval": "2000",  # the REST API's view of job metrics (default 10 s)
         "rest.port": str(settings.flink_ui_port),
         "rest.bind-port": str(settings.flink_ui_port),
         "rest.bind-address": settings.host,

@@ -22,6 +22,7 @@ from amctl.load.profile import CATEGORIES, MIXES, EventFactory
 from amctl.load.runner import LoadPlan, run_load
 from amctl.load.schedule import ArrivalSchedule, Stage
 from amctl.local import processes
+from amctl.monitor import quantile
 from amctl.settings import AmctlSettings
 
 Factory = Callable[[], bytes]
@@ -161,24 +162,6 @@ def _drain(metrics_url: str, timeout_s: float = 90.0) -> float:
     return time.monotonic() - started
 
 
-def _quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
-    """A quantile from the difference of two cumulative Prometheus histograms (linear in a bucket)."""
-    bounds = sorted(after)
-    counts = [after[b] - before.get(b, 0.0) for b in bounds]
-    total = counts[-1] if counts else 0
-    if not total:
-        return None
-    target, lower, previous = q * total, 0.0, 0.0
-    for bound, cumulative in zip(bounds, counts, strict=True):
-        if cumulative >= target:
-            if bound == float("inf"):
-                return lower
-            share = (target - previous) / (cumulative - previous) if cumulative > previous else 1.0
-            return lower + (bound - lower) * share
-        lower, previous = bound, cumulative
-    return lower
-
-
 def _segments(settings: AmctlSettings, count: int) -> None:
     with httpx.Client(base_url=settings.url(settings.ports.segment_api), timeout=10) as client:
         for i in range(count):
@@ -211,7 +194,7 @@ def measure_assignment_latency(
         load = asyncio.run(run_load(plan)).as_json()
         drained = _drain(metrics)
         after = _histogram(metrics, name)
-        p50, p99 = _quantile(before, after, 0.5), _quantile(before, after, 0.99)
+        p50, p99 = quantile(before, after, 0.5), quantile(before, after, 0.99)
         return {"achieved_rate": load["achieved_rate"], "dropped": load["dropped"], "errors": load["errors"],
                 "drain_s_after_load": round(drained, 1),
                 "assignments": int(after.get(float("inf"), 0) - before.get(float("inf"), 0)),

@@ -134,3 +134,13 @@ def test_campaigns_reach_the_mail_sink_once_per_member(running_stack: Stack) -> 
     bad = amctl(running_stack.env, "campaign", "create", "x", "--segment", segment["id"], "--subject", "s",
                 "--body", "{% if %}")
     assert bad.returncode == 1 and "template.body: line 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_top_reports_every_service_and_the_rule_job(running_stack: Stack) -> None:
+    snapshot = run_json(running_stack, "top", "--interval", "1")
+    assert isinstance(snapshot, dict)
+    assert {name for name, row in snapshot["services"].items() if row["up"]} == {
+        "segment-api", "ingestion-api", "communication-api", "rule-engine", "email-worker"}
+    assert snapshot["pipeline"]["job_running"] is True
+    assert all(snapshot["memory_mib"][name] > 0 for name in ("postgres", "kafka", "rule-engine"))
+    assert isinstance(snapshot["segments"], list)
