@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -49,25 +49,37 @@ class Ingestor:
 
     async def store(self, body: EventIn, received_at: datetime) -> tuple[UserEvent, bool]:
         """Produce one event; (event, False) when it is a duplicate and was not produced again."""
-        event = UserEvent(user_id=body.userId, event_type=body.eventType, event_id=body.eventId or str(uuid.uuid4()),
-                          timestamp=body.timestamp or received_at, properties=body.properties,
-                          received_at=received_at)
-        if not self.recent.first_seen(event.event_id):
-            self.metrics.duplicates.inc()
-            return event, False
+        outcome = (await self.store_many([body], received_at))[0]
+        if isinstance(outcome, DependencyUnavailable):
+            raise outcome
+        return outcome
+
+    async def store_many(self, bodies: Sequence[EventIn], received_at: datetime
+                         ) -> list[tuple[UserEvent, bool] | DependencyUnavailable]:
+        """Produce events in one go; per event (event, stored?) — not stored when a duplicate — or why
+        the broker did not take it (then its eventId is forgotten, so the client's retry goes through)."""
+        events = [UserEvent(user_id=b.userId, event_type=b.eventType, event_id=b.eventId or str(uuid.uuid4()),
+                            timestamp=b.timestamp or received_at, properties=b.properties, received_at=received_at)
+                  for b in bodies]
+        results: list[tuple[UserEvent, bool] | DependencyUnavailable] = [(e, False) for e in events]
+        fresh = [i for i, e in enumerate(events) if self.recent.first_seen(e.event_id)]
+        self.metrics.duplicates.inc(len(events) - len(fresh))
         started = time.perf_counter()
-        try:
-            await asyncio.wait_for(
-                self.producer.send(self.topic, event.user_id, orjson.dumps(event.to_json())), self.timeout_s
-            )
-        except (DependencyUnavailable, TimeoutError) as exc:
-            self.recent.forget(event.event_id)  # not stored: the client's retry must go through
-            self.metrics.rejected.labels("broker_unavailable").inc()
-            detail = str(exc) if isinstance(exc, DependencyUnavailable) else f"no ack within {self.timeout_s:g} s"
-            raise DependencyUnavailable("kafka", detail.removeprefix("kafka unavailable: "), retry_after_s=2) from None
-        self.metrics.produce_latency.observe(time.perf_counter() - started)
-        self.metrics.accepted.labels(event.event_type).inc()
-        return event, True
+        failures = await self.producer.send_many(
+            self.topic, [(events[i].user_id, orjson.dumps(events[i].to_json())) for i in fresh], self.timeout_s)
+        elapsed = time.perf_counter() - started
+        for i, failure in zip(fresh, failures, strict=True):
+            event = events[i]
+            if failure is None:
+                self.metrics.produce_latency.observe(elapsed)
+                self.metrics.accepted.labels(event.event_type).inc()
+                results[i] = (event, True)
+            else:
+                self.recent.forget(event.event_id)
+                self.metrics.rejected.labels("broker_unavailable").inc()
+                results[i] = DependencyUnavailable("kafka", str(failure).removeprefix("kafka unavailable: "),
+                                                   retry_after_s=2)
+        return results
 
 
 def get_ingestor(request: Request) -> Ingestor:
@@ -108,10 +120,9 @@ async def ingest_batch(body: BatchIn, request: Request, response: Response, inge
             ingestor.metrics.rejected.labels("invalid").inc()
     if valid:
         ingestor.admit(request, len(valid))
-    outcomes = await asyncio.gather(*(ingestor.store(event, received_at) for _, event in valid),
-                                    return_exceptions=True)
+    outcomes = await ingestor.store_many([event for _, event in valid], received_at)
     for (index, event), outcome in zip(valid, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
+        if isinstance(outcome, DependencyUnavailable):
             results.append(EventResult(index=index, status="failed", eventId=event.eventId,
                                        errors=[str(outcome)]))
         else:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
@@ -91,6 +92,47 @@ class AsyncProducer:
             raise DependencyUnavailable("kafka", str(exc)) from exc
         return await future
 
+    async def send_many(self, topic: str, records: Sequence[tuple[str | bytes | None, bytes | None]],
+                        timeout_s: float) -> list[DependencyUnavailable | None]:
+        """Produce records and wait until the broker acknowledged or refused each, or `timeout_s` passed.
+
+        Returns, per record, None when acknowledged or why not. The event loop is woken once for the
+        whole batch, not once per record.
+        """
+        if not records:
+            return []
+        loop = asyncio.get_running_loop()
+        all_settled: asyncio.Future[None] = loop.create_future()
+        outcomes: list[object] = [_PENDING] * len(records)  # None (acked), DependencyUnavailable or _PENDING
+        lock, pending = threading.Lock(), len(records)
+
+        def settle(index: int, outcome: DependencyUnavailable | None) -> None:
+            nonlocal pending
+            with lock:
+                outcomes[index] = outcome
+                pending -= 1
+                if pending == 0:
+                    loop.call_soon_threadsafe(_set_result, all_settled, None)
+
+        def on_delivery(index: int) -> Callable[[KafkaError | None, Message], None]:
+            return lambda err, _msg: settle(index, None if err is None else DependencyUnavailable("kafka", err.str()))
+
+        for index, (key, value) in enumerate(records):
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery(index))
+            except BufferError:
+                settle(index, DependencyUnavailable("kafka", "producer queue is full"))
+            except KafkaException as exc:
+                settle(index, DependencyUnavailable("kafka", str(exc)))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await all_settled
+        except TimeoutError:
+            pass
+        with lock:
+            late = DependencyUnavailable("kafka", f"no ack within {timeout_s:g} s")
+            return cast(list[DependencyUnavailable | None], [late if o is _PENDING else o for o in outcomes])
+
     def close(self, timeout_s: float = 5.0) -> int:
         """Flush what is queued, stop polling; returns how many records were left undelivered."""
         remaining: int = self._producer.flush(timeout_s)
@@ -99,7 +141,10 @@ class AsyncProducer:
         return remaining
 
 
-def _set_result(future: asyncio.Future[Message], msg: Message) -> None:
+_PENDING = object()
+
+
+def _set_result(future: asyncio.Future[Any], msg: Any) -> None:
     if not future.done():
         future.set_result(msg)
 
