@@ -136,8 +136,8 @@ def available_profiles(directory: Path = PROFILES_DIR) -> list[str]:
 
 
 def load_profile(name: str, directory: Path = PROFILES_DIR) -> Profile:
-    """Read and validate `templates/k8s/profiles/<name>.yaml`."""
-    path = profile_path(name, directory)
+    """Read and validate `templates/k8s/profiles/<name>.yaml`, or a profile file when `name` is a path."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else profile_path(name, directory)
     if not path.exists():
         raise ProfileError(f"no profile '{name}' (known: {', '.join(available_profiles(directory))})")
     try:

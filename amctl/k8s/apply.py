@@ -1,0 +1,54 @@
+"""Server-side apply of rendered manifests, and the generated Secret the manifests reference."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable
+
+from amctl.k8s.cluster import Cluster
+from amctl.k8s.render import SECRET_NAME, Manifest, describe
+
+FIELD_MANAGER = "amctl"
+SECRET_KEYS = ("postgres-password", "grafana-admin-password")
+
+
+def apply(cluster: Cluster, manifests: list[Manifest], on_applied: Callable[[str], None] = lambda _: None) -> None:
+    """Server-side apply each object in order, as field manager `amctl`, taking over conflicting fields."""
+    for manifest in manifests:
+        meta = manifest["metadata"]
+        cluster.dynamic.server_side_apply(
+            cluster.resource(manifest["apiVersion"], manifest["kind"]),
+            body=manifest,
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        on_applied(describe(manifest))
+
+
+def ensure_secrets(cluster: Cluster, namespace: str) -> list[str]:
+    """Create the platform's passwords that are missing (never replacing one); returns the keys created."""
+    existing = cluster.get("v1", "Secret", SECRET_NAME, namespace)
+    have = set((existing or {}).get("data") or {})
+    missing = [key for key in SECRET_KEYS if key not in have]
+    if not missing:
+        return []
+    data = {key: base64.b64encode(secrets.token_urlsafe(24).encode()).decode() for key in missing}
+    body: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET_NAME, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/part-of": "audience-manager",
+                                "app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "type": "Opaque",
+        "data": data,
+    }
+    resource = cluster.resource("v1", "Secret")
+    if existing is None:
+        cluster.dynamic.create(resource, body=body, namespace=namespace)
+    else:
+        cluster.dynamic.patch(resource, body={"data": data}, name=SECRET_NAME, namespace=namespace,
+                              content_type="application/merge-patch+json")
+    return missing
