@@ -5,6 +5,7 @@ Commands parse options and print; rendering, budgeting, applying and waiting liv
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +65,15 @@ def load(app: AppContext, name: str) -> tuple[Profile, list[Manifest]]:
     return profile, render(profile)
 
 
+def _api_message(exc: ApiException) -> str:
+    """The API server's own explanation (the Status object's message), first line only."""
+    try:
+        message = str(json.loads(exc.body or "{}").get("message", ""))
+    except (ValueError, AttributeError):
+        message = str(exc.body or "")
+    return message.strip().splitlines()[0] if message.strip() else "no details"
+
+
 @contextmanager
 def cluster_session(app: AppContext, options: K8sOptions) -> Iterator[Cluster]:
     """A connected cluster; connection and API failures end the command with one line."""
@@ -74,7 +84,7 @@ def cluster_session(app: AppContext, options: K8sOptions) -> Iterator[Cluster]:
     try:
         yield cluster
     except ApiException as exc:
-        app.fail(f"the Kubernetes API refused a request: {exc.status} {exc.reason}",
+        app.fail(f"the Kubernetes API refused a request: {exc.status} {exc.reason}: {_api_message(exc)}",
                  hint="check your permissions on the cluster (kubectl auth can-i '*' '*')")
     except HTTPError as exc:
         app.fail(f"cannot reach the Kubernetes API of context '{options.context}': {type(exc).__name__}",
@@ -239,7 +249,7 @@ def _wait_phase(app: AppContext, cluster: Cluster, step: str, docs: list[Manifes
             live.update(_pending_view(f"{step}: {len(waiting)} of {len(names)} pending ({elapsed:.0f} s)", waiting))
 
         try:
-            wait_ready(cluster, docs, max(timeout_s, 0.0), progress)
+            wait_ready(cluster, docs, max(timeout_s, 0.0), progress, app.settings.k8s_poll_s)
         except WaitTimeout as exc:
             live.stop()
             _stuck(app, step, exc.pending, f"timed out: {exc}")
@@ -264,7 +274,7 @@ def down(app: AppContext, options: K8sOptions) -> None:
     with cluster_session(app, options) as cluster, app.err.status(f"deleting {loaded.namespace}") as spinner:
         try:
             deleted = delete(cluster, manifests, loaded.namespace, options.timeout_s,
-                             lambda what, elapsed: spinner.update(f"{what} ({elapsed:.0f} s)"))
+                             lambda what, elapsed: spinner.update(f"{what} ({elapsed:.0f} s)"), app.settings.k8s_poll_s)
         except DeleteTimeout as exc:
             spinner.stop()
             app.fail(str(exc), hint=f"kubectl get namespace {loaded.namespace} -o yaml shows what holds it")
