@@ -149,7 +149,9 @@ def compute(profile: Profile, manifests: list[Manifest]) -> Budget:
     steady = budget.steady
     one_offs = [c for c in found if c.one_off]
     largest_one_off = max(one_offs, key=lambda c: c.request, default=None)
-    where_nodes = f"{nodes} node(s) x {profile.node.memory}"
+    largest = ", ".join(f"{c.container} {fmt_mib(c.total_limit)}"
+                        for c in sorted(steady, key=lambda c: -c.total_limit)[:3])
+    where_nodes = f"{nodes} node(s) x {profile.node.memory} (largest: {largest})"
     budget.checks.append(Check("limits", where_nodes, sum(c.total_limit for c in steady), nodes * node_memory))
     budget.checks.append(Check(
         "requests" + (f" (+ {largest_one_off.container} while it runs)" if largest_one_off else ""),

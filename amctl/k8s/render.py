@@ -6,6 +6,7 @@ which `amctl up` creates with generated values when it is absent (`amctl.k8s.app
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ def _aerospike_size(quantity: str, factor: int = 1) -> str:
     return f"{mib(quantity) * factor}M"
 
 
+@lru_cache(maxsize=4)
 def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
+    """One environment per templates folder: it compiles each template once (auto_reload sees edits)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir),
         undefined=jinja2.StrictUndefined,
@@ -54,16 +57,20 @@ def render_text(profile: Profile, templates_dir: Path = TEMPLATES_DIR) -> dict[s
     return {name.removesuffix(".j2"): env.get_template(name).render(context) for name in template_names(templates_dir)}
 
 
+def documents(text: str) -> list[Manifest]:
+    """The objects of a multi-document YAML text."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ten times faster
+    return [doc for doc in yaml.load_all(text, Loader=loader) if doc]
+
+
 def render(profile: Profile, templates_dir: Path = TEMPLATES_DIR) -> list[Manifest]:
     """Every object of the deployment, in apply order (namespace first)."""
-    manifests: list[Manifest] = []
-    for text in render_text(profile, templates_dir).values():
-        manifests.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return manifests
+    return [doc for text in render_text(profile, templates_dir).values() for doc in documents(text)]
 
 
 def to_yaml(manifests: list[Manifest]) -> str:
-    return "---\n".join(yaml.safe_dump(m, sort_keys=False) for m in manifests)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return "---\n".join(yaml.dump(m, Dumper=dumper, sort_keys=False) for m in manifests)
 
 
 def write(profile: Profile, directory: Path, templates_dir: Path = TEMPLATES_DIR) -> list[Path]:
@@ -71,9 +78,8 @@ def write(profile: Profile, directory: Path, templates_dir: Path = TEMPLATES_DIR
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in render_text(profile, templates_dir).items():
-        docs = [doc for doc in yaml.safe_load_all(text) if doc]
         path = directory / name
-        path.write_text(to_yaml(docs))
+        path.write_text(to_yaml(documents(text)))
         written.append(path)
     return written
 

@@ -152,9 +152,14 @@ def workloads(manifests: list[Manifest]) -> list[Manifest]:
 def pending(cluster: Cluster, manifests: list[Manifest]) -> list[Pending]:
     """Every workload of `manifests` that is not ready, with the reason (and logs when it crashes)."""
     found = []
+    live_objects: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
     for manifest in workloads(manifests):
         meta = manifest["metadata"]
-        live = cluster.get(manifest["apiVersion"], manifest["kind"], meta["name"], meta["namespace"])
+        scope = (manifest["apiVersion"], manifest["kind"], meta["namespace"])
+        if scope not in live_objects:  # one list per kind and namespace, not one request per workload
+            # list items carry no kind of their own
+            live_objects[scope] = {o["metadata"]["name"]: {**o, "kind": scope[1]} for o in cluster.list(*scope)}
+        live = live_objects[scope].get(meta["name"])
         if live is None:
             found.append(Pending(describe(manifest), "not created"))
             continue

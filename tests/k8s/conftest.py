@@ -75,6 +75,8 @@ class ApplyingEmulator(km.KubernetesEmulator):
         items = [item for item in listed["items"]
                  if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in selector)]
         kind = RESOURCES[_key(request.resource)][0]
+        # list items carry no kind, as the real API serves them
+        items = [{k: v for k, v in item.items() if k not in ("kind", "apiVersion")} for item in items]
         return {**listed, "apiVersion": "v1", "kind": f"{kind}List", "items": items}
 
 
@@ -171,7 +173,7 @@ async def _control(cluster: FakeCluster) -> None:
     terminating: dict[str, float] = {}
     while True:
         cluster.tick(terminating)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture()

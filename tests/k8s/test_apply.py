@@ -61,7 +61,7 @@ async def test_a_missing_image_is_named_with_a_hint_to_build_it(fake_cluster: Fa
         "name": "segment-api", "image": "audience-manager:0.1.0", "ready": False, "restartCount": 0,
         "state": {"waiting": {"reason": "ImagePullBackOff",
                               "message": 'Back-off pulling image "audience-manager:0.1.0"'}}}]}
-    result = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "1")
+    result = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "2")
     assert result.exit_code == 1
     assert "Deployment/segment-api" in result.output and "ImagePullBackOff" in result.output
     assert "timed out" in result.output and "amctl images build" in result.output
@@ -76,7 +76,7 @@ async def test_a_crash_loop_shows_its_last_log_lines(fake_cluster: FakeCluster) 
     fake_cluster.emulator[f"get /api/v1/namespaces/{NAMESPACE}/pods/ingestion-api-0/log"] << km.text(
         "starting ingestion-api\nwaiting for kafka-bootstrap:9092\n"
         "DependencyUnavailable: kafka unreachable after 120 s\n") << km.headers({"Content-Type": "text/plain"})
-    result = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "1")
+    result = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "2")
     assert result.exit_code == 1
     assert "CrashLoopBackOff" in result.output and "restarted 4 times" in result.output
     assert "DependencyUnavailable: kafka unreachable after 120 s" in result.output
@@ -86,7 +86,7 @@ async def test_unschedulable_for_memory_is_said_plainly(fake_cluster: FakeCluste
     fake_cluster.stuck["kafka"] = {"phase": "Pending", "conditions": [{
         "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
         "message": "0/1 nodes are available: 1 Insufficient memory."}]}
-    result = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "1")
+    result = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "2")
     assert result.exit_code == 1
     assert "StatefulSet/kafka" in result.output and "unschedulable: not enough memory" in result.output
 
