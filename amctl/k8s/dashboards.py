@@ -1,7 +1,8 @@
 """The four Grafana dashboards, built with grafana-foundation-sdk (never hand-edited JSON).
 
 Every query names metrics the platform really exports (`server.runtime.metrics.METRIC_NAMES`) or
-metrics of the scraped third parties listed in `amctl.k8s.monitoring.EXTERNAL_METRICS`; tests/k8s checks both.
+metrics of the third parties in THIRD_PARTY_METRICS, each from a scrape job the Prometheus config has;
+tests/k8s checks both, for the dashboards and the alert rules.
 """
 
 from __future__ import annotations
@@ -15,6 +16,18 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
+# metric → the Prometheus scrape job that brings it (see templates/k8s/50-monitoring.yaml.j2)
+THIRD_PARTY_METRICS = {
+    "up": "pods",
+    "container_memory_working_set_bytes": "cadvisor",
+    "container_spec_memory_limit_bytes": "cadvisor",
+    "container_cpu_usage_seconds_total": "cadvisor",
+    "kube_pod_container_status_restarts_total": "kube-state-metrics",
+    "kube_pod_status_ready": "kube-state-metrics",
+    "flink_jobmanager_numRunningJobs": "pods",
+    "flink_taskmanager_job_task_numRecordsInPerSecond": "pods",
+    "flink_taskmanager_Status_JVM_Memory_Heap_Used": "pods",
+}
 NOT_PROBES = 'route!~"/metrics|/actuator/health"'
 
 
