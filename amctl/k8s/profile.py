@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = REPO_ROOT / "templates" / "k8s"
@@ -34,6 +35,14 @@ def mib(quantity: str) -> int:
     return memory_bytes(quantity) // 2**20
 
 
+def _memory_quantity(value: str) -> str:
+    memory_bytes(value)  # raises ValueError for anything that is not a quantity
+    return value
+
+
+Memory = Annotated[str, AfterValidator(_memory_quantity)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,21 +51,15 @@ class Resources(Strict):
     """One container's memory limit and request, and its CPU request (no CPU limit: it would only throttle)."""
 
     replicas: int = Field(default=1, ge=0)
-    memory: str
-    memory_request: str
+    memory: Memory
+    memory_request: Memory
     cpu_request: str = "100m"
-
-    @field_validator("memory", "memory_request")
-    @classmethod
-    def _quantity(cls, value: str) -> str:
-        memory_bytes(value)
-        return value
 
 
 class Node(Strict):
     count: int = Field(ge=1)
-    memory: str = Field(description="Memory of one node: every steady-state limit together must fit")
-    allocatable: str = Field(description="What the scheduler hands out on one node: requests must fit")
+    memory: Memory = Field(description="Memory of one node: every steady-state limit together must fit")
+    allocatable: Memory = Field(description="What the scheduler hands out on one node: requests must fit")
 
 
 class Images(Strict):
@@ -73,26 +76,26 @@ class Images(Strict):
 
 
 class Jvm(Strict):
-    heap: str
-    overhead: str = Field(description="Metaspace, threads, code cache and direct buffers beside the heap")
+    heap: Memory
+    overhead: Memory = Field(description="Metaspace, threads, code cache and direct buffers beside the heap")
 
 
 class Flink(Strict):
-    jobmanager_process: str = Field(description="jobmanager.memory.process.size")
-    taskmanager_process: str = Field(description="taskmanager.memory.process.size")
-    python_headroom: str = Field(description="Room the embedded Python interpreter needs beside the JVM")
+    jobmanager_process: Memory = Field(description="jobmanager.memory.process.size")
+    taskmanager_process: Memory = Field(description="taskmanager.memory.process.size")
+    python_headroom: Memory = Field(description="Room the embedded Python interpreter needs beside the JVM")
     slots: int = Field(ge=1)
     parallelism: int = Field(ge=1)
 
 
 class AerospikeNamespace(Strict):
     name: str
-    size: str
+    size: Memory
     ttl_s: int = 0
 
 
 class Aerospike(Strict):
-    base: str = Field(description="asd's own memory beside the namespaces")
+    base: Memory = Field(description="asd's own memory beside the namespaces")
     namespaces: list[AerospikeNamespace]
 
 
