@@ -24,7 +24,7 @@ from urllib3.exceptions import HTTPError
 from amctl.context import AppContext, get_context
 from amctl.k8s import budget as budgets
 from amctl.k8s import images
-from amctl.k8s.apply import apply, ensure_secrets
+from amctl.k8s.apply import apply, ensure_secrets, rerun_finished_jobs
 from amctl.k8s.cluster import DEFAULT_CONTEXT, Cluster, ClusterError, connect
 from amctl.k8s.delete import DeleteTimeout, delete
 from amctl.k8s.profile import DEFAULT_PROFILE, Profile, ProfileError, load_profile
@@ -227,6 +227,7 @@ def up(app: AppContext, options: K8sOptions) -> None:
             app.err.print(f"  generated {SECRET_NAME}: {', '.join(created)}")
         for step in PHASES:
             docs = [m for m in manifests if phase(m) == step and m["kind"] != "Namespace"]
+            rerun_finished_jobs(cluster, docs)
             apply(cluster, docs)
             app.err.print(f"  applied {len(docs)} objects ({step})")
             _wait_phase(app, cluster, step, docs, options.timeout_s - (time.monotonic() - started))

@@ -28,6 +28,26 @@ def apply(cluster: Cluster, manifests: list[Manifest], on_applied: Callable[[str
         on_applied(describe(manifest))
 
 
+def rerun_finished_jobs(cluster: Cluster, manifests: list[Manifest]) -> list[str]:
+    """Delete the finished ones among `manifests`' Jobs so applying them runs them again.
+
+    A Job's pod template cannot change and a finished Job does not run again, yet migrations and the
+    rule job's submission must run on every `up` (both are idempotent). Returns what was deleted.
+    """
+    deleted = []
+    for manifest in manifests:
+        if manifest["kind"] != "Job":
+            continue
+        meta = manifest["metadata"]
+        live = cluster.get("batch/v1", "Job", meta["name"], meta["namespace"])
+        conditions = ((live or {}).get("status") or {}).get("conditions") or []
+        if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions):
+            cluster.dynamic.delete(cluster.resource("batch/v1", "Job"), name=meta["name"],
+                                   namespace=meta["namespace"], body={"propagationPolicy": "Background"})
+            deleted.append(describe(manifest))
+    return deleted
+
+
 def ensure_secrets(cluster: Cluster, namespace: str) -> list[str]:
     """Create the platform's passwords that are missing (never replacing one); returns the keys created."""
     existing = cluster.get("v1", "Secret", SECRET_NAME, namespace)

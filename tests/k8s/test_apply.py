@@ -54,6 +54,11 @@ async def test_passwords_are_generated_once_and_never_replaced(fake_cluster: Fak
     assert again.exit_code == 0, again.output
     assert fake_cluster.objects("Secret")[(NAMESPACE, SECRET_NAME)]["data"] == secret["data"]
     assert "generated" in first.stderr and "generated" not in again.stderr
+    # the one-off Jobs (migrations, rule job submission) ran again: deleted once finished, then re-applied
+    deleted = fake_cluster.requests(lambda r: r.method.value == "DELETE")
+    assert sorted(r.url.path.rsplit("/", 1)[-1] for r in deleted) == ["migrations", "rule-job-submit"]
+    assert all(r.data == {"propagationPolicy": "Background"} for r in deleted)
+    assert {name for _, name in fake_cluster.objects("Job")} == {"migrations", "rule-job-submit"}
 
 
 async def test_a_missing_image_is_named_with_a_hint_to_build_it(fake_cluster: FakeCluster) -> None:
