@@ -42,7 +42,8 @@ def test_up_status_down_leaves_nothing_behind(stack_env: dict[str, str]) -> None
     status = amctl(stack_env, "status", "--json")
     assert status.returncode == 0, status.stderr
     rows = {row["name"]: row for row in json.loads(status.stdout)}
-    assert set(rows) == {"postgres", "kafka", "segment-api", "ingestion-api", "communication-api", "rule-engine"}
+    assert set(rows) == {"postgres", "kafka", "segment-api", "ingestion-api", "communication-api", "mail-sink",
+                         "email-worker", "rule-engine"}
     assert all(row["state"] == "running" and row["pid"] and row["rss_bytes"] > 0 for row in rows.values())
 
     again = amctl(stack_env, "up")
