@@ -8,7 +8,7 @@ import typer
 from pydantic import ValidationError
 
 from amctl import __version__
-from amctl.commands import bench, campaign, events, scenario, segment, smoke, stack, top
+from amctl.commands import bench, campaign, events, k8s, scenario, segment, smoke, stack, top
 from amctl.context import AppContext
 from amctl.settings import AmctlSettings, Target
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 stack.register(app)
+k8s.register(app)
 bench.register(app)
 smoke.register(app)
 top.register(app)

@@ -47,6 +47,7 @@ class AmctlSettings(BaseSettings):
     host: str = "127.0.0.1"
     topic_prefix: str = ""
     startup_timeout_s: float = 60.0
+    k8s_poll_s: float = Field(default=2.0, description="How often `amctl up/down --target k8s` looks at the cluster")
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"

@@ -24,6 +24,7 @@ from server.stores.postgres import Database
 from server.stores.selection import profile_store
 
 log = logging.getLogger("rule-engine")
+JOB_NAME = "audience-rule-engine"
 
 
 class FlinkJob:
@@ -31,25 +32,33 @@ class FlinkJob:
 
     def __init__(self, settings: RuleEngineSettings) -> None:
         self.settings = settings
-        self.rest = f"http://{settings.host}:{settings.flink_ui_port}"
+        self.rest = f"http://{settings.flink_jobmanager or f'{settings.host}:{settings.flink_ui_port}'}"
         self.client: Any = None
+        self.found_job_id: str | None = None
 
     def submit(self) -> None:
+        if self.settings.flink_jobmanager:  # a session cluster: `python -m flinkjob.submit` submits the job
+            return
         from flinkjob.job import build  # imports PyFlink (starts a JVM gateway): only in this process
 
-        self.client = build(self.settings).execute_async("audience-rule-engine")
+        self.client = build(self.settings).execute_async(JOB_NAME)
         log.info("submitted Flink job %s", self.client.get_job_id())
 
     def job_id(self) -> str | None:
-        return str(self.client.get_job_id()) if self.client else None
+        """The job this process submitted or, on a session cluster, the one `overview` found last."""
+        return str(self.client.get_job_id()) if self.client else self.found_job_id
 
     async def overview(self) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=2) as client:
             jobs = (await client.get(f"{self.rest}/jobs/overview")).json()["jobs"]
-            job_id = self.job_id()
-            job = next((j for j in jobs if j["jid"] == job_id), None)
+            if self.settings.flink_jobmanager:  # submitted by `flinkjob.submit`: the newest job of that name
+                job = max((j for j in jobs if j["name"] == JOB_NAME), key=lambda j: j["start-time"], default=None)
+                self.found_job_id = job["jid"] if job else None
+            else:
+                job = next((j for j in jobs if j["jid"] == self.job_id()), None)
             if job is None:
                 return {"state": "NOT SUBMITTED"}
+            job_id = job["jid"]
             checkpoints = (await client.get(f"{self.rest}/jobs/{job_id}/checkpoints")).json()
             failure = None
             if job["state"] != "RUNNING" or job.get("tasks", {}).get("failed"):

@@ -74,6 +74,10 @@ def configuration(settings: RuleEngineSettings) -> Configuration:
         "taskmanager.numberOfTaskSlots": "2",
     }.items():
         config.set_string(key, value)
+    if settings.flink_jobmanager:  # submit to a session cluster; its own config sizes the TaskManagers
+        host, _, port = settings.flink_jobmanager.partition(":")
+        for key, value in {"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"}.items():
+            config.set_string(key, value)
     restore = newest_checkpoint(checkpoints)
     if restore is not None:
         log.info("restoring from checkpoint %s", restore)

@@ -14,6 +14,8 @@ class RuleEngineSettings(ServiceSettings):
 
     port: int = 30084
     flink_ui_port: int = Field(default=30881, description="Flink REST API and web UI")
+    flink_jobmanager: str = Field(default="", description="host:port of a Flink cluster's REST API (Kubernetes): "
+                                  "the job runs there instead of on a local mini-cluster")
     state_dir: Path = Field(default=Path(".amctl/rule-engine"), description="Checkpoints and feeder progress")
     checkpoint_interval_ms: int = 5000
     parallelism: int = 1

@@ -6,21 +6,28 @@ import time
 
 import typer
 
+from amctl.commands import k8s
+from amctl.commands.k8s import ContextOption, K8sOptions, KubeconfigOption, ProfileOption
 from amctl.commands.scenario import DEFAULT_DIR, run_scenarios
 from amctl.commands.stack import for_target, local_stack
 from amctl.options import TargetOption
 from amctl.scenario.model import ScenarioError, resolve
+from amctl.settings import Target
 
 
-def smoke(ctx: typer.Context, target: TargetOption = None) -> None:
+def smoke(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption = K8sOptions.profile,
+          context: ContextOption = K8sOptions.context, kubeconfig: KubeconfigOption = None) -> None:
     """Health of every component, then the basic-segmentation scenario; exits non-zero on any failure."""
     app = for_target(ctx, target)
     started = time.perf_counter()
-    rows = local_stack(app).status()
-    down = [r.name for r in rows if r.state != "running"]
-    for row in rows:
-        mark = "[green]✓[/]" if row.state == "running" else "[red]✗[/]"
-        app.console.print(f"{mark} {row.name:<18} {row.state}")
+    if app.target is Target.K8S:
+        rows = [(name, state) for name, state, _ in k8s.component_states(app, K8sOptions(profile, context, kubeconfig))]
+    else:
+        rows = [(row.name, row.state) for row in local_stack(app).status()]
+    down = [name for name, state in rows if state != "running"]
+    for name, state in rows:
+        mark = "[green]✓[/]" if state == "running" else "[red]✗[/]"
+        app.console.print(f"{mark} {name:<18} {state}")
     if down:
         app.fail(f"not healthy: {', '.join(down)}", hint="see amctl status and amctl logs COMPONENT")
     try:

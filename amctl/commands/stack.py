@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from amctl.commands import k8s
+from amctl.commands.k8s import ContextOption, K8sOptions, KubeconfigOption, ProfileOption, TimeoutOption
 from amctl.context import AppContext, get_context
 from amctl.local import processes
 from amctl.local.stack import LocalStack, StackError
@@ -24,7 +26,8 @@ def for_target(ctx: typer.Context, target: Target | None) -> AppContext:
 
 def local_stack(app: AppContext) -> LocalStack:
     if app.target is not Target.LOCAL:
-        app.fail(f"the {app.target} target is not available in this build yet", hint="use --target local")
+        app.fail(f"this command runs on the local target only, not {app.target}", hint="use --target local "
+                 "(on k8s: kubectl -n audience-manager-demo logs deploy/NAME)")
     return LocalStack(app.settings)
 
 
@@ -41,9 +44,14 @@ def _mib(value: int) -> str:
     return f"{value / 2**20:,.0f} MiB" if value else "-"
 
 
-def up(ctx: typer.Context, target: TargetOption = None) -> None:
-    """Start the platform; components already running are left as they are."""
+def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption = K8sOptions.profile,
+       context: ContextOption = K8sOptions.context, kubeconfig: KubeconfigOption = None,
+       timeout: TimeoutOption = K8sOptions.timeout_s) -> None:
+    """Start the platform; components already running are left as they are (k8s: --profile, --context)."""
     app = for_target(ctx, target)
+    if app.target is Target.K8S:
+        k8s.up(app, K8sOptions(profile, context, kubeconfig, timeout))
+        return
     stack = local_stack(app)
     started_at = time.perf_counter()
     with app.err.status("starting the local stack") as spinner:
@@ -76,17 +84,29 @@ def down(
     ctx: typer.Context,
     target: TargetOption = None,
     purge: Annotated[bool, typer.Option("--purge", help="Also delete all data (PostgreSQL, logs, state).")] = False,
+    profile: ProfileOption = K8sOptions.profile,
+    context: ContextOption = K8sOptions.context,
+    kubeconfig: KubeconfigOption = None,
+    timeout: TimeoutOption = K8sOptions.timeout_s,
 ) -> None:
-    """Stop every component in reverse order; data survives unless --purge."""
+    """Stop every component in reverse order; data survives unless --purge (k8s: deletes the namespace)."""
     app = for_target(ctx, target)
+    if app.target is Target.K8S:
+        k8s.down(app, K8sOptions(profile, context, kubeconfig, timeout))
+        return
     stack = local_stack(app)
     stopped = stack.down(lambda name, state: app.err.print(f"  {name:<18} {state}"), purge=purge)
     app.console.print(f"stopped {len(stopped)} component(s)" if stopped else "nothing was running")
 
 
-def status(ctx: typer.Context, target: TargetOption = None, json_output: JsonOption = False) -> None:
-    """Each component's state, pid, port, health and memory."""
+def status(ctx: typer.Context, target: TargetOption = None, json_output: JsonOption = False,
+           profile: ProfileOption = K8sOptions.profile, context: ContextOption = K8sOptions.context,
+           kubeconfig: KubeconfigOption = None) -> None:
+    """Each component's state, pid, port, health and memory (k8s: each workload's readiness)."""
     app = for_target(ctx, target)
+    if app.target is Target.K8S:
+        k8s.status(app, K8sOptions(profile, context, kubeconfig), json_output)
+        return
     rows = local_stack(app).status()
     if json_output:
         app.print_json([row.__dict__ for row in rows])

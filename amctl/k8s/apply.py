@@ -1,0 +1,74 @@
+"""Server-side apply of rendered manifests, and the generated Secret the manifests reference."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable
+
+from amctl.k8s.cluster import Cluster
+from amctl.k8s.render import SECRET_NAME, Manifest, describe
+
+FIELD_MANAGER = "amctl"
+SECRET_KEYS = ("postgres-password", "grafana-admin-password")
+
+
+def apply(cluster: Cluster, manifests: list[Manifest], on_applied: Callable[[str], None] = lambda _: None) -> None:
+    """Server-side apply each object in order, as field manager `amctl`, taking over conflicting fields."""
+    for manifest in manifests:
+        meta = manifest["metadata"]
+        cluster.dynamic.server_side_apply(
+            cluster.resource(manifest["apiVersion"], manifest["kind"]),
+            body=manifest,
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        on_applied(describe(manifest))
+
+
+def rerun_finished_jobs(cluster: Cluster, manifests: list[Manifest]) -> list[str]:
+    """Delete the finished ones among `manifests`' Jobs so applying them runs them again.
+
+    A Job's pod template cannot change and a finished Job does not run again, yet migrations and the
+    rule job's submission must run on every `up` (both are idempotent). Returns what was deleted.
+    """
+    deleted = []
+    for manifest in manifests:
+        if manifest["kind"] != "Job":
+            continue
+        meta = manifest["metadata"]
+        live = cluster.get("batch/v1", "Job", meta["name"], meta["namespace"])
+        conditions = ((live or {}).get("status") or {}).get("conditions") or []
+        if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions):
+            cluster.dynamic.delete(cluster.resource("batch/v1", "Job"), name=meta["name"],
+                                   namespace=meta["namespace"], body={"propagationPolicy": "Background"})
+            deleted.append(describe(manifest))
+    return deleted
+
+
+def ensure_secrets(cluster: Cluster, namespace: str) -> list[str]:
+    """Create the platform's passwords that are missing (never replacing one); returns the keys created."""
+    existing = cluster.get("v1", "Secret", SECRET_NAME, namespace)
+    have = set((existing or {}).get("data") or {})
+    missing = [key for key in SECRET_KEYS if key not in have]
+    if not missing:
+        return []
+    data = {key: base64.b64encode(secrets.token_urlsafe(24).encode()).decode() for key in missing}
+    body: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET_NAME, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/part-of": "audience-manager",
+                                "app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "type": "Opaque",
+        "data": data,
+    }
+    resource = cluster.resource("v1", "Secret")
+    if existing is None:
+        cluster.dynamic.create(resource, body=body, namespace=namespace)
+    else:
+        cluster.dynamic.patch(resource, body={"data": data}, name=SECRET_NAME, namespace=namespace,
+                              content_type="application/merge-patch+json")
+    return missing

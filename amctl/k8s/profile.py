@@ -1,0 +1,151 @@
+"""Deployment profiles: the values the Kubernetes templates are rendered with (`templates/k8s/profiles/*.yaml`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES_DIR = REPO_ROOT / "templates" / "k8s"
+PROFILES_DIR = TEMPLATES_DIR / "profiles"
+DEFAULT_PROFILE = "demo-8g"
+
+_UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G|)$")
+
+
+class ProfileError(ValueError):
+    """A profile that is missing or does not describe a deployment."""
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (`512Mi`, `1Gi`, `1500M`, `1024`) in bytes."""
+    match = _QUANTITY.match(str(quantity).strip())
+    if match is None:
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def mib(quantity: str) -> int:
+    """A memory quantity in whole MiB (what JVM flags and Aerospike sizes are written in)."""
+    return memory_bytes(quantity) // 2**20
+
+
+def _memory_quantity(value: str) -> str:
+    memory_bytes(value)  # raises ValueError for anything that is not a quantity
+    return value
+
+
+Memory = Annotated[str, AfterValidator(_memory_quantity)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Strict):
+    """One container's memory limit and request, and its CPU request (no CPU limit: it would only throttle)."""
+
+    replicas: int = Field(default=1, ge=0)
+    memory: Memory
+    memory_request: Memory
+    cpu_request: str = "100m"
+
+
+class Node(Strict):
+    count: int = Field(ge=1)
+    memory: Memory = Field(description="Memory of one node: every steady-state limit together must fit")
+    allocatable: Memory = Field(description="What the scheduler hands out on one node: requests must fit")
+
+
+class Images(Strict):
+    service: str
+    flink: str
+    pull_policy: str = "IfNotPresent"
+
+    @field_validator("service", "flink")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if ":" not in value or value.endswith(":latest"):
+            raise ValueError(f"image {value!r} needs a fixed tag (not latest)")
+        return value
+
+
+class Jvm(Strict):
+    heap: Memory
+    overhead: Memory = Field(description="Metaspace, threads, code cache and direct buffers beside the heap")
+
+
+class Flink(Strict):
+    jobmanager_process: Memory = Field(description="jobmanager.memory.process.size")
+    taskmanager_process: Memory = Field(description="taskmanager.memory.process.size")
+    python_headroom: Memory = Field(description="Room the embedded Python interpreter needs beside the JVM")
+    slots: int = Field(ge=1)
+    parallelism: int = Field(ge=1)
+
+
+class AerospikeNamespace(Strict):
+    name: str
+    size: Memory
+    ttl_s: int = 0
+
+
+class Aerospike(Strict):
+    base: Memory = Field(description="asd's own memory beside the namespaces")
+    namespaces: list[AerospikeNamespace]
+
+
+class Autoscaling(Strict):
+    min_replicas: int = 2
+    max_replicas: int = 6
+    cpu_utilization: int = 70
+
+
+class Profile(Strict):
+    """Everything that differs between deployments; the templates read nothing else."""
+
+    name: str
+    description: str
+    namespace: str
+    node: Node
+    images: Images
+    persistence: bool = Field(description="PersistentVolumeClaims (true) or emptyDir (false)")
+    storage_size: dict[str, str] = Field(default_factory=dict)
+    disruption_budgets: bool = False
+    autoscaling: Autoscaling | None = None
+    exporters: dict[str, bool]
+    node_ports: dict[str, int]
+    components: dict[str, Resources]
+    kafka: Jvm
+    kafka_ui: Jvm
+    submitter: Jvm
+    flink: Flink
+    aerospike: Aerospike
+
+    def resources(self, component: str) -> Resources:
+        return self.components[component]
+
+
+def profile_path(name: str, directory: Path = PROFILES_DIR) -> Path:
+    return directory / f"{name}.yaml"
+
+
+def available_profiles(directory: Path = PROFILES_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_profile(name: str, directory: Path = PROFILES_DIR) -> Profile:
+    """Read and validate `templates/k8s/profiles/<name>.yaml`, or a profile file when `name` is a path."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else profile_path(name, directory)
+    if not path.exists():
+        raise ProfileError(f"no profile '{name}' (known: {', '.join(available_profiles(directory))})")
+    try:
+        return Profile.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise ProfileError(f"profile '{name}': {where}: {first['msg']}") from None

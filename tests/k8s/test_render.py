@@ -1,0 +1,144 @@
+"""`amctl render`: every profile renders to manifests that validate strictly and follow the rules of the target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+from typer.testing import CliRunner
+
+from amctl.cli import app
+from amctl.k8s.images import IMAGES_DIR, locked_version
+from amctl.k8s.profile import available_profiles, load_profile
+from amctl.k8s.render import Manifest, documents
+from flinkjob.settings import RuleEngineSettings
+from tests.k8s.conftest import by_kind, containers_of
+
+pytestmark = pytest.mark.k8s
+SEED_NODE_PORTS = {"segment-api": 30081, "ingestion-api": 30082, "communication-api": 30083, "rule-engine": 30084,
+                   "postgres": 30432, "aerospike": 30300, "grafana": 30001, "kafka": 30092, "flink-ui": 30881,
+                   "prometheus": 30090, "kafka-ui": 30080}
+KUBERNETES_VERSION = "1.30.0"  # every API used is stable there; newer clusters serve the same versions
+
+
+def _render_cli(tmp_path: Path, profile: str) -> list[Manifest]:
+    result = CliRunner().invoke(app, ["render", "--target", "k8s", "--profile", profile, "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    return [doc for f in sorted(tmp_path.glob("*.yaml")) for doc in documents(f.read_text())]
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_every_profile_renders_and_validates_strictly(profile: str, tmp_path: Path) -> None:
+    manifests = _render_cli(tmp_path, profile)
+    assert len(manifests) > 40
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)  # raises on any schema error
+
+
+def test_validation_would_catch_a_broken_manifest(rendered: dict[str, list[Manifest]]) -> None:
+    broken = dict(by_kind(rendered["demo-8g"], "Deployment")["segment-api"])
+    broken["spec"] = {**broken["spec"], "replica": 2}  # a typo strict validation must refuse
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_stdout_and_files_render_the_same_objects(tmp_path: Path) -> None:
+    stdout = CliRunner().invoke(app, ["render", "--target", "k8s", "--profile", "demo-8g"])
+    assert stdout.exit_code == 0
+    assert documents(stdout.stdout) == _render_cli(tmp_path, "demo-8g")
+
+
+def test_render_refuses_the_local_target_and_unknown_profiles() -> None:
+    local = CliRunner().invoke(app, ["render", "--target", "local"])
+    assert local.exit_code == 1 and "use --target k8s" in local.output
+    unknown = CliRunner().invoke(app, ["render", "--profile", "demo-16g"])
+    assert unknown.exit_code == 1 and "no profile 'demo-16g' (known: demo-8g, prod)" in unknown.output
+
+
+def test_demo_carries_every_seed_node_port(rendered: dict[str, list[Manifest]]) -> None:
+    ports = {name: p["nodePort"] for name, svc in by_kind(rendered["demo-8g"], "Service").items()
+             for p in svc["spec"]["ports"] if "nodePort" in p}
+    assert ports == SEED_NODE_PORTS
+
+
+def test_kafka_is_kraft_and_advertises_localhost_outside_the_cluster(rendered: dict[str, list[Manifest]]) -> None:
+    kafka = by_kind(rendered["demo-8g"], "StatefulSet")["kafka"]
+    container = kafka["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["image"].startswith("apache/kafka:")
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller" and not any("ZOOKEEPER" in k for k in env)
+    assert "EXTERNAL://localhost:30092" in container["command"][-1]
+    assert by_kind(rendered["demo-8g"], "Service")["kafka"]["spec"]["ports"][0]["targetPort"] == 9094
+
+
+def test_passwords_only_come_from_the_secret(rendered: dict[str, list[Manifest]]) -> None:
+    for manifests in rendered.values():
+        assert not by_kind(manifests, "Secret")
+        for _, container in containers_of(manifests):
+            for env in container.get("env", []):
+                if "PASSWORD" in env["name"]:
+                    assert env["valueFrom"]["secretKeyRef"]["name"] == "audience-manager-secrets", env
+
+
+def test_containers_run_as_non_root_with_probes_and_pinned_images(rendered: dict[str, list[Manifest]]) -> None:
+    for manifests in rendered.values():
+        for workload, container in containers_of(manifests):
+            pod = workload["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            image = container["image"]
+            assert ":" in image and not image.endswith(":latest"), image
+            assert container["imagePullPolicy"] == "IfNotPresent"
+            if workload["kind"] != "Job":
+                assert "readinessProbe" in container and "livenessProbe" in container, container["name"]
+
+
+def test_our_services_probe_actuator_health_and_read_real_settings(rendered: dict[str, list[Manifest]]) -> None:
+    known = {f"AM_{name.upper()}" for name in RuleEngineSettings.model_fields}
+    ours = [(w, c) for w, c in containers_of(rendered["demo-8g"]) if c["image"].startswith("audience-manager")]
+    assert {c["name"] for _, c in ours} >= {"segment-api", "ingestion-api", "communication-api", "email-worker",
+                                            "rule-engine", "migrations", "rule-job-submit", "flink-jobmanager"}
+    for workload, container in ours:
+        names = {e["name"] for e in container.get("env", [])}
+        assert {n for n in names if n.startswith("AM_")} <= known, container["name"]
+        if workload["kind"] == "Deployment" and container["image"].startswith("audience-manager:"):
+            assert container["readinessProbe"]["httpGet"]["path"] == "/actuator/health"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/actuator/health"
+            assert {"AM_DATABASE_PASSWORD", "AM_KAFKA_BOOTSTRAP", "AM_AEROSPIKE_HOSTS", "AM_SMTP_HOST"} <= names
+
+
+def test_aerospike_has_the_seed_namespaces(rendered: dict[str, list[Manifest]]) -> None:
+    conf = by_kind(rendered["demo-8g"], "ConfigMap")["aerospike-config"]["data"]["aerospike.conf"]
+    for namespace, size, ttl in (("user_profiles", "400M", 0), ("cache", "300M", 3600), ("analytics", "200M", 0)):
+        block = conf.split(f"namespace {namespace} {{", 1)[1].split("}", 1)[0]
+        assert f"memory-size {size}" in block and f"default-ttl {ttl}" in block
+    image = by_kind(rendered["demo-8g"], "StatefulSet")["aerospike"]["spec"]["template"]["spec"]["containers"][0]
+    assert image["image"].startswith("aerospike/aerospike-server:6.4.")
+
+
+def test_flink_memory_fits_its_containers_and_prod_has_more_slots(rendered: dict[str, list[Manifest]]) -> None:
+    demo, prod = load_profile("demo-8g"), load_profile("prod")
+    config = by_kind(rendered["demo-8g"], "ConfigMap")["flink-config"]["data"]["config.yaml"]
+    assert "taskmanager.memory.process.size: 1280m" in config and "jobmanager.memory.process.size: 480m" in config
+    assert "metrics.reporter.prom.factory.class: org.apache.flink.metrics.prometheus.PrometheusReporterFactory" \
+        in config
+    assert prod.flink.slots > demo.flink.slots
+
+
+def test_prod_goes_past_one_node(rendered: dict[str, list[Manifest]]) -> None:
+    prod, demo = rendered["prod"], rendered["demo-8g"]
+    assert set(by_kind(prod, "HorizontalPodAutoscaler")) == {"segment-api", "ingestion-api", "communication-api"}
+    assert set(by_kind(prod, "PodDisruptionBudget")) >= {"segment-api", "ingestion-api", "communication-api"}
+    for name in ("postgres", "kafka", "aerospike"):
+        assert by_kind(prod, "StatefulSet")[name]["spec"]["volumeClaimTemplates"]
+        assert "volumeClaimTemplates" not in by_kind(demo, "StatefulSet")[name]["spec"]
+    assert by_kind(prod, "StatefulSet")["kafka"]["spec"]["replicas"] == 3
+    assert not by_kind(demo, "HorizontalPodAutoscaler") and not by_kind(demo, "PodDisruptionBudget")
+    for hpa_target in by_kind(prod, "HorizontalPodAutoscaler"):
+        assert "replicas" not in by_kind(prod, "Deployment")[hpa_target]["spec"]  # the HPA owns it
+
+
+def test_the_flink_image_uses_the_locked_pyflink_version() -> None:
+    dockerfile = (IMAGES_DIR / "flink.Dockerfile").read_text()
+    assert f"ARG FLINK_VERSION={locked_version('apache-flink')}\n" in dockerfile
