@@ -6,7 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,9 +47,14 @@ class AmctlSettings(BaseSettings):
     host: str = "127.0.0.1"
     topic_prefix: str = ""
     startup_timeout_s: float = 60.0
+    api_key: SecretStr | None = Field(default=None, description="Sent as X-API-Key to every service (AMCTL_API_KEY)")
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The X-API-Key header when AMCTL_API_KEY is set, for every call amctl makes to a service."""
+        return {"X-API-Key": self.api_key.get_secret_value()} if self.api_key else {}
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ class ServiceHttp:
             "communication": settings.url(ports.communication_api),
             "rule-engine": settings.url(ports.rule_engine),
         }
-        self._client = httpx.Client(timeout=timeout_s)
+        self._client = httpx.Client(timeout=timeout_s, headers=settings.auth_headers())
 
     def url(self, service: str, path: str) -> str:
         if service not in self.bases:

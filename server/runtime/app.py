@@ -10,13 +10,15 @@ from typing import TypeVar
 
 import psycopg
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from psycopg_pool import PoolTimeout
 
 from server import __version__
-from server.runtime.errors import DependencyUnavailable, InvalidInput, RateLimited, ServiceError
+from server.runtime.api_keys import ApiKeys, read_api_keys
+from server.runtime.auth import API_KEY_HEADER, authorize
+from server.runtime.errors import DependencyUnavailable, InvalidInput, RateLimited, ServiceError, Unauthenticated
 from server.runtime.health import HealthRegistry
 from server.runtime.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from server.runtime.settings import ServiceSettings
@@ -32,8 +34,11 @@ def build_app(
     Services add their dependency checks to `app.state.health` and their routers to the app.
     """
     registry = CollectorRegistry()
-    app = FastAPI(title=title, description=description, version=__version__, lifespan=lifespan)
+    api_keys = ApiKeys(read_api_keys(settings.api_keys.get_secret_value(), settings.api_keys_file))
+    app = FastAPI(title=title, description=description, version=__version__, lifespan=lifespan,
+                  dependencies=[Depends(authorize)] if api_keys.enabled else [])
     app.state.settings = settings
+    app.state.api_keys = api_keys
     app.state.service = service
     app.state.metrics_registry = registry
     app.state.health = HealthRegistry(settings.dependency_timeout_s)
@@ -73,6 +78,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "error": "RateLimited"}, status_code=429,
                             headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+
+    @app.exception_handler(Unauthenticated)
+    async def unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": "Unauthenticated"}, status_code=401,
+                            headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'})
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from server.domain.membership import MembershipChange
 from server.domain.profile import Profile
 from server.domain.rules import RuleValidationError, compile_rule, lint_rule, parse_rule
+from server.runtime.auth import REQUIRED_SCOPE
 from server.runtime.errors import InvalidInput, NotFound
 from server.segment_api.repository import SegmentRepository, SegmentRow
 from server.segment_api.schemas import (
@@ -110,7 +111,8 @@ async def list_segments(
     return SegmentPage(items=[public(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@segments.post("/preview", response_model=PreviewResult, summary="Count the profiles a rule tree matches now")
+@segments.post("/preview", response_model=PreviewResult, summary="Count the profiles a rule tree matches now",
+               openapi_extra={REQUIRED_SCOPE: "read"})  # a query that takes a body: it changes nothing
 async def preview(body: PreviewRequest, store: Store) -> PreviewResult:
     warnings = checked_rules(body.rules, SegmentType.DYNAMIC)
     predicate = compile_rule(parse_rule(body.rules))
@@ -163,7 +165,8 @@ async def update_segment(
     return public(row, warnings)
 
 
-@segments.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a segment")
+@segments.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a segment",
+                 openapi_extra={REQUIRED_SCOPE: "admin"})  # destructive: members, history and campaigns lose it
 async def delete_segment(segment_id: str, repo: Repository, store: Store, relay: Relay) -> Response:
     row = await repo.get(segment_id)
     await repo.delete(segment_id)
