@@ -25,6 +25,7 @@ from server.ingestion_api.schemas import (
 )
 from server.runtime.auth import caller_id
 from server.runtime.errors import DependencyUnavailable, RateLimited
+from server.runtime.fields import storable_json
 from server.runtime.settings import ServiceSettings
 from server.stores.kafka import AsyncProducer
 from server.stores.rate_limit import RateLimiter, RecentIds
@@ -98,7 +99,7 @@ async def ingest_batch(body: BatchIn, request: Request, response: Response, inge
     results: list[EventResult] = []
     valid: list[tuple[int, EventIn]] = []
     for index, raw in enumerate(body.events):
-        problem = _oversized(raw)
+        problem = _unstorable(raw)
         if problem:
             results.append(EventResult(index=index, status="rejected", errors=[problem]))
             ingestor.metrics.rejected.labels("too_large").inc()
@@ -135,6 +136,9 @@ def _hashed(header: str | None) -> str | None:
     return "header:" + hashlib.sha256(header.encode()).hexdigest()[:16] if header else None
 
 
-def _oversized(raw: Any) -> str | None:
-    size = len(orjson.dumps(raw))
+def _unstorable(raw: Any) -> str | None:
+    try:
+        size = len(storable_json(raw))
+    except ValueError as exc:
+        return f"event {exc}"
     return f"event is {size} bytes, over {MAX_EVENT_BYTES // 1024} KB" if size > MAX_EVENT_BYTES else None

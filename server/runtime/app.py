@@ -18,20 +18,24 @@ from psycopg_pool import PoolTimeout
 from server import __version__
 from server.runtime.api_keys import ApiKeys, read_api_keys
 from server.runtime.auth import API_KEY_HEADER, authorize
+from server.runtime.body_limit import BodyLimit
 from server.runtime.errors import DependencyUnavailable, InvalidInput, RateLimited, ServiceError, Unauthenticated
 from server.runtime.health import HealthRegistry
 from server.runtime.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from server.runtime.settings import ServiceSettings
 
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def build_app(
-    *, service: str, title: str, description: str, settings: ServiceSettings, lifespan: Lifespan
+    *, service: str, title: str, description: str, settings: ServiceSettings, lifespan: Lifespan,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, body_limits: dict[str, int] | None = None,
 ) -> FastAPI:
-    """A FastAPI app with `/metrics`, `/actuator/health` and the shared error mapping.
+    """A FastAPI app with `/metrics`, `/actuator/health`, API keys, body limits and the shared error mapping.
 
-    Services add their dependency checks to `app.state.health` and their routers to the app.
+    Bodies over `max_body_bytes` (or the path's own entry in `body_limits`) are refused with 413
+    before they are read. Services add their dependency checks to `app.state.health` and their routers.
     """
     registry = CollectorRegistry()
     api_keys = ApiKeys(read_api_keys(settings.api_keys.get_secret_value(), settings.api_keys_file))
@@ -42,6 +46,7 @@ def build_app(
     app.state.service = service
     app.state.metrics_registry = registry
     app.state.health = HealthRegistry(settings.dependency_timeout_s)
+    app.add_middleware(BodyLimit, limits=body_limits or {}, default=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(service, registry))
     app.add_route("/metrics", metrics_endpoint(registry), include_in_schema=False)
 
@@ -87,6 +92,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=exc.status_code)
+
+    @app.exception_handler(psycopg.DataError)
+    async def unstorable_value(_: Request, exc: psycopg.DataError) -> JSONResponse:
+        # schemas refuse these first; this keeps any value they missed from becoming a 500
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid value"
+        return JSONResponse({"detail": f"a value cannot be stored: {first_line}", "error": "InvalidInput"},
+                            status_code=422)
 
     @app.exception_handler(psycopg.OperationalError)
     async def database_down(_: Request, exc: psycopg.OperationalError) -> JSONResponse:
