@@ -207,7 +207,8 @@ def probes(payload: str, live: Live) -> list[tuple[str, str, str, dict[str, Any]
     return [
         ("segment", "POST", "/api/segments", {"json": {"name": payload, "description": payload, "rules": rule}}),
         ("segment", "PUT", f"/api/segments/{seg}", {"json": {"description": payload}}),
-        ("segment", "PUT", f"/api/segments/{seg}", {"json": {"name": payload}, "headers": {"If-Match": payload[:200].encode()}}),
+        ("segment", "PUT", f"/api/segments/{seg}",
+         {"json": {"name": payload}, "headers": {"If-Match": payload[:200].encode()}}),
         ("segment", "GET", f"/api/segments/{p}", {}),
         ("segment", "DELETE", f"/api/segments/{p}", {}),
         ("segment", "GET", "/api/segments", {"params": {"type": payload, "status": payload}}),
