@@ -17,6 +17,15 @@ class ApiError(Exception):
         self.status = status
         self.details = details or []
 
+    @property
+    def hint(self) -> str | None:
+        """What to do next, for the failures a user can fix by themselves."""
+        if self.status == 401:
+            return "set AMCTL_API_KEY to an API key the service accepts"
+        if self.status == 403:
+            return "use an API key with the scope named above (AMCTL_API_KEY)"
+        return None
+
 
 def _problems(body: Any) -> tuple[str, list[str]]:
     detail = body.get("detail") if isinstance(body, dict) else body
@@ -31,10 +40,9 @@ class ServiceClient:
 
     name = "service"
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0, api_key: str | None = None) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 10.0, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url
-        headers = {"X-API-Key": api_key} if api_key else {}
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers or {})
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -135,12 +143,12 @@ class CommunicationClient(ServiceClient):
 
 
 def segment_client(settings: AmctlSettings) -> SegmentClient:
-    return SegmentClient(settings.url(settings.ports.segment_api))
+    return SegmentClient(settings.url(settings.ports.segment_api), headers=settings.auth_headers())
 
 
 def ingestion_client(settings: AmctlSettings) -> IngestionClient:
-    return IngestionClient(settings.url(settings.ports.ingestion_api))
+    return IngestionClient(settings.url(settings.ports.ingestion_api), headers=settings.auth_headers())
 
 
 def communication_client(settings: AmctlSettings) -> CommunicationClient:
-    return CommunicationClient(settings.url(settings.ports.communication_api))
+    return CommunicationClient(settings.url(settings.ports.communication_api), headers=settings.auth_headers())

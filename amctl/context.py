@@ -41,6 +41,10 @@ class AppContext:
             self.err.print(f"  {hint}", highlight=False)
         raise typer.Exit(code)
 
+    def fail_api(self, exc: ApiError) -> NoReturn:
+        """A failed service call: its details, its one-line summary, and what to do for 401/403."""
+        self.fail(str(exc), hint=exc.hint, details=exc.details)
+
 
 @contextmanager
 def service_call(ctx: typer.Context, factory: Callable[[AmctlSettings], C]) -> Iterator[tuple[AppContext, C]]:
@@ -50,7 +54,7 @@ def service_call(ctx: typer.Context, factory: Callable[[AmctlSettings], C]) -> I
     try:
         yield app, client
     except ApiError as exc:
-        app.fail(str(exc), details=exc.details)
+        app.fail_api(exc)
     finally:
         client.close()
 

@@ -6,7 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,9 +48,14 @@ class AmctlSettings(BaseSettings):
     topic_prefix: str = ""
     startup_timeout_s: float = 60.0
     k8s_poll_s: float = Field(default=2.0, description="How often `amctl up/down --target k8s` looks at the cluster")
+    api_key: SecretStr | None = Field(default=None, description="Sent as X-API-Key to every service (AMCTL_API_KEY)")
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The X-API-Key header when AMCTL_API_KEY is set, for every call amctl makes to a service."""
+        return {"X-API-Key": self.api_key.get_secret_value()} if self.api_key else {}
 
 
 @lru_cache(maxsize=1)

@@ -109,7 +109,7 @@ def send_events(app: AppContext, events: list[dict[str, Any]], json_output: bool
                 answer = client.send_batch(events[start:start + 500])
                 results += [{**r, "index": r["index"] + start} for r in answer["results"]]
     except ApiError as exc:
-        app.fail(str(exc), details=exc.details)
+        app.fail_api(exc)
     finally:
         client.close()
     failed = [r for r in results if r.get("status") in ("rejected", "failed")]
@@ -141,6 +141,7 @@ def run_load_command(app: AppContext, rate: float | None, duration: str, ramp: s
         events=EventFactory(users=users, mix=parse_mix(mix), distribution=distribution),
         batch_size=batch,
         concurrency=concurrency,
+        headers=settings.auth_headers(),
     )
     with Live(console=app.err, refresh_per_second=4, transient=json_output) as live:
         def progress(result: LoadResult) -> None:

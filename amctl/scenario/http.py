@@ -31,8 +31,11 @@ class ServiceHttp:
             "communication": settings.url(ports.communication_api),
             "rule-engine": settings.url(ports.rule_engine),
         }
-        self._client = httpx.Client(timeout=timeout_s)
+        self._client = httpx.Client(timeout=timeout_s, headers=settings.auth_headers())
         self.settings = settings
+
+    def auth_headers(self) -> dict[str, str]:
+        return self.settings.auth_headers()
 
     def url(self, service: str, path: str) -> str:
         if service not in self.bases:

@@ -30,6 +30,8 @@ class HttpCaller(Protocol):
 
     def url(self, service: str, path: str) -> str: ...
 
+    def auth_headers(self) -> dict[str, str]: ...
+
 
 class StepFailed(Exception):
     """A step did not do what the scenario says it should."""
@@ -144,6 +146,7 @@ class ScenarioRunner:
             schedule=ArrivalSchedule([Stage(float(spec["rate"]), parse_duration(str(spec.get("duration", "5s"))))]),
             events=EventFactory(users=int(spec.get("users", 1000)), mix=parse_mix(str(spec.get("mix", "default")))),
             batch_size=int(spec.get("batch", 1)),
+            headers=self.http.auth_headers(),
         )
         thresholds = [parse_threshold(t) for t in spec.get("thresholds", [])]
         summary = asyncio.run(run_load(plan)).as_json(thresholds)

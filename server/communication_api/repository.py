@@ -14,6 +14,8 @@ from server.stores.postgres import Database
 
 _COLUMNS = ("id::text AS id, name, segment_id::text AS segment_id, channel, subject, body, trigger, send_at, status,"
             " audience_size, error, created_at, updated_at")
+_FIND_FILTER = ("(%(status)s::text IS NULL OR status = %(status)s)"
+                " AND (%(segment)s::uuid IS NULL OR segment_id = %(segment)s)")
 # A fan-out whose dispatcher has not reported progress for this long is taken over (crash, restart).
 DISPATCH_LEASE_S = 30
 
@@ -73,14 +75,12 @@ class CampaignRepository:
 
     async def find(self, status: str | None, segment_id: str | None, limit: int,
                    offset: int) -> tuple[list[CampaignRow], int]:
-        where = ("(%(status)s::text IS NULL OR status = %(status)s)"
-                 " AND (%(segment)s::uuid IS NULL OR segment_id = %(segment)s)")
         params: dict[str, Any] = {"status": status, "segment": _uuid(segment_id, "segment") if segment_id else None,
                                   "limit": limit, "offset": offset}
         async with self.db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(f"SELECT count(*) AS n FROM campaigns WHERE {where}", params)
+            await cur.execute(f"SELECT count(*) AS n FROM campaigns WHERE {_FIND_FILTER}", params)
             total = await cur.fetchone()
-            await cur.execute(f"SELECT {_COLUMNS} FROM campaigns WHERE {where}"
+            await cur.execute(f"SELECT {_COLUMNS} FROM campaigns WHERE {_FIND_FILTER}"
                               " ORDER BY created_at DESC, id LIMIT %(limit)s OFFSET %(offset)s", params)
             rows = [CampaignRow(**r) for r in await cur.fetchall()]
         return rows, int(total["n"]) if total else 0

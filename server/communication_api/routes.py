@@ -23,6 +23,7 @@ from server.communication_api.schemas import (
 )
 from server.communication_api.templates import RenderError, validate
 from server.runtime.errors import InvalidInput
+from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET
 from server.stores.deliveries import DeliveryLedger, DeliveryStatus
 
 # a time this far in the past is a mistake, not "now"
@@ -96,9 +97,9 @@ async def list_campaigns(
     repo: Campaigns,
     ledger: Ledger,
     status_: Annotated[CampaignStatus | None, Query(alias="status")] = None,
-    segment_id: Annotated[str | None, Query(alias="segmentId")] = None,
+    segment_id: Annotated[str | None, Query(alias="segmentId", max_length=64, pattern=ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CampaignPage:
     rows, total = await repo.find(status_, segment_id, limit, offset)
     counts = await ledger.counts([r.id for r in rows])
@@ -129,7 +130,8 @@ async def list_deliveries(
     ledger: Ledger,
     status_: Annotated[DeliveryStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="nextCursor of the previous page")] = None,
+    cursor: Annotated[str | None, Query(description="nextCursor of the previous page", max_length=MAX_ID_CHARS,
+                                        pattern=ID_PATTERN)] = None,
 ) -> DeliveryPage:
     row = await repo.get(campaign_id)
     rows = await ledger.page(row.id, status_, cursor, limit)

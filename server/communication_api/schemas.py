@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from server.runtime.fields import NO_NUL, Name, ResourceId
+
 
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python."""
@@ -30,8 +32,8 @@ class CampaignStatus(StrEnum):
 
 
 class MessageTemplateIn(ApiModel):
-    subject: str = Field(min_length=1, examples=["A thank-you for {{ firstName | default('you') }}"])
-    body: str = Field(min_length=1, examples=["You have spent ${{ totalSpent }} with us."])
+    subject: str = Field(min_length=1, pattern=NO_NUL, examples=["A thank-you for {{ firstName | default('you') }}"])
+    body: str = Field(min_length=1, pattern=NO_NUL, examples=["You have spent ${{ totalSpent }} with us."])
 
 
 class ScheduleAt(ApiModel):
@@ -39,8 +41,8 @@ class ScheduleAt(ApiModel):
 
 
 class CampaignCreate(ApiModel):
-    name: str = Field(min_length=1, max_length=200, examples=["VIP thank-you"])
-    segment_id: str = Field(examples=["3f6c…"])
+    name: Name = Field(examples=["VIP thank-you"])
+    segment_id: ResourceId = Field(examples=["3f6c…"])
     channel: Channel = Channel.EMAIL
     template: MessageTemplateIn
     schedule: Literal["now", "on_enter"] | ScheduleAt = Field(

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.ingestion_api.body_limit import BodyLimit
 from server.ingestion_api.metrics import IngestionMetrics
 from server.ingestion_api.routes import Ingestor, router
 from server.ingestion_api.schemas import MAX_BATCH_BYTES, MAX_EVENT_BYTES
@@ -36,8 +35,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         description="Accept user events; 202 only after the broker acknowledged them.",
         settings=settings,
         lifespan=lifespan,
+        body_limits={"/api/events": MAX_EVENT_BYTES, "/api/events/batch": MAX_BATCH_BYTES},
     )
-    app.add_middleware(BodyLimit, limits={"/api/events": MAX_EVENT_BYTES, "/api/events/batch": MAX_BATCH_BYTES})
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
     app.include_router(router)
     return app

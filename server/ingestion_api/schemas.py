@@ -8,12 +8,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
+from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, UserId, storable_json
+
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 512 * 1024
 MAX_BATCH_EVENTS = 500
 MAX_FUTURE = timedelta(minutes=5)
 MAX_PAST = timedelta(days=30)
-ID_PATTERN = r"^[A-Za-z0-9_.:@+\-]+$"
 
 SEED_EVENT: JsonDict = {
     "userId": "user123", "eventType": "purchase", "properties": {"amount": 1500, "category": "electronics"},
@@ -23,12 +24,18 @@ SEED_EVENT: JsonDict = {
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SEED_EVENT]})
 
-    userId: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
+    userId: UserId
     eventType: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_.\-]*$")
     properties: dict[str, Any] = Field(default_factory=dict, max_length=200)
-    eventId: str | None = Field(default=None, min_length=1, max_length=128, pattern=ID_PATTERN,
+    eventId: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
                                 description="Your id for the event; a repeat within the window is not counted twice")
     timestamp: datetime | None = Field(default=None, description="When it happened; defaults to receive time")
+
+    @field_validator("properties")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        storable_json(value)  # profiles keep properties in PostgreSQL JSON: refuse here, not in the writer
+        return value
 
     @field_validator("timestamp")
     @classmethod

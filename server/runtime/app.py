@@ -10,33 +10,43 @@ from typing import TypeVar
 
 import psycopg
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from psycopg_pool import PoolTimeout
 
 from server import __version__
-from server.runtime.errors import DependencyUnavailable, InvalidInput, RateLimited, ServiceError
+from server.runtime.api_keys import ApiKeys, read_api_keys
+from server.runtime.auth import API_KEY_HEADER, authorize
+from server.runtime.body_limit import BodyLimit
+from server.runtime.errors import DependencyUnavailable, InvalidInput, RateLimited, ServiceError, Unauthenticated
 from server.runtime.health import HealthRegistry
 from server.runtime.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from server.runtime.settings import ServiceSettings
 
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def build_app(
-    *, service: str, title: str, description: str, settings: ServiceSettings, lifespan: Lifespan
+    *, service: str, title: str, description: str, settings: ServiceSettings, lifespan: Lifespan,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, body_limits: dict[str, int] | None = None,
 ) -> FastAPI:
-    """A FastAPI app with `/metrics`, `/actuator/health` and the shared error mapping.
+    """A FastAPI app with `/metrics`, `/actuator/health`, API keys, body limits and the shared error mapping.
 
-    Services add their dependency checks to `app.state.health` and their routers to the app.
+    Bodies over `max_body_bytes` (or the path's own entry in `body_limits`) are refused with 413
+    before they are read. Services add their dependency checks to `app.state.health` and their routers.
     """
     registry = CollectorRegistry()
-    app = FastAPI(title=title, description=description, version=__version__, lifespan=lifespan)
+    api_keys = ApiKeys(read_api_keys(settings.api_keys.get_secret_value(), settings.api_keys_file))
+    app = FastAPI(title=title, description=description, version=__version__, lifespan=lifespan,
+                  dependencies=[Depends(authorize)] if api_keys.enabled else [])
     app.state.settings = settings
+    app.state.api_keys = api_keys
     app.state.service = service
     app.state.metrics_registry = registry
     app.state.health = HealthRegistry(settings.dependency_timeout_s)
+    app.add_middleware(BodyLimit, limits=body_limits or {}, default=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(service, registry))
     app.add_route("/metrics", metrics_endpoint(registry), include_in_schema=False)
 
@@ -74,9 +84,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc), "error": "RateLimited"}, status_code=429,
                             headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
 
+    @app.exception_handler(Unauthenticated)
+    async def unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": "Unauthenticated"}, status_code=401,
+                            headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'})
+
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=exc.status_code)
+
+    @app.exception_handler(psycopg.DataError)
+    async def unstorable_value(_: Request, exc: psycopg.DataError) -> JSONResponse:
+        # schemas refuse these first; this keeps any value they missed from becoming a 500
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid value"
+        return JSONResponse({"detail": f"a value cannot be stored: {first_line}", "error": "InvalidInput"},
+                            status_code=422)
 
     @app.exception_handler(psycopg.OperationalError)
     async def database_down(_: Request, exc: psycopg.OperationalError) -> JSONResponse:

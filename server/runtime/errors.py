@@ -9,6 +9,18 @@ class ServiceError(Exception):
     status_code = 500
 
 
+class Unauthenticated(ServiceError):
+    """The request carries no API key, or one the service does not know."""
+
+    status_code = 401
+
+
+class Forbidden(ServiceError):
+    """The API key is known but its scope does not cover the operation."""
+
+    status_code = 403
+
+
 class NotFound(ServiceError):
     """The addressed resource does not exist."""
 

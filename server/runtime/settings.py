@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.runtime.api_keys import read_api_keys
 
 PLACEHOLDER_PASSWORDS = frozenset({"", "postgres", "password", "changeme", "admin"})
 
@@ -18,7 +21,8 @@ class Environment(StrEnum):
 class ServiceSettings(BaseSettings):
     """One settings object per process; built by `get_settings()` and passed to `create_app`."""
 
-    model_config = SettingsConfigDict(env_prefix="AM_", env_nested_delimiter="__")
+    # hide_input_in_errors: a refused setting must not print the secrets it was given
+    model_config = SettingsConfigDict(env_prefix="AM_", env_nested_delimiter="__", hide_input_in_errors=True)
 
     environment: Environment = Environment.LOCAL
     host: str = "127.0.0.1"
@@ -42,6 +46,9 @@ class ServiceSettings(BaseSettings):
     email_concurrency: int = Field(default=8, description="Mails sent at the same time")
     email_claim_lease_s: float = Field(default=120.0, description="A mail claimed longer ago is failed as in doubt")
     log_level: str = "info"
+    # API keys: off while both are empty (the local default); see server/runtime/auth.py
+    api_keys: SecretStr = Field(default=SecretStr(""), description="key:scope,… with scope read, write or admin")
+    api_keys_file: Path | None = Field(default=None, description="A file of key:scope lines (a mounted Secret)")
     # Ingestion API
     rate_limit_per_s: float = Field(default=2000.0, description="Sustained events/s per client (token bucket)")
     rate_limit_burst: int = Field(default=4000, description="Events a client may send at once")
@@ -55,6 +62,7 @@ class ServiceSettings(BaseSettings):
             and self.database_password.get_secret_value() in PLACEHOLDER_PASSWORDS
         ):
             raise ValueError("AM_DATABASE_PASSWORD is unset or a placeholder; set it from the Kubernetes Secret")
+        read_api_keys(self.api_keys.get_secret_value(), self.api_keys_file)  # refuse to start with a bad entry
         return self
 
     def topic(self, name: str) -> str:

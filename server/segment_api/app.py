@@ -19,6 +19,9 @@ from server.stores.postgres import Database
 from server.stores.selection import profile_store
 from server.stores.topics import SEGMENT_RULES
 
+# 10,000 static members of up to 128 characters fit; a rule tree needs far less
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
@@ -44,6 +47,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         description="Segments with rule trees; who is in them; users' memberships and profiles.",
         settings=settings,
         lifespan=lifespan,
+        max_body_bytes=MAX_BODY_BYTES,
     )
     app.state.db = db
     app.state.segments = repository

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -17,6 +18,12 @@ from server.stores.postgres import Database
 
 _UPDATABLE = frozenset({"name", "description", "status", "rules"})
 _COLUMNS = "id::text AS id, name, description, type, status, rules, version, created_at, updated_at"
+_LIST_FILTER = ("deleted_at IS NULL AND (%(type)s::text IS NULL OR type = %(type)s)"
+                " AND (%(status)s::text IS NULL OR status = %(status)s)")
+# {sets} is composed from quoted identifiers and placeholders only (psycopg.sql)
+_UPDATE = ("UPDATE segments SET {sets} WHERE id = %(id)s AND deleted_at IS NULL"
+           " AND (%(expected)s::int IS NULL OR version = %(expected)s)"
+           f" RETURNING {_COLUMNS}")
 
 
 @dataclass(frozen=True)
@@ -80,14 +87,12 @@ class SegmentRepository:
     async def list(
         self, type_: str | None, status: str | None, limit: int, offset: int
     ) -> tuple[list[SegmentRow], int]:
-        where = "deleted_at IS NULL AND (%(type)s::text IS NULL OR type = %(type)s)" \
-                " AND (%(status)s::text IS NULL OR status = %(status)s)"
         params = {"type": type_, "status": status, "limit": limit, "offset": offset}
         async with self.db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(f"SELECT count(*) AS n FROM segments WHERE {where}", params)
+            await cur.execute(f"SELECT count(*) AS n FROM segments WHERE {_LIST_FILTER}", params)
             total = int((await _one(cur))["n"])
             await cur.execute(
-                f"SELECT {_COLUMNS} FROM segments WHERE {where}"
+                f"SELECT {_COLUMNS} FROM segments WHERE {_LIST_FILTER}"
                 " ORDER BY created_at, id LIMIT %(limit)s OFFSET %(offset)s",
                 params,
             )
@@ -98,20 +103,16 @@ class SegmentRepository:
                      precondition: bool) -> SegmentRow:
         """Apply `changes` and bump the version; `expected_version` guards against lost updates."""
         unknown = set(changes) - _UPDATABLE
-        if unknown:  # column names are spliced into SQL, so only these fixed ones may pass
+        if unknown:  # only these fixed columns may be named, and then only as quoted identifiers
             raise ValueError(f"not updatable: {sorted(unknown)}")
-        sets = [f"{column} = %({column})s" for column in changes]
+        sets = [sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column)) for column in changes]
+        query = sql.SQL(_UPDATE).format(sets=sql.SQL(", ").join(
+            [*sets, sql.SQL("version = version + 1"), sql.SQL("updated_at = now()")]))
         params = {**{k: Jsonb(v) if k == "rules" and v is not None else v for k, v in changes.items()},
                   "id": _uuid(segment_id), "expected": expected_version}
         try:
             async with self.db.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(
-                    f"UPDATE segments SET {', '.join([*sets, 'version = version + 1', 'updated_at = now()'])}"
-                    " WHERE id = %(id)s AND deleted_at IS NULL"
-                    " AND (%(expected)s::int IS NULL OR version = %(expected)s)"
-                    f" RETURNING {_COLUMNS}",
-                    params,
-                )
+                await cur.execute(query, params)
                 found = await cur.fetchone()
                 if found is None:
                     current = await self.get(segment_id)  # raises NotFound if it is gone

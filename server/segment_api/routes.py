@@ -6,12 +6,14 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
 from server.domain.membership import MembershipChange
 from server.domain.profile import Profile
 from server.domain.rules import RuleValidationError, compile_rule, lint_rule, parse_rule
+from server.runtime.auth import REQUIRED_SCOPE
 from server.runtime.errors import InvalidInput, NotFound
+from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET, storable_json
 from server.segment_api.repository import SegmentRepository, SegmentRow
 from server.segment_api.schemas import (
     MemberPage,
@@ -35,6 +37,9 @@ from server.stores.profile_store import ProfileStore
 
 PREVIEW_PAGE = 1000
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_ETAG = re.compile(r'(?:W/)?"?([1-9][0-9]{0,8})"?')  # versions are PostgreSQL integers
+UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+                                 description="Letters, digits and _ . : @ + -")]
 
 
 def get_repository(request: Request) -> SegmentRepository:
@@ -66,6 +71,10 @@ def checked_rules(rules: dict[str, Any] | None, segment_type: str) -> list[str]:
         return []
     if rules is None:
         raise InvalidInput("DYNAMIC segments need rules", [(["body", "rules"], "rules: required for DYNAMIC segments")])
+    try:
+        storable_json(rules)  # the outbox, the broker and the rule job's state all carry it
+    except ValueError as exc:
+        raise InvalidInput(f"rules {exc}", [(["body", "rules"], f"rules {exc}")]) from None
     try:
         return [str(w) for w in lint_rule(parse_rule(rules))]
     except RuleValidationError as exc:
@@ -104,13 +113,14 @@ async def list_segments(
     type: Annotated[SegmentType | None, Query()] = None,  # the API's parameter name
     status_: Annotated[SegmentStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> SegmentPage:
     rows, total = await repo.list(type, status_, limit, offset)
     return SegmentPage(items=[public(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@segments.post("/preview", response_model=PreviewResult, summary="Count the profiles a rule tree matches now")
+@segments.post("/preview", response_model=PreviewResult, summary="Count the profiles a rule tree matches now",
+               openapi_extra={REQUIRED_SCOPE: "read"})  # a query that takes a body: it changes nothing
 async def preview(body: PreviewRequest, store: Store) -> PreviewResult:
     warnings = checked_rules(body.rules, SegmentType.DYNAMIC)
     predicate = compile_rule(parse_rule(body.rules))
@@ -149,10 +159,11 @@ async def update_segment(
     current = await repo.get(segment_id)
     expected = body.version
     if if_match is not None:
-        digits = re.sub(r'[^0-9]', "", if_match)
-        if not digits:
-            raise InvalidInput("If-Match must be an ETag such as W/\"3\"", [(["header", "If-Match"], "not an ETag")])
-        expected = int(digits)
+        etag = _ETAG.fullmatch(if_match.strip())
+        if etag is None:
+            message = "If-Match must be an ETag such as W/\"3\" (versions go up to 999999999)"
+            raise InvalidInput(message, [(["header", "If-Match"], message)])
+        expected = int(etag.group(1))
     changes = body.model_dump(exclude_unset=True, exclude={"version"})
     warnings = checked_rules(changes["rules"], current.type) if "rules" in changes else []
     if "rules" not in changes and current.type == SegmentType.DYNAMIC and current.rules is None:
@@ -163,7 +174,8 @@ async def update_segment(
     return public(row, warnings)
 
 
-@segments.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a segment")
+@segments.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a segment",
+                 openapi_extra={REQUIRED_SCOPE: "admin"})  # destructive: members, history and campaigns lose it
 async def delete_segment(segment_id: str, repo: Repository, store: Store, relay: Relay) -> Response:
     row = await repo.get(segment_id)
     await repo.delete(segment_id)
@@ -180,9 +192,6 @@ async def change_static_members(segment_id: str, body: StaticMembersChange, repo
     if row.type != SegmentType.STATIC:
         raise InvalidInput("only STATIC segments take explicit members; DYNAMIC ones follow their rules",
                            [(["path", "segment_id"], "segment is DYNAMIC")])
-    bad = [u for u in [*body.add, *body.remove] if not u or len(u) > 256]
-    if bad:
-        raise InvalidInput("user ids must be 1 to 256 characters", [(["body"], f"invalid user id {bad[0]!r}")])
     now = datetime.now(UTC)
     changes = [MembershipChange(u, segment_id, "entered", now, row.version) for u in body.add]
     changes += [MembershipChange(u, segment_id, "exited", now, row.version) for u in body.remove]
@@ -194,7 +203,8 @@ async def change_static_members(segment_id: str, body: StaticMembersChange, repo
 async def members(
     segment_id: str, repo: Repository, store: Store,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="nextCursor of the previous page")] = None,
+    cursor: Annotated[str | None, Query(description="nextCursor of the previous page", max_length=MAX_ID_CHARS,
+                                        pattern=ID_PATTERN)] = None,
 ) -> MemberPage:
     await repo.get(segment_id)
     rows = await store.segment_members(segment_id, cursor, limit)
@@ -215,7 +225,7 @@ async def stats(segment_id: str, repo: Repository, store: Store) -> SegmentStats
 
 
 @users.get("/{user_id}/segments", response_model=UserSegments, summary="The segments a user is in")
-async def user_segments(user_id: str, repo: Repository, store: Store) -> UserSegments:
+async def user_segments(user_id: UserIdPath, repo: Repository, store: Store) -> UserSegments:
     memberships = await store.user_memberships(user_id)
     names = await repo.names([m.segment_id for m in memberships])
     return UserSegments(user_id=user_id, segments=[
@@ -226,7 +236,7 @@ async def user_segments(user_id: str, repo: Repository, store: Store) -> UserSeg
 
 
 @users.get("/{user_id}/profile", summary="A user's profile: traits and aggregates")
-async def user_profile(user_id: str, store: Store) -> dict[str, Any]:
+async def user_profile(user_id: UserIdPath, store: Store) -> dict[str, Any]:
     profile = await store.get_profile(user_id)
     if profile is None:
         raise NotFound(f"no profile for user '{user_id}' (no event seen yet)")

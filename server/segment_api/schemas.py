@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from server.runtime.fields import MAX_VERSION, NO_NUL, Name, UserId
+
 SEED_RULES = {"conditions": [{"field": "totalSpent", "operator": "gt", "value": 1000}]}
 
 
@@ -29,8 +31,8 @@ class ApiModel(BaseModel):
 
 
 class SegmentCreate(ApiModel):
-    name: str = Field(min_length=1, max_length=200, examples=["High Value Users"])
-    description: str = Field(default="", max_length=2000, examples=["Users who spent more than $1000"])
+    name: Name = Field(examples=["High Value Users"])
+    description: str = Field(default="", max_length=2000, pattern=NO_NUL, examples=["Users who spent more than $1000"])
     type: SegmentType = SegmentType.DYNAMIC
     status: SegmentStatus = SegmentStatus.ACTIVE
     rules: dict[str, Any] | None = Field(default=None, examples=[SEED_RULES],
@@ -38,11 +40,12 @@ class SegmentCreate(ApiModel):
 
 
 class SegmentUpdate(ApiModel):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=2000)
+    name: Name | None = None
+    description: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
     status: SegmentStatus | None = None
     rules: dict[str, Any] | None = None
-    version: int | None = Field(default=None, description="The version you read; a mismatch answers 409")
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+                                description="The version you read; a mismatch answers 409")
 
 
 class SegmentPublic(ApiModel):
@@ -80,8 +83,8 @@ class PreviewResult(ApiModel):
 
 
 class StaticMembersChange(ApiModel):
-    add: list[str] = Field(default_factory=list, max_length=10_000)
-    remove: list[str] = Field(default_factory=list, max_length=10_000)
+    add: list[UserId] = Field(default_factory=list, max_length=10_000)
+    remove: list[UserId] = Field(default_factory=list, max_length=10_000)
 
 
 class MemberPublic(ApiModel):

@@ -68,6 +68,9 @@ class ScriptedHttp:
     def url(self, service: str, path: str) -> str:
         return f"http://{service}{path}"
 
+    def auth_headers(self) -> dict[str, str]:
+        return {}
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "s.yaml"

@@ -8,13 +8,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimit:
-    """Pure ASGI middleware: a byte limit per exact path (Content-Length and streamed bodies alike)."""
+    """Pure ASGI middleware: a byte limit per exact path, `default` for every other one
+    (Content-Length and streamed bodies alike)."""
 
-    def __init__(self, app: ASGIApp, limits: dict[str, int]) -> None:
-        self.app, self.limits = app, limits
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+        self.app, self.limits, self.default = app, limits, default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.limits.get(scope.get("path", "")) if scope["type"] == "http" else None
+        limit = self.limits.get(scope.get("path", ""), self.default) if scope["type"] == "http" else None
         if limit is None:
             await self.app(scope, receive, send)
             return
