@@ -145,18 +145,21 @@ def _histogram(url: str, name: str) -> dict[float, float]:
     return buckets
 
 
-def _drain(metrics_url: str, timeout_s: float = 90.0) -> float:
-    """Wait until the rule engine has written everything queued (its profile counter stands still);
-    returns how long that took, so one stage's backlog does not spill into the next measurement."""
+def _drain(metrics_url: str, timeout_s: float = 180.0) -> float:
+    """Wait until the rule engine has worked off everything queued — its written profiles and the
+    records its job evaluated (events and backfill requests) both stand still for 3 s, longer than
+    the job's metrics take to refresh — and return how long that took, so one stage's backlog does
+    not spill into the next measurement."""
     started = time.monotonic()
-    last, still_since = None, time.monotonic()
+    last: tuple[str | None, ...] = ()
+    still_since = time.monotonic()
     while time.monotonic() - started < timeout_s:
         text = httpx.get(metrics_url, timeout=5).text
-        match = re.search(r"^am_profiles_written_total (\S+)$", text, re.M)
-        value = match[1] if match else None
-        if value != last:
-            last, still_since = value, time.monotonic()
-        elif time.monotonic() - still_since > 1.5:
+        now = tuple(m[1] if (m := re.search(rf"^{name} (\S+)$", text, re.M)) else None
+                    for name in ("am_profiles_written_total", "am_rule_engine_evaluation_seconds_count"))
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since > 3.0:
             break
         time.sleep(0.25)
     return time.monotonic() - started
@@ -177,12 +180,14 @@ def measure_assignment_latency(
     """Event received → membership written, p50/p99, at fixed open-model rates with `segments` active
     segments; then batched rates to find the highest one whose p99 stays under 1 s."""
     settings = AmctlSettings()
-    _segments(settings, segments)
-    time.sleep(4)  # the new segments' backfill (and its settle pass) runs before the measurement
-    _drain(f"{settings.url(settings.ports.rule_engine)}/metrics")
     metrics = f"{settings.url(settings.ports.rule_engine)}/metrics"
+    _drain(metrics)  # what earlier measurements sent
+    _segments(settings, segments)
+    time.sleep(4)  # the new segments' backfill starts (and its settle pass three seconds later)
+    backfill = _drain(metrics)
     name = "am_segment_assignment_seconds"
-    results: dict[str, Any] = {"segments": segments, "by_rate": {}, "sustained": {}}
+    results: dict[str, Any] = {"segments": segments, "backfill_drain_s": round(backfill + 4, 1),
+                               "by_rate": {}, "sustained": {}}
 
     def run(rate: int, batch: int) -> dict[str, Any]:
         before = _histogram(metrics, name)
