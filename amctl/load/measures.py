@@ -147,9 +147,10 @@ def _histogram(url: str, name: str) -> dict[float, float]:
 
 def _drain(metrics_url: str, timeout_s: float = 180.0) -> float:
     """Wait until the rule engine has worked off everything queued — its written profiles and the
-    records its job evaluated (events and backfill requests) both stand still for 3 s, longer than
-    the job's metrics take to refresh — and return how long that took, so one stage's backlog does
-    not spill into the next measurement."""
+    records its job evaluated (events and backfill requests) both stand still for 6 s, longer than
+    the job's metrics can lag (Flink's metric fetcher, then the rule engine's refresh, 2 s each) and
+    the gap before a backfill's settle pass — and return how long that took, so one stage's backlog
+    does not spill into the next measurement."""
     started = time.monotonic()
     last: tuple[str | None, ...] = ()
     still_since = time.monotonic()
@@ -159,7 +160,7 @@ def _drain(metrics_url: str, timeout_s: float = 180.0) -> float:
                     for name in ("am_profiles_written_total", "am_rule_engine_evaluation_seconds_count"))
         if now != last:
             last, still_since = now, time.monotonic()
-        elif time.monotonic() - still_since > 3.0:
+        elif time.monotonic() - still_since > 6.0:
             break
         time.sleep(0.25)
     return time.monotonic() - started
