@@ -32,6 +32,7 @@ class Measurement:
     function: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 600.0
+    needs_stack: bool = True  # False: measured before the stack starts, on an otherwise idle machine
 
 
 def run_measurement(m: Measurement, env: dict[str, str]) -> dict[str, Any]:
@@ -59,15 +60,27 @@ def isolated_settings(state_dir: Path) -> AmctlSettings:
 BENCH_SERVICE_ENV = {"AM_RATE_LIMIT_PER_S": "10000000", "AM_RATE_LIMIT_BURST": "10000000"}
 
 
+def _measure(m: Measurement, env: dict[str, str], progress: Callable[[str], None]) -> dict[str, Any]:
+    progress(f"measuring {m.name}")
+    try:
+        return run_measurement(m, env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {m.timeout_s:g} s"}
+
+
 def run_bench(measurements: Callable[[AmctlSettings], list[Measurement]],
               progress: Callable[[str], None]) -> dict[str, Any]:
-    """Start a fresh stack, time its cold start, run every measurement against it, stop it."""
+    """Run the measurements that need no stack, then start a fresh stack, time its cold start, run
+    every other measurement against it, and stop it."""
     os.environ.update(BENCH_SERVICE_ENV)  # this process starts the bench stack; its services inherit these
     with tempfile.TemporaryDirectory(prefix="amctl-bench-") as tmp:
         Path(tmp).chmod(0o755)
         settings = isolated_settings(Path(tmp) / "state")
         stack = LocalStack(settings)
         report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+        plan = measurements(settings)
+        for m in (m for m in plan if not m.needs_stack):
+            report[m.name] = _measure(m, dict(os.environ), progress)
         progress("cold start of the local stack")
         started = time.perf_counter()
         try:
@@ -78,12 +91,8 @@ def run_bench(measurements: Callable[[AmctlSettings], list[Measurement]],
             report["stack_memory_mib"]["total"] = round(sum(r.rss_bytes for r in rows) / 2**20, 1)
             env = {**stack.service_env(), "AMCTL_STATE_DIR": str(settings.state_dir),
                    **{f"AMCTL_PORT_{k.upper()}": str(v) for k, v in settings.ports.model_dump().items()}}
-            for m in measurements(settings):
-                progress(f"measuring {m.name}")
-                try:
-                    report[m.name] = run_measurement(m, env)
-                except subprocess.TimeoutExpired:
-                    report[m.name] = {"error": f"did not finish within {m.timeout_s:g} s"}
+            for m in (m for m in plan if m.needs_stack):
+                report[m.name] = _measure(m, env, progress)
         finally:
             progress("stopping the benchmark stack")
             stack.down(lambda name, state: None, purge=True)

@@ -22,9 +22,9 @@ def measurements(quick: bool) -> Callable[[AmctlSettings], list[Measurement]]:
     def plan(_: AmctlSettings) -> list[Measurement]:
         return [  # the rule job's latency last: its backlog at high rates would slow everything after it
             Measurement("load_generator", "amctl.load.measures", "measure_generator_accuracy",
-                        {"rates": [400, 1000, 2000, 5000], "seconds": seconds / 2}),
+                        {"rates": [400, 1000, 2000, 5000], "seconds": seconds / 2}, needs_stack=False),
             Measurement("rule_evaluations", "server.domain.bench", "measure_rule_evaluations",
-                        {"seconds": 1.0 if quick else 3.0}),
+                        {"seconds": 1.0 if quick else 3.0}, needs_stack=False),
             Measurement("seed_flow", "amctl.load.measures", "measure_seed_flow", {"trials": 3 if quick else 10}),
             Measurement("rule_propagation", "amctl.load.measures", "measure_rule_propagation",
                         {"trials": 2 if quick else 5}),
