@@ -7,7 +7,7 @@ The numbers are those of the Grafana dashboards, computed the way Prometheus wou
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +38,12 @@ class Sample:
         wanted = set(match.items())
         return sum(v for (n, labels), v in self.series.items() if n == name and wanted <= labels)
 
-    def buckets(self, name: str, **match: str) -> dict[float, float]:
-        """Cumulative counts of a histogram by upper bound, summed over the series matching `match`."""
+    def buckets(self, name: str, where: Callable[[Labels], bool] | None = None, **match: str) -> dict[float, float]:
+        """Cumulative counts of a histogram by upper bound, summed over the series matching `match`
+        (and `where`, when given)."""
         wanted, result = set(match.items()), dict[float, float]()
         for (n, labels), value in self.series.items():
-            if n == f"{name}_bucket" and wanted <= labels:
+            if n == f"{name}_bucket" and wanted <= labels and (where is None or where(labels)):
                 bound = float(dict(labels)["le"])
                 result[bound] = result.get(bound, 0.0) + value
         return result
@@ -88,26 +89,21 @@ def rate(before: Sample, after: Sample, name: str, **match: str) -> float:
     return max(0.0, after.total(name, **match) - before.total(name, **match)) / elapsed if elapsed > 0 else 0.0
 
 
+HTTP_LATENCY = "am_http_request_duration_seconds"
+
 # Requests of monitoring itself (scrapes, health checks), left out of a service's request figures.
 INTERNAL_ROUTES = frozenset({"/metrics", "/actuator/health", "unmatched"})
 
 
-def _api_series(sample: Sample, name: str) -> Iterable[Labels]:
-    return {labels for (n, labels) in sample.series if n == name and dict(labels).get("route") not in INTERNAL_ROUTES}
+def _is_api(labels: Labels) -> bool:
+    return dict(labels).get("route") not in INTERNAL_ROUTES
 
 
 def _api_rate(before: Sample, after: Sample, status_class: str = "") -> float:
     return sum(rate(before, after, "am_http_requests_total", **dict(labels))
-               for labels in _api_series(after, "am_http_requests_total")
-               if dict(labels).get("status", "").startswith(status_class))
-
-
-def _api_buckets(sample: Sample) -> dict[float, float]:
-    result: dict[float, float] = {}
-    for labels in _api_series(sample, "am_http_request_duration_seconds_bucket"):
-        bound = float(dict(labels)["le"])
-        result[bound] = result.get(bound, 0.0) + sample.series[("am_http_request_duration_seconds_bucket", labels)]
-    return result
+               for (name, labels) in after.series
+               if name == "am_http_requests_total" and _is_api(labels)
+               and dict(labels).get("status", "").startswith(status_class))
 
 
 def service_row(before: Sample, after: Sample) -> dict[str, Any]:
@@ -115,7 +111,7 @@ def service_row(before: Sample, after: Sample) -> dict[str, Any]:
     if not after.up:
         return {"up": False}
     requests, errors = _api_rate(before, after), _api_rate(before, after, "5")
-    p99 = quantile(_api_buckets(before), _api_buckets(after), 0.99)
+    p99 = quantile(before.buckets(HTTP_LATENCY, _is_api), after.buckets(HTTP_LATENCY, _is_api), 0.99)
     return {"up": True, "requests_per_s": round(requests, 1),
             "errors_5xx": round(errors / requests, 4) if requests else 0.0,
             "p99_ms": round(p99 * 1000, 1) if p99 is not None else None}

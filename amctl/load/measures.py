@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from amctl.load.profile import CATEGORIES, MIXES, EventFactory
 from amctl.load.runner import LoadPlan, run_load
 from amctl.load.schedule import ArrivalSchedule, Stage
 from amctl.local import processes
-from amctl.monitor import quantile
+from amctl.monitor import Sample, parse, quantile
 from amctl.settings import AmctlSettings
 
 Factory = Callable[[], bytes]
@@ -137,12 +136,8 @@ def _raw_producer(bootstrap: str, seconds: float) -> float:
     return acked / (time.perf_counter() - started)
 
 
-def _histogram(url: str, name: str) -> dict[float, float]:
-    text = httpx.get(url, timeout=5).text
-    buckets = {}
-    for match in re.finditer(rf'^{name}_bucket\{{le="([^"]+)"\}} (\S+)$', text, re.M):
-        buckets[float(match[1])] = float(match[2])
-    return buckets
+def _scrape(url: str) -> Sample:
+    return parse(httpx.get(url, timeout=5).text, time.monotonic())
 
 
 def _drain(metrics_url: str, timeout_s: float = 180.0) -> float:
@@ -152,12 +147,12 @@ def _drain(metrics_url: str, timeout_s: float = 180.0) -> float:
     the gap before a backfill's settle pass — and return how long that took, so one stage's backlog
     does not spill into the next measurement."""
     started = time.monotonic()
-    last: tuple[str | None, ...] = ()
+    last: tuple[float, ...] = ()
     still_since = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        text = httpx.get(metrics_url, timeout=5).text
-        now = tuple(m[1] if (m := re.search(rf"^{name} (\S+)$", text, re.M)) else None
-                    for name in ("am_profiles_written_total", "am_rule_engine_evaluation_seconds_count"))
+        sample = _scrape(metrics_url)
+        now = tuple(sample.total(name) for name in ("am_profiles_written_total",
+                                                    "am_rule_engine_evaluation_seconds_count"))
         if now != last:
             last, still_since = now, time.monotonic()
         elif time.monotonic() - still_since > 6.0:
@@ -191,7 +186,7 @@ def measure_assignment_latency(
                                "by_rate": {}, "sustained": {}}
 
     def run(rate: int, batch: int) -> dict[str, Any]:
-        before = _histogram(metrics, name)
+        before = _scrape(metrics).buckets(name)
         path = "/api/events/batch" if batch > 1 else "/api/events"
         plan = LoadPlan(url=settings.url(settings.ports.ingestion_api) + path,
                         schedule=ArrivalSchedule([Stage(rate / batch, seconds)]),
@@ -199,7 +194,7 @@ def measure_assignment_latency(
                         batch_size=batch)
         load = asyncio.run(run_load(plan)).as_json()
         drained = _drain(metrics)
-        after = _histogram(metrics, name)
+        after = _scrape(metrics).buckets(name)
         p50, p99 = quantile(before, after, 0.5), quantile(before, after, 0.99)
         return {"achieved_rate": load["achieved_rate"], "dropped": load["dropped"], "errors": load["errors"],
                 "drain_s_after_load": round(drained, 1),
