@@ -22,6 +22,7 @@ import httpx
 from amctl.local import processes
 from amctl.local.broker import EmbeddedBroker
 from amctl.local.mail_sink import read_mails, store_path
+from amctl.local.options import StackOptions
 from amctl.local.postgres import EmbeddedPostgres
 from amctl.settings import AmctlSettings
 
@@ -105,9 +106,10 @@ def _http_ready(url: str) -> Callable[[], bool]:
 class LocalStack:
     """Starts, inspects and stops the local stack described by `settings`."""
 
-    def __init__(self, settings: AmctlSettings, durable: bool = True) -> None:
+    def __init__(self, settings: AmctlSettings, durable: bool = True, options: StackOptions | None = None) -> None:
         self.settings = settings
         self.state_dir = settings.state_dir
+        self.options = options if options is not None else StackOptions.load(self.state_dir)
         self.run_dir = self.state_dir / "run"
         self.log_dir = self.state_dir / "logs"
         ports = settings.ports
@@ -241,6 +243,7 @@ class LocalStack:
     def up(self, progress: ProgressCallback) -> list[str]:
         """Start every component not running yet; returns the names it started."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.options.save(self.state_dir)
         started: list[Component] = []
         try:
             for name in [c.name for c in self.components()]:

@@ -1,0 +1,43 @@
+"""How a local stack was asked to run, remembered in `<state_dir>/stack.json`.
+
+`amctl up --durable-broker` or `--with-monitoring` choose optional parts once; a later `amctl up`
+(after a crash, say), `status` and `down` read the same choice, so a restarted broker keeps its
+storage and `down` stops the optional components too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    durable_broker: bool = False  # Kafka records in a local S3 server instead of the broker's RAM
+    monitoring: bool = False  # a local Prometheus scraping every component
+
+    @staticmethod
+    def path(state_dir: Path) -> Path:
+        return state_dir / "stack.json"
+
+    @classmethod
+    def load(cls, state_dir: Path) -> StackOptions:
+        """The stored choice; the defaults when none was stored (or the file is unreadable)."""
+        try:
+            stored = json.loads(cls.path(state_dir).read_text())
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(stored, dict):
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: bool(v) for k, v in stored.items() if k in known})
+
+    def save(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path(state_dir).write_text(json.dumps(asdict(self)))
+
+    def updated(self, durable_broker: bool | None = None, monitoring: bool | None = None) -> StackOptions:
+        """These options with the flags that were given (None: keep what was chosen before)."""
+        changes = {k: v for k, v in (("durable_broker", durable_broker), ("monitoring", monitoring)) if v is not None}
+        return replace(self, **changes)
