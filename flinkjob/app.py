@@ -122,6 +122,9 @@ def create_app(settings: RuleEngineSettings) -> FastAPI:
         if writer is None or dead:
             return ComponentHealth("DOWN", {"stopped": dead or ["writer", "feeder"]})
         feeder: RuleFeeder = app.state.feeder
+        waiting = [o.waiting_for for o in (writer.outage, feeder.outage) if o.waiting_for]
+        if waiting:
+            return ComponentHealth("DOWN", {"waiting": "; ".join(waiting)})
         if writer.probe_seen != app.state.probe.token:
             return ComponentHealth("DOWN", {"waiting": "for the first probe through the job (sources starting)"})
         return ComponentHealth("UP", {"segments": len(feeder.versions), "backfilledUsers": feeder.backfilled_users,

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from flinkjob.outage import Outage
 from server.stores.kafka import AsyncProducer
 from server.stores.profile_store import ProfileStore
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_RULES
@@ -50,6 +51,7 @@ class RuleFeeder:
         self.backfilled_users = 0
         self.last_backfill_rate: float | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self.outage = Outage(log)
 
     async def run(self) -> None:
         while True:
@@ -59,11 +61,15 @@ class RuleFeeder:
                 await self.handle(definitions)
 
     async def handle(self, definitions: list[dict[str, Any]]) -> None:
-        """Publish every definition in order; backfill those that are new or changed."""
+        """Publish every definition in order; backfill those that are new or changed.
+
+        Definitions already read are never dropped: while the broker or the profile store is
+        unavailable, publishing and backfilling are retried until they succeed.
+        """
+        await self.outage.until_done("publishing segment definitions", lambda: self._publish(definitions))
         changed: dict[str, dict[str, Any]] = {}
         for definition in definitions:
             segment_id = str(definition["id"])
-            await self.producer.send(self.prefix + RULE_DEFINITIONS, segment_id, orjson.dumps(definition))
             version, deleted = int(definition.get("version") or 0), bool(definition.get("deleted"))
             seen = self.versions.get(segment_id)
             if not deleted and seen is not None and version <= seen:
@@ -73,14 +79,19 @@ class RuleFeeder:
         if not changed:
             return
         fed_at = datetime.now(UTC)
-        await self.backfill(list(changed.values()))
+        await self.outage.until_done("backfilling changed segments", lambda: self.backfill(list(changed.values())))
         task = asyncio.create_task(self._settle_pass(list(changed.values()), fed_at))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def _publish(self, definitions: list[dict[str, Any]]) -> None:
+        for definition in definitions:  # in order; a repeat after a retry is harmless (versions decide)
+            await self.producer.send(self.prefix + RULE_DEFINITIONS, str(definition["id"]), orjson.dumps(definition))
+
     async def _settle_pass(self, definitions: list[dict[str, Any]], fed_at: datetime) -> None:
         await asyncio.sleep(SETTLE_S)
-        await self.backfill(definitions, updated_since=fed_at - SETTLE_MARGIN)
+        await self.outage.until_done("backfilling changed segments",
+                                     lambda: self.backfill(definitions, updated_since=fed_at - SETTLE_MARGIN))
 
     async def backfill(self, definitions: list[dict[str, Any]], updated_since: datetime | None = None) -> None:
         """One re-evaluation request per user who may be affected, in pages."""

@@ -3,20 +3,24 @@
 A change carries the profile snapshot that caused it, so a membership is never visible before its profile.
 
 Offsets are committed only after a batch is written; the store ignores repeated changes, so a
-crash between the two replays a batch harmlessly.
+crash between the two replays a batch harmlessly. While the store is unavailable the writer keeps
+retrying the batch in hand (and reads nothing new), so an outage delays memberships but loses none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from flinkjob.outage import Outage
 from server.domain.membership import MembershipChange
 from server.runtime.metrics import LATENCY_BUCKETS, register_metric_name
 from server.stores.profile_store import ProfileStore
@@ -24,6 +28,7 @@ from server.stores.topics import SEGMENT_MEMBERSHIP, TOPICS, USER_PROFILES
 
 MEMBERSHIP_CHANGES = register_metric_name("am_membership_changes_total")
 PROFILES_WRITTEN = register_metric_name("am_profiles_written_total")
+log = logging.getLogger("rule-engine.writer")
 ASSIGNMENT_LATENCY = register_metric_name("am_segment_assignment_seconds")
 
 
@@ -49,6 +54,7 @@ class StoreWriter:
                                  buckets=LATENCY_BUCKETS, registry=registry)
         self.last_poll = time.monotonic()
         self.probe_seen: str | None = None
+        self.outage = Outage(log)
 
     async def run(self) -> None:
         while True:
@@ -58,8 +64,12 @@ class StoreWriter:
             records = [m for m in msgs if not m.error() and m.value() is not None]
             if not records:
                 continue
-            await self.write(records)
-            await asyncio.to_thread(self.consumer.commit, asynchronous=False)
+            # the batch in hand is written before anything else is read, however long the store is away
+            await self.outage.until_done("writing to the profile store", partial(self.write, records))
+            try:
+                await asyncio.to_thread(self.consumer.commit, asynchronous=False)
+            except KafkaException as exc:  # the batch is written: if the broker lost the commit, it is replayed
+                log.warning("could not commit the writer's offsets: %s", exc)
 
     async def write(self, records: list[Any]) -> None:
         profiles = [json.loads(m.value()) for m in records if m.topic() == self.profile_topic]

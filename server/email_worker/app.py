@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +17,8 @@ from server.stores.deliveries import DeliveryLedger
 from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.postgres import Database
 
+log = logging.getLogger("email-worker")
+
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
@@ -28,9 +30,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         await db.open(settings.startup_wait_s)
         task = asyncio.create_task(app.state.worker.run(), name="email-worker")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=5)
+        app.state.worker.stop()  # mails being handed over finish; nothing claimed is abandoned
+        try:
+            await asyncio.wait_for(task, timeout=settings.smtp_timeout_s + 5)
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("the worker did not stop in time; mails it had claimed will be reported in doubt")
         producer.close()
         await db.close()
 

@@ -50,21 +50,28 @@ class EmailWorker:
         self.smtp_seconds = Histogram(SMTP_SECONDS, "Time to hand one mail to the SMTP server",
                                       buckets=LATENCY_BUCKETS, registry=registry)
         self.last_error: str | None = None
+        self.stopping = asyncio.Event()
         self._last_sweep = 0.0
 
     async def run(self) -> None:
+        """Consume until `stop()`: the batch in hand is finished first, so no claimed mail is abandoned."""
         await asyncio.to_thread(self.consumer.subscribe, [self.topic])
         try:
-            while True:
+            while not self.stopping.is_set():
                 messages = await asyncio.to_thread(self.consumer.consume, 100, 0.2)
                 jobs = [m for m in messages if not m.error() and m.value()]
-                await asyncio.gather(*(self._handle(m) for m in jobs))
-                if messages:
+                finished = await asyncio.gather(*(self._handle(m) for m in jobs))
+                if messages and all(finished):
                     with contextlib.suppress(KafkaException):  # a rebalance took the partition: replay is safe
                         await asyncio.to_thread(self.consumer.commit, asynchronous=False)
                 await self._sweep()
         finally:
             await asyncio.to_thread(self.consumer.close)
+
+    def stop(self) -> None:
+        """Take no new job; mails being handed to SMTP finish, jobs waiting for a retry are left
+        queued and uncommitted (read again by the next worker: the ledger keeps them single)."""
+        self.stopping.set()
 
     async def _sweep(self) -> None:
         if time.monotonic() - self._last_sweep < SWEEP_EVERY_S:
@@ -76,31 +83,36 @@ class EmailWorker:
                 self.outcomes.labels("in_doubt").inc(expired)
                 log.warning("%d deliveries were claimed by a worker that stopped; marked failed (in doubt)", expired)
 
-    async def _handle(self, message: Message) -> None:
+    async def _handle(self, message: Message) -> bool:
+        """Bring one job to an outcome; False when stopping left it queued for the next worker."""
         try:
             job = EmailJob.from_json(json.loads(message.value() or b""))
         except (ValueError, KeyError) as exc:
             log.error("dead-lettering an unreadable job at offset %s: %s", message.offset(), exc)
             await self._dead_letter(message.key(), message.value(), f"unreadable job: {exc}")
-            return
+            return True
         while True:  # the store may be briefly unavailable: the job waits, it is not lost or sent twice
             try:
                 async with self.slots:
-                    await self.deliver(job)
+                    if self.stopping.is_set():
+                        return False
+                    finished = await self.deliver(job)
                 self.last_error = None
-                return
+                return finished
             except STORE_ERRORS as exc:
                 self.last_error = str(exc)
                 log.warning("delivery store unavailable, job %s waits: %s", job.idempotency_key, exc)
+                if self.stopping.is_set():
+                    return False
                 await asyncio.sleep(1)
 
-    async def deliver(self, job: EmailJob) -> None:
-        """Claim, send with retries, record the outcome."""
+    async def deliver(self, job: EmailJob) -> bool:
+        """Claim, send with retries, record the outcome; False if stopping cut the retries short."""
         while True:
             claim = await self.ledger.claim(job.campaign_id, job.user_id)
             if claim.result is not ClaimResult.SEND:
                 self.outcomes.labels(claim.result.value).inc()
-                return
+                return True
             try:
                 started = time.perf_counter()
                 await asyncio.to_thread(self.sender.send, job)
@@ -111,14 +123,18 @@ class EmailWorker:
                     await self.ledger.finish(job.campaign_id, job.user_id, DeliveryStatus.FAILED, reason)
                     self.outcomes.labels("failed").inc()
                     await self._dead_letter(job.user_id.encode(), json.dumps(job.to_json()).encode(), reason)
-                    return
+                    return True
                 await self.ledger.finish(job.campaign_id, job.user_id, DeliveryStatus.QUEUED, f"retrying: {exc}")
                 self.outcomes.labels("retried").inc()
-                await asyncio.sleep(self.settings.email_retry_base_s * 2 ** (claim.attempts - 1))
+                with contextlib.suppress(TimeoutError):  # a stop cuts the backoff short
+                    await asyncio.wait_for(self.stopping.wait(),
+                                           self.settings.email_retry_base_s * 2 ** (claim.attempts - 1))
+                if self.stopping.is_set():
+                    return False
                 continue
             await self.ledger.finish(job.campaign_id, job.user_id, DeliveryStatus.SENT)
             self.outcomes.labels("sent").inc()
-            return
+            return True
 
     async def _dead_letter(self, key: bytes | str | None, value: bytes | None, reason: str) -> None:
         record = {"reason": reason, "job": (value or b"").decode(errors="replace")}

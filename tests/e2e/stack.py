@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from amctl.local import processes
 
@@ -42,3 +45,18 @@ class Stack:
     def close(self) -> None:
         for client in (self.segments, self.events, self.campaigns, self.rule_engine):
             client.close()
+
+
+@contextmanager
+def started_stack(env: dict[str, str], *up_args: str) -> Iterator[Stack]:
+    """`amctl up` with `env`; always `amctl down --purge` afterwards (the data may live outside tmp)."""
+    up = amctl(env, "up", *up_args)
+    if up.returncode != 0:
+        amctl(env, "down", "--purge")
+        pytest.fail(f"amctl up failed:\n{up.stdout}\n{up.stderr}")
+    stack = Stack(env)
+    try:
+        yield stack
+    finally:
+        stack.close()
+        amctl(env, "down", "--purge")
