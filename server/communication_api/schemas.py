@@ -6,16 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from server.runtime.fields import NO_NUL, Name, ResourceId
-
-
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+from server.runtime.fields import NO_NUL, ApiModel, Name, ResourceId
 
 
 class Channel(StrEnum):

@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@+\-]+$"
 MAX_ID_CHARS = 128

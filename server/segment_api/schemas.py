@@ -6,10 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from server.runtime.fields import MAX_VERSION, NO_NUL, Name, UserId
+from server.runtime.fields import MAX_VERSION, NO_NUL, ApiModel, Name, UserId
 
 SEED_RULES = {"conditions": [{"field": "totalSpent", "operator": "gt", "value": 1000}]}
 
@@ -22,12 +22,6 @@ class SegmentType(StrEnum):
 class SegmentStatus(StrEnum):
     ACTIVE = "ACTIVE"
     PAUSED = "PAUSED"
-
-
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
 class SegmentCreate(ApiModel):
