@@ -85,7 +85,10 @@ class Recipients:
         now = datetime.now(UTC)
         jobs = [EmailJob(campaign.id, user, str(messages[user][0]), *messages[user][1], queued_at=now)
                 for user in to_publish if user in messages]
-        await asyncio.gather(*(self.producer.send(self.topic, job.user_id, _encode(job)) for job in jobs))
+        failures = await self.producer.send_many(self.topic, [(job.user_id, _encode(job)) for job in jobs])
+        failed = next((f for f in failures if f is not None), None)
+        if failed is not None:  # their rows stay queued: a retried fan-out publishes them again
+            raise failed
         self.queued.labels(campaign.trigger).inc(len(jobs))
         return len(jobs)
 

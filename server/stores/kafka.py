@@ -65,6 +65,7 @@ class AsyncProducer:
             **overrides,
         }
         self._producer = Producer(config)
+        self.delivery_timeout_s = delivery_timeout_s
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
@@ -93,8 +94,9 @@ class AsyncProducer:
         return await future
 
     async def send_many(self, topic: str, records: Sequence[tuple[str | bytes | None, bytes | None]],
-                        timeout_s: float) -> list[DependencyUnavailable | None]:
-        """Produce records and wait until the broker acknowledged or refused each, or `timeout_s` passed.
+                        timeout_s: float | None = None) -> list[DependencyUnavailable | None]:
+        """Produce records in order and wait until the broker acknowledged or refused each, or `timeout_s`
+        passed (by default a moment after the producer's own delivery timeout).
 
         Returns, per record, None when acknowledged or why not. The event loop is woken once for the
         whole batch, not once per record.
@@ -124,6 +126,8 @@ class AsyncProducer:
                 settle(index, DependencyUnavailable("kafka", "producer queue is full"))
             except KafkaException as exc:
                 settle(index, DependencyUnavailable("kafka", str(exc)))
+        if timeout_s is None:
+            timeout_s = self.delivery_timeout_s + 1
         try:
             async with asyncio.timeout(timeout_s):
                 await all_settled

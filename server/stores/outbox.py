@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from typing import Any
@@ -51,19 +52,13 @@ class OutboxRelay:
             rows = await cur.fetchall()
             if not rows:
                 return 0
-            # produce() is called in list order as the coroutines start, so the broker sees this order
-            results = await asyncio.gather(
-                *(self.producer.send(self.topic, key, _encode(payload)) for _, key, payload in rows),
-                return_exceptions=True,
-            )
-            done = []
-            for (seq, _, _), result in zip(rows, results, strict=True):
-                if isinstance(result, BaseException):
-                    break
-                done.append(seq)
+            # produced in list order, so the broker sees this order; only the acked prefix counts as published
+            failures = await self.producer.send_many(self.topic, [(key, _encode(payload)) for _, key, payload in rows])
+            done = [seq for (seq, _, _), _ in itertools.takewhile(lambda pair: pair[1] is None,
+                                                                  zip(rows, failures, strict=True))]
             if done:
                 await conn.execute("UPDATE segment_outbox SET published_at = now() WHERE seq = ANY(%s)", (done,))
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        failed = next((f for f in failures if f is not None), None)
         if failed is not None:
             raise failed
         return len(done)
