@@ -36,7 +36,7 @@ class Top:
     def snapshot(self) -> dict[str, Any]:
         current = self.sample()
         before, self.previous = self.previous, current
-        memory = {row.name: row.rss_bytes for row in self.stack.status()}
+        memory = self.stack.memory()
         services = {name: {**monitor.service_row(before[name], current[name]), "rss_mib": round(
             memory.get(name, 0) / 2**20, 1)} for name in self.urls}
         return {

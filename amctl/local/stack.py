@@ -335,6 +335,11 @@ class LocalStack:
             progress("state", f"removed {self.state_dir}")
         return stopped
 
+    def memory(self) -> dict[str, int]:
+        """RSS of each running component, from its run record alone (no health checks)."""
+        running = ((c.name, self._live_record(c.name)) for c in self.components() if not c.oneshot)
+        return {name: processes.rss_bytes(record.pid) for name, record in running if record is not None}
+
     def status(self) -> list[ComponentStatus]:
         result = []
         for comp in self.components():
