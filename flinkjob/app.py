@@ -77,9 +77,22 @@ class FlinkJob:
         return ComponentHealth("UP" if overview["state"] == "RUNNING" else "DOWN", overview)
 
     def cancel(self) -> None:
-        if self.client is not None:
+        if self.client is None:
+            return
+        # `amctl down` signals the whole process group, so the JVM is often gone already: py4j would log
+        # a traceback ("Answer from Java side is empty") on the root logger for an ordinary shutdown
+        quiet = _DropGatewayGone()
+        logging.root.addFilter(quiet)
+        try:
             with contextlib.suppress(Exception):  # the job may already be gone
                 self.client.cancel().result()
+        finally:
+            logging.root.removeFilter(quiet)
+
+
+class _DropGatewayGone(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Exception while sending command."
 
 
 def create_app(settings: RuleEngineSettings) -> FastAPI:
