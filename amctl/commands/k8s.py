@@ -198,7 +198,9 @@ def _pending_view(title: str, waiting: list[Pending]) -> Group:
 
 def _urls(app: AppContext, loaded: Profile) -> list[tuple[str, str]]:
     host, ports = app.settings.host, loaded.node_ports
-    return [
+    # the network policies admit only the stores' in-cluster clients; a port-forward reaches them from here
+    forward = f"kubectl -n {loaded.namespace} port-forward"
+    urls = [
         ("Segment API", f"http://{host}:{ports['segment-api']}/docs"),
         ("Ingestion API", f"http://{host}:{ports['ingestion-api']}/docs"),
         ("Communication API", f"http://{host}:{ports['communication-api']}/docs"),
@@ -207,9 +209,14 @@ def _urls(app: AppContext, loaded: Profile) -> list[tuple[str, str]]:
         ("Grafana", f"http://{host}:{ports['grafana']}  (user admin)"),
         ("Prometheus", f"http://{host}:{ports['prometheus']}"),
         ("Kafka UI", f"http://{host}:{ports['kafka-ui']}"),
-        ("Kafka", f"localhost:{ports['kafka']}"),
-        ("PostgreSQL", f"postgresql://postgres@{host}:{ports['postgres']}/audience"),
-        ("Aerospike", f"{host}:{ports['aerospike']}"),
+    ]
+    if loaded.resources("kafka").replicas == 1:  # only a single broker advertises an address outside the cluster
+        urls.append(("Kafka", f"{forward} svc/kafka {ports['kafka']}:9094, then localhost:{ports['kafka']}"))
+    return [
+        *urls,
+        ("PostgreSQL", f"{forward} svc/postgres {ports['postgres']}:5432, "
+                       f"then postgresql://postgres@{host}:{ports['postgres']}/audience"),
+        ("Aerospike", f"{forward} svc/aerospike {ports['aerospike']}:3000, then {host}:{ports['aerospike']}"),
     ]
 
 

@@ -42,6 +42,9 @@ async def test_up_applies_every_object_server_side_and_prints_the_urls(fake_clus
     assert "ready in" in result.output
     for url in ("http://127.0.0.1:30081/docs", "http://127.0.0.1:30001", "localhost:30092", "http://127.0.0.1:30080"):
         assert url in result.output
+    # the stores admit in-cluster clients only: the way in from the host is a port-forward
+    assert "kubectl -n audience-manager-demo port-forward svc/postgres 30432:5432" in result.output
+    assert "port-forward svc/kafka 30092:9094, then localhost:30092" in result.output
     expected = {(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"])
                 for m in render(load_profile("demo-8g"))}
     applied = {(kind, ns, name) for kind in {k for k, _, _ in expected}
