@@ -173,3 +173,32 @@ def test_the_apis_read_their_keys_from_the_secret_and_nothing_else_gets_them(
         assert volume["secret"]["secretName"] == SECRET_NAME
         assert volume["secret"]["items"] == [{"key": API_KEYS_ENTRY, "path": path.name}]  # not the passwords
     assert keyed == {"segment-api", "ingestion-api", "communication-api"}
+
+
+# The containers that cannot run with a read-only root filesystem, and why (the template says so beside them).
+WRITABLE_ROOT = {"aerospike-exporter": "its entrypoint renders its config file into /etc/aerospike-prometheus-exporter"}
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_every_container_runs_on_a_read_only_root_filesystem_or_says_why_not(
+        profile: str, rendered: dict[str, list[Manifest]]) -> None:
+    checked = 0
+    for workload, container in containers_of(rendered[profile]):
+        read_only = container["securityContext"].get("readOnlyRootFilesystem")
+        where = f"{workload['kind']}/{workload['metadata']['name']} {container['name']}"
+        assert read_only is (container["name"] not in WRITABLE_ROOT), where
+        checked += 1
+    assert checked >= 15
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_every_mount_has_its_volume_and_scratch_space_is_on_disk(
+        profile: str, rendered: dict[str, list[Manifest]]) -> None:
+    for workload, container in containers_of(rendered[profile]):
+        spec = workload["spec"]
+        volumes = {v["name"]: v for v in spec["template"]["spec"].get("volumes", [])}
+        claims = {c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])}
+        for mount in container.get("volumeMounts", []):
+            assert mount["name"] in volumes.keys() | claims, f"{container['name']}: no volume {mount['name']}"
+        for volume in volumes.values():  # in memory, it would count against a limit `amctl budget` checks
+            assert (volume.get("emptyDir") or {}).get("medium") != "Memory", f"{container['name']}: {volume}"
