@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from kubernetes.client.exceptions import ApiException
+from pydantic import SecretStr
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
@@ -24,7 +25,7 @@ from urllib3.exceptions import HTTPError
 from amctl.context import AppContext, get_context
 from amctl.k8s import budget as budgets
 from amctl.k8s import images
-from amctl.k8s.apply import apply, ensure_secrets, rerun_finished_jobs
+from amctl.k8s.apply import API_KEYS_ENTRY, apply, ensure_secrets, read_api_key, rerun_finished_jobs
 from amctl.k8s.cluster import DEFAULT_CONTEXT, Cluster, ClusterError, connect
 from amctl.k8s.delete import DeleteTimeout, delete
 from amctl.k8s.profile import DEFAULT_PROFILE, Profile, ProfileError, load_profile
@@ -197,7 +198,9 @@ def _pending_view(title: str, waiting: list[Pending]) -> Group:
 
 def _urls(app: AppContext, loaded: Profile) -> list[tuple[str, str]]:
     host, ports = app.settings.host, loaded.node_ports
-    return [
+    # the network policies admit only the stores' in-cluster clients; a port-forward reaches them from here
+    forward = f"kubectl -n {loaded.namespace} port-forward"
+    urls = [
         ("Segment API", f"http://{host}:{ports['segment-api']}/docs"),
         ("Ingestion API", f"http://{host}:{ports['ingestion-api']}/docs"),
         ("Communication API", f"http://{host}:{ports['communication-api']}/docs"),
@@ -206,9 +209,14 @@ def _urls(app: AppContext, loaded: Profile) -> list[tuple[str, str]]:
         ("Grafana", f"http://{host}:{ports['grafana']}  (user admin)"),
         ("Prometheus", f"http://{host}:{ports['prometheus']}"),
         ("Kafka UI", f"http://{host}:{ports['kafka-ui']}"),
-        ("Kafka", f"localhost:{ports['kafka']}"),
-        ("PostgreSQL", f"postgresql://postgres@{host}:{ports['postgres']}/audience"),
-        ("Aerospike", f"{host}:{ports['aerospike']}"),
+    ]
+    if loaded.resources("kafka").replicas == 1:  # only a single broker advertises an address outside the cluster
+        urls.append(("Kafka", f"{forward} svc/kafka {ports['kafka']}:9094, then localhost:{ports['kafka']}"))
+    return [
+        *urls,
+        ("PostgreSQL", f"{forward} svc/postgres {ports['postgres']}:5432, "
+                       f"then postgresql://postgres@{host}:{ports['postgres']}/audience"),
+        ("Aerospike", f"{forward} svc/aerospike {ports['aerospike']}:3000, then {host}:{ports['aerospike']}"),
     ]
 
 
@@ -237,6 +245,9 @@ def up(app: AppContext, options: K8sOptions) -> None:
         app.console.print(f"  {name:<19} {url}", highlight=False)
     app.console.print(f"  Grafana password: kubectl -n {loaded.namespace} get secret {SECRET_NAME} "
                       "-o jsonpath='{.data.grafana-admin-password}' | base64 -d", markup=False, highlight=False)
+    app.console.print(f"  API key for amctl: export AMCTL_API_KEY=$(kubectl -n {loaded.namespace} get secret "
+                      f"{SECRET_NAME} -o jsonpath='{{.data.{API_KEYS_ENTRY}}}' | base64 -d | sed -n 's/:admin$//p')",
+                      markup=False, highlight=False)
     app.console.print("Check with: amctl smoke --target k8s    Remove with: amctl down --target k8s", highlight=False)
 
 
@@ -294,6 +305,17 @@ def component_states(app: AppContext, options: K8sOptions) -> list[tuple[str, st
         rows.append((describe(manifest), "running" if item is None else item.reason,
                      "" if item is None else item.detail))
     return rows
+
+
+def admin_api_key(app: AppContext, options: K8sOptions) -> SecretStr:
+    """The deployment's admin API key, from the Secret `up` generated (for smoke when AMCTL_API_KEY is unset)."""
+    loaded, _ = load(app, options.profile)
+    with cluster_session(app, options) as cluster:
+        key = read_api_key(cluster, loaded.namespace, "admin")
+    if key is None:
+        app.fail(f"no admin API key in the Secret {SECRET_NAME} of namespace {loaded.namespace}",
+                 hint="amctl up --target k8s generates one; or set AMCTL_API_KEY")
+    return SecretStr(key)
 
 
 def status(app: AppContext, options: K8sOptions, json_output: bool) -> None:

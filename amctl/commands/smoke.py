@@ -17,11 +17,15 @@ from amctl.settings import Target
 
 def smoke(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption = K8sOptions.profile,
           context: ContextOption = K8sOptions.context, kubeconfig: KubeconfigOption = None) -> None:
-    """Health of every component, then the basic-segmentation scenario; exits non-zero on any failure."""
+    """Health of every component, then the basic-segmentation scenario; exits non-zero on any failure.
+
+    On k8s it authenticates with AMCTL_API_KEY, else with the admin key of the deployment's Secret.
+    """
     app = for_target(ctx, target)
     started = time.perf_counter()
+    options = K8sOptions(profile, context, kubeconfig)
     if app.target is Target.K8S:
-        rows = [(name, state) for name, state, _ in k8s.component_states(app, K8sOptions(profile, context, kubeconfig))]
+        rows = [(name, state) for name, state, _ in k8s.component_states(app, options)]
     else:
         rows = [(row.name, row.state) for row in local_stack(app).status()]
     down = [name for name, state in rows if state != "running"]
@@ -30,6 +34,8 @@ def smoke(ctx: typer.Context, target: TargetOption = None, profile: ProfileOptio
         app.console.print(f"{mark} {name:<18} {state}")
     if down:
         app.fail(f"not healthy: {', '.join(down)}", hint="see amctl status and amctl logs COMPONENT")
+    if app.target is Target.K8S and app.settings.api_key is None:  # the APIs require a key there
+        app.settings = app.settings.model_copy(update={"api_key": k8s.admin_api_key(app, options)})
     try:
         results = run_scenarios(app, [resolve("basic-segmentation", DEFAULT_DIR)])
     except ScenarioError as exc:

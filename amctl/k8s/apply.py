@@ -10,7 +10,25 @@ from amctl.k8s.cluster import Cluster
 from amctl.k8s.render import SECRET_NAME, Manifest, describe
 
 FIELD_MANAGER = "amctl"
-SECRET_KEYS = ("postgres-password", "grafana-admin-password")
+API_KEYS_ENTRY = "api-keys"
+API_KEY_SCOPES = ("read", "write", "admin")
+
+
+def _password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _api_keys() -> str:
+    """One generated key per scope, as the `key:scope` lines the APIs read from AM_API_KEYS_FILE."""
+    return "".join(f"{secrets.token_urlsafe(32)}:{scope}\n" for scope in API_KEY_SCOPES)
+
+
+# every entry of the Secret, and how a missing one is generated
+SECRET_VALUES: dict[str, Callable[[], str]] = {
+    "postgres-password": _password,
+    "grafana-admin-password": _password,
+    API_KEYS_ENTRY: _api_keys,
+}
 
 
 def apply(cluster: Cluster, manifests: list[Manifest], on_applied: Callable[[str], None] = lambda _: None) -> None:
@@ -49,13 +67,13 @@ def rerun_finished_jobs(cluster: Cluster, manifests: list[Manifest]) -> list[str
 
 
 def ensure_secrets(cluster: Cluster, namespace: str) -> list[str]:
-    """Create the platform's passwords that are missing (never replacing one); returns the keys created."""
+    """Create the passwords and API keys that are missing (never replacing one); returns the entries created."""
     existing = cluster.get("v1", "Secret", SECRET_NAME, namespace)
     have = set((existing or {}).get("data") or {})
-    missing = [key for key in SECRET_KEYS if key not in have]
+    missing = [key for key in SECRET_VALUES if key not in have]
     if not missing:
         return []
-    data = {key: base64.b64encode(secrets.token_urlsafe(24).encode()).decode() for key in missing}
+    data = {key: base64.b64encode(SECRET_VALUES[key]().encode()).decode() for key in missing}
     body: Manifest = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -72,3 +90,16 @@ def ensure_secrets(cluster: Cluster, namespace: str) -> list[str]:
         cluster.dynamic.patch(resource, body={"data": data}, name=SECRET_NAME, namespace=namespace,
                               content_type="application/merge-patch+json")
     return missing
+
+
+def read_api_key(cluster: Cluster, namespace: str, scope: str) -> str | None:
+    """The first key with `scope` in the Secret's `api-keys` entry; None when there is none."""
+    existing = cluster.get("v1", "Secret", SECRET_NAME, namespace)
+    encoded = ((existing or {}).get("data") or {}).get(API_KEYS_ENTRY)
+    if not encoded:
+        return None
+    for line in base64.b64decode(encoded).decode().splitlines():
+        key, _, key_scope = line.strip().rpartition(":")
+        if key and not line.lstrip().startswith("#") and key_scope.strip() == scope:
+            return key
+    return None

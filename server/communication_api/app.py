@@ -24,7 +24,7 @@ from server.stores.topics import EMAIL_JOBS, SEGMENT_MEMBERSHIP
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
     producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
-    repository, ledger, store = CampaignRepository(db), DeliveryLedger(db), profile_store(settings, db)
+    repository, ledger = CampaignRepository(db), DeliveryLedger(db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,7 +46,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         description="Email campaigns to the users of a segment: now, at a time, or when a user enters it.",
         settings=settings,
         lifespan=lifespan,
+        requires_api_keys=True,
     )
+    store = profile_store(settings, db)  # after build_app: a refused start connects to nothing
     recipients = Recipients(ledger, producer, settings.topic(EMAIL_JOBS), app.state.metrics_registry)
     app.state.campaigns, app.state.ledger = repository, ledger
     app.state.fanout = FanOut(repository, store, recipients)

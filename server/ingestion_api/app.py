@@ -36,6 +36,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         settings=settings,
         lifespan=lifespan,
         body_limits={"/api/events": MAX_EVENT_BYTES, "/api/events/batch": MAX_BATCH_BYTES},
+        requires_api_keys=True,
     )
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
     app.include_router(router)

@@ -17,9 +17,16 @@ from psycopg_pool import PoolTimeout
 
 from server import __version__
 from server.runtime.api_keys import ApiKeys, read_api_keys
-from server.runtime.auth import API_KEY_HEADER, authorize
+from server.runtime.auth import API_KEY_HEADER, authorize, require_api_keys
 from server.runtime.body_limit import BodyLimit
-from server.runtime.errors import DependencyUnavailable, InvalidInput, RateLimited, ServiceError, Unauthenticated
+from server.runtime.errors import (
+    ConfigurationError,
+    DependencyUnavailable,
+    InvalidInput,
+    RateLimited,
+    ServiceError,
+    Unauthenticated,
+)
 from server.runtime.health import HealthRegistry
 from server.runtime.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from server.runtime.settings import ServiceSettings
@@ -31,14 +38,19 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 def build_app(
     *, service: str, title: str, description: str, settings: ServiceSettings, lifespan: Lifespan,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, body_limits: dict[str, int] | None = None,
+    requires_api_keys: bool = False,
 ) -> FastAPI:
     """A FastAPI app with `/metrics`, `/actuator/health`, API keys, body limits and the shared error mapping.
 
     Bodies over `max_body_bytes` (or the path's own entry in `body_limits`) are refused with 413
     before they are read. Services add their dependency checks to `app.state.health` and their routers.
+    `requires_api_keys` marks an API that callers use (not only health and metrics): on Kubernetes it
+    raises ConfigurationError when no key is configured (`auth.require_api_keys`).
     """
     registry = CollectorRegistry()
     api_keys = ApiKeys(read_api_keys(settings.api_keys.get_secret_value(), settings.api_keys_file))
+    if requires_api_keys:
+        require_api_keys(service, settings, api_keys)
     app = FastAPI(title=title, description=description, version=__version__, lifespan=lifespan,
                   dependencies=[Depends(authorize)] if api_keys.enabled else [])
     app.state.settings = settings
@@ -114,10 +126,19 @@ S = TypeVar("S", bound=ServiceSettings)
 
 
 def serve(create_app: Callable[[S], FastAPI], settings: S) -> None:
-    """Run one service under uvicorn on the host and port its settings name."""
+    """Run one service under uvicorn on the host and port its settings name.
+
+    The processes' entry point: settings that do not let the service start end it with one log line
+    saying what to set, and exit code 2.
+    """
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        app = create_app(settings)
+    except ConfigurationError as exc:
+        logging.getLogger("server").critical("refusing to start: %s", exc)
+        raise SystemExit(2) from None
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

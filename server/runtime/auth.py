@@ -2,11 +2,13 @@
 
 What an operation needs: GET/HEAD = read, any other method = write, unless the route says
 otherwise with `openapi_extra={REQUIRED_SCOPE: "admin"}` (shown in the OpenAPI document).
-`/actuator/health`, `/metrics` and the API docs are always open.
+`/actuator/health`, `/metrics` and the API docs are always open. On Kubernetes the APIs refuse
+to start without keys (`require_api_keys`), unless AM_ALLOW_ANONYMOUS opts out on purpose.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -14,12 +16,28 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 
 from server.runtime.api_keys import ApiKeys, Principal, Scope
-from server.runtime.errors import Forbidden, Unauthenticated
+from server.runtime.errors import ConfigurationError, Forbidden, Unauthenticated
+from server.runtime.settings import Environment, ServiceSettings
 
 API_KEY_HEADER = "X-API-Key"
 REQUIRED_SCOPE = "x-required-scope"
 OPEN_PATHS = frozenset({"/actuator/health"})
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+log = logging.getLogger("server.auth")
+
+
+def require_api_keys(service: str, settings: ServiceSettings, keys: ApiKeys) -> None:
+    """On Kubernetes an API does not run open: ConfigurationError without keys, unless AM_ALLOW_ANONYMOUS is set."""
+    if keys.enabled or settings.environment is not Environment.K8S:
+        return
+    if settings.allow_anonymous:
+        log.warning("%s runs without API keys because AM_ALLOW_ANONYMOUS is set: every caller may do everything",
+                    service)
+        return
+    raise ConfigurationError(
+        f"{service}: no API key configured, and on Kubernetes the APIs do not run without one; set AM_API_KEYS_FILE "
+        "to a file of key:scope lines (amctl up --target k8s mounts one from its Secret) or AM_API_KEYS=key:scope,... "
+        "(AM_ALLOW_ANONYMOUS=1 runs open on purpose)")
 
 
 def required_scope(request: Request) -> Scope | None:

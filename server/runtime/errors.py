@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class ConfigurationError(Exception):
+    """The settings do not let the service start; the message says what to set (never a secret)."""
+
+
 class ServiceError(Exception):
     """Base of every expected failure a service reports to its caller."""
 

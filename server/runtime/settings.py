@@ -46,9 +46,12 @@ class ServiceSettings(BaseSettings):
     email_concurrency: int = Field(default=8, description="Mails sent at the same time")
     email_claim_lease_s: float = Field(default=120.0, description="A mail claimed longer ago is failed as in doubt")
     log_level: str = "info"
-    # API keys: off while both are empty (the local default); see server/runtime/auth.py
+    # API keys: off while both are empty (the local default; the APIs refuse that on Kubernetes);
+    # see server/runtime/auth.py
     api_keys: SecretStr = Field(default=SecretStr(""), description="key:scope,… with scope read, write or admin")
     api_keys_file: Path | None = Field(default=None, description="A file of key:scope lines (a mounted Secret)")
+    allow_anonymous: bool = Field(default=False, description="On Kubernetes, let the APIs start without API keys "
+                                  "(every caller may do everything): only for an open demo, on purpose")
     # Ingestion API
     rate_limit_per_s: float = Field(default=2000.0, description="Sustained events/s per client (token bucket)")
     rate_limit_burst: int = Field(default=4000, description="Events a client may send at once")

@@ -48,6 +48,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         settings=settings,
         lifespan=lifespan,
         max_body_bytes=MAX_BODY_BYTES,
+        requires_api_keys=True,
     )
     app.state.db = db
     app.state.segments = repository

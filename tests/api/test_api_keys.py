@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,14 +17,17 @@ import uvicorn
 from click.testing import Result
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
 from amctl import cli
 from amctl.local import processes
 from server.communication_api.app import create_app as communication_app
+from server.email_worker.app import create_app as email_worker_app
 from server.ingestion_api.app import create_app as ingestion_app
-from server.runtime.settings import ServiceSettings
+from server.runtime.errors import ConfigurationError
+from server.runtime.settings import Environment, ServiceSettings
 from server.segment_api.app import create_app as segment_app
 
 pytestmark = pytest.mark.api
@@ -223,3 +229,75 @@ def test_amctl_sends_the_key_and_explains_401_and_403(served_segments: int) -> N
     assert "needs scope 'admin'" in refused.stderr and "has 'read'" in refused.stderr
     assert "use an API key with the scope named above" in refused.stderr
     assert KEYS["read"] not in refused.output
+
+
+# -- on Kubernetes the APIs do not run without keys ----------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODULES = {"segment-api": "server.segment_api", "ingestion-api": "server.ingestion_api",
+           "communication-api": "server.communication_api"}
+# one call per API that needs a key: (method, path, body)
+GUARDED = {"segment-api": ("GET", "/api/segments", None), "ingestion-api": ("POST", "/api/events", EVENT),
+           "communication-api": ("GET", "/api/campaigns", None)}
+
+
+def keyword_conninfo(url: str) -> str:
+    """`host=… dbname=…`, the form the pods use: a password is appended to it."""
+    return make_conninfo("", **conninfo_to_dict(url))
+
+
+def on_k8s(settings: ServiceSettings, **update: object) -> ServiceSettings:
+    """The session's stores as a pod's settings: AM_ENVIRONMENT=k8s, a real password, a keyword conninfo."""
+    return settings.model_copy(update={"environment": Environment.K8S,
+                                       "database_url": keyword_conninfo(settings.database_url),
+                                       "database_password": SecretStr("generated-by-amctl-up"), **update})
+
+
+@pytest.mark.parametrize("service", sorted(APPS))
+def test_on_k8s_an_api_without_keys_refuses_to_start(service: str, service_settings: ServiceSettings) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        APPS[service](on_k8s(service_settings))
+    message = str(refused.value)
+    assert message.startswith(f"{service}: no API key configured")
+    assert "AM_API_KEYS_FILE" in message and "AM_API_KEYS=" in message and "\n" not in message
+
+
+def test_the_refusing_process_says_so_in_one_line_and_exits(service_settings: ServiceSettings) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO_ROOT), "AM_ENVIRONMENT": "k8s",
+           "AM_DATABASE_URL": keyword_conninfo(service_settings.database_url),
+           "AM_DATABASE_PASSWORD": "generated-by-amctl-up", "AM_KAFKA_BOOTSTRAP": service_settings.kafka_bootstrap,
+           "AM_PORT": str(processes.free_port())}
+    started = subprocess.run([sys.executable, "-m", MODULES["segment-api"]], env=env, cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=60, check=False)
+    lines = [line for line in (started.stdout + started.stderr).splitlines() if line.strip()]
+    assert started.returncode == 2, lines
+    assert len(lines) == 1, lines
+    assert "CRITICAL" in lines[0] and "refusing to start: segment-api: no API key configured" in lines[0]
+    assert "AM_API_KEYS_FILE" in lines[0]
+
+
+@pytest.mark.parametrize("service", sorted(APPS))
+def test_on_k8s_an_api_starts_with_keys_from_the_mounted_file(service: str, service_settings: ServiceSettings,
+                                                               tmp_path: Path) -> None:
+    file = tmp_path / "api-keys"  # what the Secret's api-keys entry mounts
+    file.write_text("".join(f"{key}:{scope}\n" for scope, key in KEYS.items()))
+    method, path, body = GUARDED[service]
+    with TestClient(APPS[service](on_k8s(service_settings, api_keys_file=file))) as client:
+        assert client.get("/actuator/health").status_code == 200  # probes need no key
+        assert client.get("/metrics").status_code == 200  # nor does Prometheus
+        assert client.request(method, path, json=body).status_code == 401
+        assert client.request(method, path, json=body, headers=as_key("admin")).status_code < 400
+
+
+def test_allow_anonymous_opts_out_on_purpose_and_says_so(service_settings: ServiceSettings,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    with TestClient(segment_app(on_k8s(service_settings, allow_anonymous=True))) as client:
+        assert client.get("/api/segments").status_code == 200
+    assert "runs without API keys because AM_ALLOW_ANONYMOUS is set" in caplog.text
+    assert ServiceSettings(allow_anonymous="1").allow_anonymous is True  # the documented AM_ALLOW_ANONYMOUS=1
+
+
+def test_processes_without_an_api_of_their_own_need_no_keys(service_settings: ServiceSettings) -> None:
+    app = email_worker_app(on_k8s(service_settings))  # health and metrics only: no key is mounted for it
+    assert app.state.api_keys.enabled is False

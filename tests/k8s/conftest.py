@@ -37,6 +37,7 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "batch/v1/jobs": ("Job", True),
     "autoscaling/v2/horizontalpodautoscalers": ("HorizontalPodAutoscaler", True),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
     "rbac.authorization.k8s.io/v1/roles": ("Role", True),
     "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", True),
     "rbac.authorization.k8s.io/v1/clusterroles": ("ClusterRole", False),

@@ -5,24 +5,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import kmock as km
 import pytest
 from typer.testing import CliRunner, Result
 
 from amctl.cli import app
+from amctl.k8s.apply import API_KEYS_ENTRY
 from amctl.k8s.profile import load_profile
 from amctl.k8s.render import SECRET_NAME, render
+from server.runtime.api_keys import Scope, parse_api_keys
 from tests.k8s.conftest import FakeCluster
 
 pytestmark = [pytest.mark.k8s, pytest.mark.asyncio]
 NAMESPACE = "audience-manager-demo"
 
 
-async def amctl(cluster: FakeCluster, *args: str) -> Result:
+async def amctl(cluster: FakeCluster, *args: str, env: dict[str, str | None] | None = None) -> Result:
     """Run amctl in a thread: the emulator serves from this test's event loop."""
-    return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=cluster.env)
+    return await asyncio.to_thread(CliRunner().invoke, app, list(args), env={**cluster.env, **(env or {})})
+
+
+def secret_data(cluster: FakeCluster) -> dict[str, str]:
+    """The generated Secret's entries, decoded."""
+    secret = cluster.objects("Secret")[(NAMESPACE, SECRET_NAME)]
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
 async def test_up_applies_every_object_server_side_and_prints_the_urls(fake_cluster: FakeCluster) -> None:
@@ -31,6 +42,9 @@ async def test_up_applies_every_object_server_side_and_prints_the_urls(fake_clus
     assert "ready in" in result.output
     for url in ("http://127.0.0.1:30081/docs", "http://127.0.0.1:30001", "localhost:30092", "http://127.0.0.1:30080"):
         assert url in result.output
+    # the stores admit in-cluster clients only: the way in from the host is a port-forward
+    assert "kubectl -n audience-manager-demo port-forward svc/postgres 30432:5432" in result.output
+    assert "port-forward svc/kafka 30092:9094, then localhost:30092" in result.output
     expected = {(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"])
                 for m in render(load_profile("demo-8g"))}
     applied = {(kind, ns, name) for kind in {k for k, _, _ in expected}
@@ -46,8 +60,8 @@ async def test_passwords_are_generated_once_and_never_replaced(fake_cluster: Fak
     first = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "30")
     assert first.exit_code == 0, first.output
     secret = fake_cluster.objects("Secret")[(NAMESPACE, SECRET_NAME)]
-    passwords = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    assert set(passwords) == {"postgres-password", "grafana-admin-password"}
+    passwords = secret_data(fake_cluster)
+    assert set(passwords) == {"postgres-password", "grafana-admin-password", API_KEYS_ENTRY}
     assert all(len(p) >= 24 for p in passwords.values())
     assert passwords["postgres-password"] != passwords["grafana-admin-password"]
     again = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "30")
@@ -59,6 +73,79 @@ async def test_passwords_are_generated_once_and_never_replaced(fake_cluster: Fak
     assert sorted(r.url.path.rsplit("/", 1)[-1] for r in deleted) == ["migrations", "rule-job-submit"]
     assert all(r.data == {"propagationPolicy": "Background"} for r in deleted)
     assert {name for _, name in fake_cluster.objects("Job")} == {"migrations", "rule-job-submit"}
+
+
+async def test_up_generates_one_api_key_per_scope_and_says_how_to_use_the_admin_key(
+        fake_cluster: FakeCluster) -> None:
+    result = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "30")
+    assert result.exit_code == 0, result.output
+    keys = parse_api_keys(secret_data(fake_cluster)[API_KEYS_ENTRY], API_KEYS_ENTRY)  # what the APIs will read
+    assert sorted(scope for _, scope in keys) == [Scope.READ, Scope.WRITE, Scope.ADMIN]
+    assert len({key for key, _ in keys}) == 3 and all(len(key) >= 40 for key, _ in keys)
+    assert "export AMCTL_API_KEY=$(kubectl -n audience-manager-demo get secret audience-manager-secrets " \
+           "-o jsonpath='{.data.api-keys}' | base64 -d | sed -n 's/:admin$//p')" in result.stdout
+    assert all(key not in result.output for key, _ in keys)
+
+
+async def test_a_deployment_from_before_api_keys_gets_them_and_keeps_its_passwords(fake_cluster: FakeCluster) -> None:
+    assert (await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "30")).exit_code == 0
+    before = secret_data(fake_cluster)
+    key = next(k for k in fake_cluster.emulator.objects if k[1] == NAMESPACE and k[2] == SECRET_NAME)
+    raw = fake_cluster.emulator.objects[key].raw
+    fake_cluster.emulator.objects[key] = {**raw, "data": {k: v for k, v in raw["data"].items() if k != API_KEYS_ENTRY}}
+    again = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "30")
+    assert again.exit_code == 0, again.output
+    after = secret_data(fake_cluster)
+    assert f"generated {SECRET_NAME}: {API_KEYS_ENTRY}" in again.stderr
+    assert after["postgres-password"] == before["postgres-password"]
+    assert after[API_KEYS_ENTRY] != before[API_KEYS_ENTRY] and len(parse_api_keys(after[API_KEYS_ENTRY], "new")) == 3
+
+
+class _RecordingApi(BaseHTTPRequestHandler):
+    """Answers every call 401 and remembers the X-API-Key it was sent."""
+
+    seen: list[str | None]
+
+    def do_POST(self) -> None:
+        self.seen.append(self.headers.get("X-API-Key"))
+        body = b'{"detail": "unknown API key", "error": "Unauthenticated"}'
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def segment_api_stub() -> Iterator[tuple[int, list[str | None]]]:
+    """A stand-in Segment API on a free port: (port, the X-API-Key of every call)."""
+    seen: list[str | None] = []
+    handler = type("Recording", (_RecordingApi,), {"seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], seen
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+async def test_smoke_authenticates_with_the_deployments_admin_key(
+        fake_cluster: FakeCluster, segment_api_stub: tuple[int, list[str | None]]) -> None:
+    port, seen = segment_api_stub
+    assert (await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "30")).exit_code == 0
+    admin = next(k for k, scope in parse_api_keys(secret_data(fake_cluster)[API_KEYS_ENTRY], "keys")
+                 if scope is Scope.ADMIN)
+    env: dict[str, str | None] = {"AMCTL_PORT_SEGMENT_API": str(port), "AMCTL_API_KEY": None}
+    result = await amctl(fake_cluster, "smoke", "--target", "k8s", env=env)
+    assert result.exit_code == 1  # the stand-in refuses everything
+    assert seen and seen[0] == admin
+    explicit = await amctl(fake_cluster, "smoke", "--target", "k8s",
+                           env={**env, "AMCTL_API_KEY": "operator-chosen-key-1234"})
+    assert explicit.exit_code == 1 and seen[-1] == "operator-chosen-key-1234"  # AMCTL_API_KEY wins
 
 
 async def test_a_missing_image_is_named_with_a_hint_to_build_it(fake_cluster: FakeCluster) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
 from typer.testing import CliRunner
 
 from amctl.cli import app
+from amctl.k8s.apply import API_KEYS_ENTRY
 from amctl.k8s.images import IMAGES_DIR, locked_version
 from amctl.k8s.profile import available_profiles, load_profile
-from amctl.k8s.render import Manifest, documents
+from amctl.k8s.render import SECRET_NAME, Manifest, documents
 from flinkjob.settings import RuleEngineSettings
 from tests.k8s.conftest import by_kind, containers_of
+from tests.k8s.sources import build_app_keywords, module_files
 
 pytestmark = pytest.mark.k8s
 SEED_NODE_PORTS = {"segment-api": 30081, "ingestion-api": 30082, "communication-api": 30083, "rule-engine": 30084,
@@ -142,3 +146,59 @@ def test_prod_goes_past_one_node(rendered: dict[str, list[Manifest]]) -> None:
 def test_the_flink_image_uses_the_locked_pyflink_version() -> None:
     dockerfile = (IMAGES_DIR / "flink.Dockerfile").read_text()
     assert f"ARG FLINK_VERSION={locked_version('apache-flink')}\n" in dockerfile
+
+
+def our_processes(manifests: list[Manifest]) -> Iterator[tuple[Manifest, dict[str, Any], str]]:
+    """(workload, container, module) of every container that runs `python -m MODULE`."""
+    for workload, container in containers_of(manifests):
+        command = container.get("command", [])
+        if "-m" in command:
+            yield workload, container, command[command.index("-m") + 1]
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_the_apis_read_their_keys_from_the_secret_and_nothing_else_gets_them(
+        profile: str, rendered: dict[str, list[Manifest]]) -> None:
+    keyed = set()
+    for workload, container, module in our_processes(rendered[profile]):
+        env = {e["name"]: e for e in container.get("env", [])}
+        if not build_app_keywords(module_files(module)).get("requires_api_keys"):
+            assert not {"AM_API_KEYS_FILE", "AM_API_KEYS"} & set(env), container["name"]
+            continue
+        keyed.add(container["name"])
+        path = Path(env["AM_API_KEYS_FILE"]["value"])
+        mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent)
+        assert mount.get("readOnly") is True
+        volume = next(v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == SECRET_NAME
+        assert volume["secret"]["items"] == [{"key": API_KEYS_ENTRY, "path": path.name}]  # not the passwords
+    assert keyed == {"segment-api", "ingestion-api", "communication-api"}
+
+
+# The containers that cannot run with a read-only root filesystem, and why (the template says so beside them).
+WRITABLE_ROOT = {"aerospike-exporter": "its entrypoint renders its config file into /etc/aerospike-prometheus-exporter"}
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_every_container_runs_on_a_read_only_root_filesystem_or_says_why_not(
+        profile: str, rendered: dict[str, list[Manifest]]) -> None:
+    checked = 0
+    for workload, container in containers_of(rendered[profile]):
+        read_only = container["securityContext"].get("readOnlyRootFilesystem")
+        where = f"{workload['kind']}/{workload['metadata']['name']} {container['name']}"
+        assert read_only is (container["name"] not in WRITABLE_ROOT), where
+        checked += 1
+    assert checked >= 15
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_every_mount_has_its_volume_and_scratch_space_is_on_disk(
+        profile: str, rendered: dict[str, list[Manifest]]) -> None:
+    for workload, container in containers_of(rendered[profile]):
+        spec = workload["spec"]
+        volumes = {v["name"]: v for v in spec["template"]["spec"].get("volumes", [])}
+        claims = {c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])}
+        for mount in container.get("volumeMounts", []):
+            assert mount["name"] in volumes.keys() | claims, f"{container['name']}: no volume {mount['name']}"
+        for volume in volumes.values():  # in memory, it would count against a limit `amctl budget` checks
+            assert (volume.get("emptyDir") or {}).get("medium") != "Memory", f"{container['name']}: {volume}"
