@@ -49,6 +49,8 @@ class AmctlSettings(BaseSettings):
     startup_timeout_s: float = 60.0
     k8s_poll_s: float = Field(default=2.0, description="How often `amctl up/down --target k8s` looks at the cluster")
     api_key: SecretStr | None = Field(default=None, description="Sent as X-API-Key to every service (AMCTL_API_KEY)")
+    prometheus_binary: Path = Field(default=Path("/usr/bin/prometheus"),
+                                    description="Prometheus of `amctl up --with-monitoring` (AMCTL_PROMETHEUS_BINARY)")
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"

@@ -1,4 +1,5 @@
-"""Session-wide real infrastructure: one PostgreSQL and one broker for the whole run.
+"""Session-wide real infrastructure: one PostgreSQL and one broker for the whole run, and Debian's
+prometheus package (promtool, prometheus) for the tests that need it.
 
 Each test gets its own database (cloned from a migrated template) and its own topic prefix,
 so tests never see each other's data and servers are never restarted.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 import uuid
@@ -122,3 +124,41 @@ def service_settings(database_url: str, kafka_broker: EmbeddedBroker, topic_pref
         startup_wait_s=10,
         dependency_timeout_s=2,
     )
+
+
+# -- Debian's prometheus package ------------------------------------------------------------
+
+PROMETHEUS_PACKAGE = ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"]
+
+
+def _from_prometheus_package(program: str) -> str:
+    """`program` from Debian's `prometheus` package, installed on first use when running as root."""
+    found = shutil.which(program)
+    if found:
+        return found
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        started = time.monotonic()
+        print(f"\ninstalling {program}: {' '.join(PROMETHEUS_PACKAGE)}", flush=True)
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        result = subprocess.run(PROMETHEUS_PACKAGE, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:  # the package lists may be missing on a fresh machine
+            subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
+            subprocess.run(PROMETHEUS_PACKAGE, capture_output=True, text=True, env=env, check=False)
+        found = shutil.which(program)
+        if found:
+            print(f"installed {program} in {time.monotonic() - started:.0f} s", flush=True)
+            return found
+    pytest.fail(f"{program} is missing: install Debian's prometheus package "
+                "(sudo apt-get install -y --no-install-recommends prometheus)", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool, to check configs and unit-test the alert rules."""
+    return _from_prometheus_package("promtool")
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> Path:
+    """The Prometheus server `amctl up --with-monitoring` runs."""
+    return Path(_from_prometheus_package("prometheus"))

@@ -12,9 +12,15 @@ from amctl.commands import k8s
 from amctl.commands.k8s import ContextOption, K8sOptions, KubeconfigOption, ProfileOption, TimeoutOption
 from amctl.context import AppContext, get_context
 from amctl.local import processes
+from amctl.local.options import StackOptions
 from amctl.local.stack import LocalStack, StackError
 from amctl.options import JsonOption, TargetOption
 from amctl.settings import Target
+
+MonitoringOption = Annotated[bool | None, typer.Option(
+    "--with-monitoring/--without-monitoring",
+    help="Also run Prometheus (Debian's package) with the k8s target's scrape jobs and alert rules; "
+         "remembered by later `amctl up` (local target).")]
 
 
 def for_target(ctx: typer.Context, target: Target | None) -> AppContext:
@@ -24,11 +30,13 @@ def for_target(ctx: typer.Context, target: Target | None) -> AppContext:
     return app
 
 
-def local_stack(app: AppContext) -> LocalStack:
+def local_stack(app: AppContext, monitoring: bool | None = None) -> LocalStack:
+    """The local stack as it was last asked to run, with the options given now applied."""
     if app.target is not Target.LOCAL:
         app.fail(f"this command runs on the local target only, not {app.target}", hint="use --target local "
                  "(on k8s: kubectl -n audience-manager-demo logs deploy/NAME)")
-    return LocalStack(app.settings)
+    options = StackOptions.load(app.settings.state_dir).updated(monitoring=monitoring)
+    return LocalStack(app.settings, options=options)
 
 
 def _report_failure(app: AppContext, exc: StackError) -> None:
@@ -46,13 +54,13 @@ def _mib(value: int) -> str:
 
 def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption = K8sOptions.profile,
        context: ContextOption = K8sOptions.context, kubeconfig: KubeconfigOption = None,
-       timeout: TimeoutOption = K8sOptions.timeout_s) -> None:
+       timeout: TimeoutOption = K8sOptions.timeout_s, monitoring: MonitoringOption = None) -> None:
     """Start the platform; components already running are left as they are (k8s: --profile, --context)."""
     app = for_target(ctx, target)
     if app.target is Target.K8S:
         k8s.up(app, K8sOptions(profile, context, kubeconfig, timeout))
         return
-    stack = local_stack(app)
+    stack = local_stack(app, monitoring=monitoring)
     started_at = time.perf_counter()
     with app.err.status("starting the local stack") as spinner:
 
@@ -60,6 +68,8 @@ def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption =
             spinner.update(f"{name}: {state}")
             if state.startswith(("healthy", "already running", "done")):
                 app.err.print(f"  [green]✓[/] {name:<18} {state}")
+            elif state.startswith("stopped"):
+                app.err.print(f"  - {name:<18} {state}")
 
         try:
             started = stack.up(progress)
@@ -75,6 +85,8 @@ def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption =
     app.console.print(f"  Communication API  {s.url(s.ports.communication_api)}/docs")
     app.console.print(f"  PostgreSQL         postgresql://postgres@{s.host}:{s.ports.postgres}/audience")
     app.console.print(f"  Kafka              {s.host}:{s.ports.kafka}")
+    if stack.options.monitoring:
+        app.console.print(f"  Prometheus         {s.url(s.ports.prometheus)}/targets")
     app.console.print("Try:", style="bold")
     app.console.print(f"  curl -s {s.url(s.ports.segment_api)}/actuator/health", markup=False)
     app.console.print("Stop with: amctl down")

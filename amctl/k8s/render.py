@@ -15,6 +15,7 @@ import yaml
 
 from amctl.k8s.dashboards import dashboard_files
 from amctl.k8s.profile import TEMPLATES_DIR, Profile, mib
+from amctl.prometheus import ALERTS_FILE, kubernetes_config
 
 Manifest = dict[str, Any]
 
@@ -22,7 +23,6 @@ Manifest = dict[str, Any]
 PHASE_ANNOTATION = "audience-manager.io/phase"
 PHASES = ("platform", "migrations", "services", "rule-job")
 SECRET_NAME = "audience-manager-secrets"
-ALERTS_FILE = TEMPLATES_DIR / "monitoring" / "alerts.yml"
 
 
 def _aerospike_size(quantity: str, factor: int = 1) -> str:
@@ -53,7 +53,8 @@ def template_names(templates_dir: Path = TEMPLATES_DIR) -> list[str]:
 def render_text(profile: Profile, templates_dir: Path = TEMPLATES_DIR) -> dict[str, str]:
     """Each template's rendered YAML, by output file name (`10-postgres.yaml`, ...)."""
     env = environment(templates_dir)
-    context = {"p": profile, "alerts_yml": ALERTS_FILE.read_text(), "dashboards": dashboard_files()}
+    context = {"p": profile, "alerts_yml": ALERTS_FILE.read_text(), "dashboards": dashboard_files(),
+               "prometheus_yml": kubernetes_config(profile.namespace)}
     return {name.removesuffix(".j2"): env.get_template(name).render(context) for name in template_names(templates_dir)}
 
 

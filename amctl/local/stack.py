@@ -21,21 +21,15 @@ import httpx
 
 from amctl.local import processes
 from amctl.local.broker import EmbeddedBroker
+from amctl.local.errors import StackError as StackError
 from amctl.local.mail_sink import read_mails, store_path
+from amctl.local.monitoring import LocalPrometheus
 from amctl.local.options import StackOptions
 from amctl.local.postgres import EmbeddedPostgres
+from amctl.prometheus import ScrapeTarget
 from amctl.settings import AmctlSettings
 
 DATABASE_NAME = "audience"
-
-
-class StackError(RuntimeError):
-    """An expected failure of the local stack, with a hint on what to do next."""
-
-    def __init__(self, message: str, hint: str = "", log_tail: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-        self.log_tail = log_tail or []
 
 
 @dataclass(frozen=True)
@@ -52,6 +46,8 @@ class Component:
     stop_signal: int = signal.SIGTERM
     prepare: Callable[[], None] | None = None
     describe: Callable[[], str] | None = None  # a short line for `amctl status`
+    metrics_path: str | None = None  # served on `port` for Prometheus (the pod annotation on k8s)
+    preflight: Callable[[], None] | None = None  # raises StackError before anything starts if it cannot run
 
 
 @dataclass(frozen=True)
@@ -115,6 +111,7 @@ class LocalStack:
         ports = settings.ports
         self.postgres = EmbeddedPostgres.for_state_dir(self.state_dir, ports.postgres, settings.host, durable)
         self.broker = EmbeddedBroker(ports.kafka, settings.host)
+        self.prometheus = LocalPrometheus(self.state_dir, settings.host, ports.prometheus, settings.prometheus_binary)
 
     # -- what runs -------------------------------------------------------------------------
 
@@ -146,9 +143,10 @@ class LocalStack:
                 port=port,
                 port_setting=setting,
                 env=self.service_env(port),
+                metrics_path="/metrics",
             )
 
-        return [
+        components = [
             Component(
                 name="postgres",
                 command=self.postgres.command(),
@@ -197,10 +195,27 @@ class LocalStack:
                 describe=_job_summary(f"{s.url(ports.rule_engine)}/actuator/health"),
                 port=ports.rule_engine,
                 port_setting="AMCTL_PORT_RULE_ENGINE",
+                metrics_path="/metrics",
                 env={**self.service_env(ports.rule_engine), "AM_FLINK_UI_PORT": str(ports.flink_ui),
                      "AM_STATE_DIR": str(self.state_dir / "rule-engine"), "AM_BROKER_EPOCH": self.broker_epoch()},
             ),
         ]
+        return components + ([self._prometheus(components)] if self.options.monitoring else [])
+
+    def _prometheus(self, scraped: list[Component]) -> Component:
+        """Prometheus scraping every component that serves metrics, started last and stopped first."""
+        targets = [ScrapeTarget(c.name, f"{self.settings.host}:{c.port}", c.metrics_path)
+                   for c in scraped if c.metrics_path and c.port]
+        return Component(
+            name="prometheus",
+            command=self.prometheus.command(),
+            ready=self.prometheus.ready,
+            port=self.settings.ports.prometheus,
+            port_setting="AMCTL_PORT_PROMETHEUS",
+            prepare=lambda: self.prometheus.write_config(targets),
+            describe=self.prometheus.describe,
+            preflight=self.prometheus.check_installed,
+        )
 
     def broker_epoch(self) -> str:
         """The in-memory broker loses every record when it restarts; each start is a new epoch."""
@@ -242,8 +257,12 @@ class LocalStack:
 
     def up(self, progress: ProgressCallback) -> list[str]:
         """Start every component not running yet; returns the names it started."""
+        for comp in self.components():
+            if comp.preflight is not None:
+                comp.preflight()  # before anything starts and before the choice is remembered
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.options.save(self.state_dir)
+        self._stop_dropped(progress)
         started: list[Component] = []
         try:
             for name in [c.name for c in self.components()]:
@@ -317,9 +336,22 @@ class LocalStack:
         self._record_path(comp.name).unlink(missing_ok=True)
         return True
 
+    def _stop_dropped(self, progress: ProgressCallback) -> list[str]:
+        """Stop components that still run but are no longer chosen (`amctl up --without-monitoring`)."""
+        chosen = {c.name for c in self.components()}
+        stopped = []
+        for path in sorted(self.run_dir.glob("*.json")):
+            record = None if path.stem in chosen else self._live_record(path.stem)
+            if record is not None:
+                processes.stop(record.pid)
+                path.unlink(missing_ok=True)
+                progress(path.stem, "stopped (no longer chosen)")
+                stopped.append(path.stem)
+        return stopped
+
     def down(self, progress: ProgressCallback, purge: bool = False) -> list[str]:
         """Stop every component in reverse order; returns the names it stopped."""
-        stopped = []
+        stopped = self._stop_dropped(progress)
         for comp in reversed(self.components()):
             if comp.oneshot:
                 continue

@@ -1,12 +1,10 @@
-"""Kubernetes-target fixtures: rendered profiles, the kmock API emulator with a tiny controller, promtool."""
+"""Kubernetes-target fixtures: rendered profiles and the kmock API emulator with a tiny controller
+(promtool comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -200,34 +198,3 @@ async def fake_cluster(kmock: ApplyingEmulator, tmp_path: Path) -> AsyncIterator
         yield cluster
     finally:
         controller.cancel()
-
-
-# -- promtool ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    """promtool from Debian's `prometheus` package, installed on first use when running as root."""
-    found = shutil.which("promtool")
-    if found:
-        return found
-    if shutil.which("apt-get") and _is_root():
-        started = time.monotonic()
-        print("\ninstalling promtool: apt-get install -y --no-install-recommends prometheus", flush=True)
-        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        result = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
-                                capture_output=True, text=True, env=env, check=False)
-        if result.returncode != 0:  # the package lists may be missing on a fresh machine
-            subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
-            result = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
-                                    capture_output=True, text=True, env=env, check=False)
-        found = shutil.which("promtool")
-        if found:
-            print(f"installed promtool in {time.monotonic() - started:.0f} s", flush=True)
-            return found
-    pytest.fail("promtool is missing: install Debian's prometheus package "
-                "(sudo apt-get install -y --no-install-recommends prometheus)", pytrace=False)
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 import flinkjob
 import server
 from amctl.k8s.dashboards import DATASOURCE, THIRD_PARTY_METRICS, dashboard_files
-from amctl.k8s.render import ALERTS_FILE, Manifest
+from amctl.k8s.render import Manifest
+from amctl.prometheus import ALERTS_FILE
 from server.communication_api.dispatch import Recipients
 from server.ingestion_api.metrics import IngestionMetrics
 from server.runtime.metrics import METRIC_NAMES, HttpMetrics
