@@ -114,7 +114,7 @@ def _offsets(at: StopAt) -> KafkaOffsetsInitializer:
 
 
 def sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
-    return (
+    builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap)
         .set_record_serializer(
@@ -123,8 +123,10 @@ def sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
         )
         .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
         .set_property("linger.ms", "5")
-        .build()
     )
+    if not settings.kafka_idempotence:  # as the services' producers (server.stores.kafka.NON_IDEMPOTENT)
+        builder.set_property("enable.idempotence", "false").set_property("max.in.flight.requests.per.connection", "1")
+    return builder.build()
 
 
 def user_key(value: str) -> str:

@@ -20,7 +20,7 @@ from server.stores.postgres import Database
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
-    producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
+    producer = AsyncProducer.for_service(settings)
     sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout_s, settings.email_from)
 
     @asynccontextmanager
