@@ -12,6 +12,7 @@ from amctl.commands import k8s
 from amctl.commands.k8s import ContextOption, K8sOptions, KubeconfigOption, ProfileOption, TimeoutOption
 from amctl.context import AppContext, get_context
 from amctl.local import processes
+from amctl.local.options import StackOptions
 from amctl.local.stack import LocalStack, StackError
 from amctl.options import JsonOption, TargetOption
 from amctl.settings import Target
@@ -44,15 +45,25 @@ def _mib(value: int) -> str:
     return f"{value / 2**20:,.0f} MiB" if value else "-"
 
 
+DurableBrokerOption = Annotated[bool | None, typer.Option(
+    "--durable-broker/--memory-broker",
+    help="Local: keep the broker's records on disk (an S3 server under the state dir) or in RAM (the default). "
+         "Remembered: a later plain `amctl up` keeps the choice.")]
+
+
 def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption = K8sOptions.profile,
        context: ContextOption = K8sOptions.context, kubeconfig: KubeconfigOption = None,
-       timeout: TimeoutOption = K8sOptions.timeout_s) -> None:
+       timeout: TimeoutOption = K8sOptions.timeout_s, durable_broker: DurableBrokerOption = None) -> None:
     """Start the platform; components already running are left as they are (k8s: --profile, --context)."""
     app = for_target(ctx, target)
     if app.target is Target.K8S:
+        if durable_broker is not None:
+            app.fail("--durable-broker/--memory-broker choose the local broker's storage", hint="on k8s the "
+                     "brokers are Apache Kafka with persistent storage: leave the flag out")
         k8s.up(app, K8sOptions(profile, context, kubeconfig, timeout))
         return
-    stack = local_stack(app)
+    options = StackOptions.load(app.settings.state_dir).updated(durable_broker=durable_broker)
+    stack = LocalStack(app.settings, options=options)
     started_at = time.perf_counter()
     with app.err.status("starting the local stack") as spinner:
 
@@ -60,6 +71,8 @@ def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption =
             spinner.update(f"{name}: {state}")
             if state.startswith(("healthy", "already running", "done")):
                 app.err.print(f"  [green]✓[/] {name:<18} {state}")
+            elif state.startswith("installing"):  # minutes, once: say so even where no spinner shows
+                app.err.print(f"    {name:<18} {state}")
 
         try:
             started = stack.up(progress)
@@ -74,7 +87,8 @@ def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption =
     app.console.print(f"  Ingestion API      {s.url(s.ports.ingestion_api)}/docs")
     app.console.print(f"  Communication API  {s.url(s.ports.communication_api)}/docs")
     app.console.print(f"  PostgreSQL         postgresql://postgres@{s.host}:{s.ports.postgres}/audience")
-    app.console.print(f"  Kafka              {s.host}:{s.ports.kafka}")
+    app.console.print(f"  Kafka              {s.host}:{s.ports.kafka}"
+                      + (f" (durable: records in {stack.s3.objects_dir})" if stack.broker.durable else ""))
     app.console.print("Try:", style="bold")
     app.console.print(f"  curl -s {s.url(s.ports.segment_api)}/actuator/health", markup=False)
     app.console.print("Stop with: amctl down")
