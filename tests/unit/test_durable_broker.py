@@ -8,7 +8,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from typer.testing import CliRunner
 
+from amctl.cli import app
 from amctl.local.options import StackOptions
 from amctl.local.stack import LocalStack, StackError
 from amctl.settings import AmctlSettings
@@ -91,3 +93,9 @@ def test_missing_node_is_one_clear_failure(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(StackError, match="needs node and npm") as failure:
         s3.prepare()
     assert "nodejs.org" in failure.value.hint
+
+
+def test_the_storage_flags_are_for_the_local_target() -> None:
+    result = CliRunner().invoke(app, ["up", "--target", "k8s", "--durable-broker"])
+    assert result.exit_code == 1
+    assert "choose the local broker's storage" in result.output
