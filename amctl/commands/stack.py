@@ -71,7 +71,7 @@ def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption =
             spinner.update(f"{name}: {state}")
             if state.startswith(("healthy", "already running", "done")):
                 app.err.print(f"  [green]✓[/] {name:<18} {state}")
-            elif state.startswith("installing"):  # minutes, once: say so even where no spinner shows
+            elif state.startswith("installing"):  # once per machine, and slow: say so even where no spinner shows
                 app.err.print(f"    {name:<18} {state}")
 
         try:
