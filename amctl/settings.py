@@ -31,6 +31,7 @@ class Ports(BaseSettings):
     email_worker: int = 30085
     postgres: int = 30432
     kafka: int = 30092
+    s3: int = 30093  # the durable broker's S3 server (amctl up --durable-broker)
     flink_ui: int = 30881
     prometheus: int = 30090
     smtp: int = 30025

@@ -103,7 +103,7 @@ def create_app(settings: RuleEngineSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db.open(settings.startup_wait_s)
-        producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
+        producer = AsyncProducer.for_service(settings)
         await asyncio.to_thread(job.submit)
         writer = StoreWriter(settings.kafka_bootstrap, settings.topic_prefix, store, settings.writer_batch,
                              app.state.metrics_registry)

@@ -86,12 +86,16 @@ def configuration(settings: RuleEngineSettings) -> Configuration:
 
 
 def source(settings: RuleEngineSettings, name: str, *topics: str, stop_at: StopAt | None = None) -> KafkaSource:
+    # Offsets restored from a checkpoint come first. Without them (a new broker epoch) the live job starts
+    # where it last committed on this broker: nowhere on a fresh one (so from the start), but a durable
+    # broker it comes back to still holds what an earlier run already applied. Bounded runs read it all.
+    starting = KafkaOffsetsInitializer.earliest() if stop_at is not None else _committed_or_earliest()
     builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap)
         .set_topics(*topics)
         .set_group_id(f"{settings.topic_prefix}rule-engine-{name}")
-        .set_starting_offsets(KafkaOffsetsInitializer.earliest())
+        .set_starting_offsets(starting)
         .set_value_only_deserializer(SimpleStringSchema())
         .set_property("fetch.max.wait.ms", "10")
         .set_property("partition.discovery.interval.ms", "60000")
@@ -99,6 +103,14 @@ def source(settings: RuleEngineSettings, name: str, *topics: str, stop_at: StopA
     if stop_at is not None:
         builder.set_bounded(_offsets({t: stop_at[t] for t in topics}))
     return builder.build()
+
+
+def _committed_or_earliest() -> KafkaOffsetsInitializer:
+    """`KafkaOffsetsInitializer.committed_offsets(EARLIEST)`, for the unshaded Kafka client classes here."""
+    jvm = get_gateway().jvm
+    initializer = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
+    earliest = jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST
+    return KafkaOffsetsInitializer(initializer.committedOffsets(earliest))
 
 
 def _offsets(at: StopAt) -> KafkaOffsetsInitializer:
@@ -114,7 +126,7 @@ def _offsets(at: StopAt) -> KafkaOffsetsInitializer:
 
 
 def sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
-    return (
+    builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap)
         .set_record_serializer(
@@ -123,8 +135,10 @@ def sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
         )
         .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
         .set_property("linger.ms", "5")
-        .build()
     )
+    if not settings.kafka_idempotence:  # as the services' producers (server.stores.kafka.NON_IDEMPOTENT)
+        builder.set_property("enable.idempotence", "false").set_property("max.in.flight.requests.per.connection", "1")
+    return builder.build()
 
 
 def user_key(value: str) -> str:

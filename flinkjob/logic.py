@@ -2,13 +2,13 @@
 
 Inputs on the keyed side are user events and re-evaluation requests (backfill after a segment
 changed); the broadcast side carries segment definitions. State per user: the profile and the
-segments the user is in (id -> version entered at).
+segments the user is in (id -> version entered at), and the ids of the user's latest events.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,17 +19,24 @@ from server.domain.membership import MembershipChange, SegmentRule, evaluate_mem
 from server.domain.profile import Profile, apply_event, prune_history
 from server.domain.rules import RuleValidationError, parse_rule, window_expiry
 
+# A record can reach the topic twice: a producer that gets no ack retries, and without idempotence (the
+# local durable broker) the broker stores the retry too. The copy follows the original closely (same key,
+# same partition), so the last few ids of the user's events are enough to count it once.
+RECENT_EVENT_IDS = 16
+
 
 @dataclass
 class UserState:
     profile: Profile | None = None
     memberships: dict[str, int] = field(default_factory=dict)
+    recent_events: list[str] = field(default_factory=list)  # eventIds, newest last
 
     def to_json(self, profile: dict[str, Any] | None = None) -> str:
         """The state as stored in Flink; `profile` is the profile's JSON when the caller already has it."""
         if profile is None and self.profile is not None:
             profile = self.profile.to_json()
-        return orjson.dumps({"profile": profile, "memberships": self.memberships}).decode()
+        return orjson.dumps({"profile": profile, "memberships": self.memberships,
+                             "recentEvents": self.recent_events}).decode()
 
     @classmethod
     def from_json(cls, text: str | None) -> UserState:
@@ -37,7 +44,8 @@ class UserState:
             return cls()
         data = orjson.loads(text)
         profile = Profile.from_json(data["profile"]) if data.get("profile") else None
-        return cls(profile=profile, memberships={k: int(v) for k, v in data.get("memberships", {}).items()})
+        return cls(profile=profile, memberships={k: int(v) for k, v in data.get("memberships", {}).items()},
+                   recent_events=[str(i) for i in data.get("recentEvents", [])])
 
 
 @dataclass(frozen=True)
@@ -86,10 +94,16 @@ def _next_timer(profile: Profile, rules: Mapping[str, SegmentRule], now: datetim
 
 
 def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule], now: datetime) -> Outcome:
-    """A user event: update the profile, evaluate every active rule, report what changed."""
+    """A user event: update the profile, evaluate every active rule, report what changed.
+
+    An event whose id is among the user's latest is a second copy of one already applied: nothing changes.
+    """
+    if event.event_id in state.recent_events:
+        return Outcome(state, [], False, None)
     profile = apply_event(state.profile, event, retention_for(rules))
     memberships, changes = _diff(state, profile, rules, now, event.received_at)
-    return Outcome(UserState(profile, memberships), changes, True, _next_timer(profile, rules, now))
+    recent = [*state.recent_events[-(RECENT_EVENT_IDS - 1):], event.event_id]
+    return Outcome(UserState(profile, memberships, recent), changes, True, _next_timer(profile, rules, now))
 
 
 def on_reevaluate(state: UserState, definitions: Sequence[Mapping[str, Any]], rules: Mapping[str, SegmentRule],
@@ -110,7 +124,7 @@ def on_reevaluate(state: UserState, definitions: Sequence[Mapping[str, Any]], ru
         effective = known if newest_known else rule
         scope = {segment_id: effective} if effective is not None else {}
         memberships, found = _diff(state, profile, scope, now, None, only=segment_id)
-        state = UserState(profile, memberships)
+        state = replace(state, memberships=memberships)
         changes += found
         merged.pop(segment_id, None)
         merged.update(scope)
@@ -123,7 +137,8 @@ def on_timer(state: UserState, rules: Mapping[str, SegmentRule], now: datetime) 
         return Outcome(state, [], False, None)
     profile = prune_history(state.profile, now, retention_for(rules))
     memberships, changes = _diff(state, profile, rules, now, None)
-    return Outcome(UserState(profile, memberships), changes, False, _next_timer(profile, rules, now))
+    return Outcome(replace(state, profile=profile, memberships=memberships), changes, False,
+                   _next_timer(profile, rules, now))
 
 
 def utc_from_millis(millis: int) -> datetime:

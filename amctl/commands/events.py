@@ -34,6 +34,8 @@ def send(
     duration: Annotated[str, typer.Option(help="Load mode: how long (30s, 2m).")] = "10s",
     ramp: Annotated[str | None, typer.Option(help="Load mode: stages rate:duration,… from 0 (like k6).")] = None,
     users: Annotated[int, typer.Option(help="Load mode: size of the user id space.")] = 1000,
+    user_prefix: Annotated[str, typer.Option(
+        help="Load mode: userIds are this prefix and a number (a run of its own: a unique prefix).")] = "load-user-",
     distribution: Annotated[str, typer.Option(help="Load mode: uniform or zipf over users.")] = "uniform",
     mix: Annotated[str, typer.Option(help="Load mode: default, purchase-heavy, browse, or type=w,…")] = "default",
     batch: Annotated[int, typer.Option(help="Load mode: events per request (uses /api/events/batch when > 1).")] = 1,
@@ -52,7 +54,7 @@ def send(
     try:
         if modes == ["load"]:
             run_load_command(app_ctx, rate, duration, ramp, users, distribution, mix, batch, concurrency,
-                             threshold or [], json_output)
+                             threshold or [], json_output, user_prefix)
         elif modes == ["file"]:
             assert file is not None
             send_file(app_ctx, file, json_output)
@@ -127,7 +129,7 @@ def send_events(app: AppContext, events: list[dict[str, Any]], json_output: bool
 
 def run_load_command(app: AppContext, rate: float | None, duration: str, ramp: str | None, users: int,
                      distribution: str, mix: str, batch: int, concurrency: int, thresholds: list[str],
-                     json_output: bool) -> None:
+                     json_output: bool, user_prefix: str = "load-user-") -> None:
     stages = parse_ramp(ramp) if ramp else [Stage(float(rate or 0), parse_duration(duration))]
     if batch < 1 or batch > 500:
         raise LoadConfigError("--batch must be between 1 and 500")
@@ -138,7 +140,7 @@ def run_load_command(app: AppContext, rate: float | None, duration: str, ramp: s
         url=settings.url(settings.ports.ingestion_api) + path,
         schedule=ArrivalSchedule([Stage(s.rate / batch, s.duration_s) for s in stages],
                                  start_rate=0.0 if ramp else None),
-        events=EventFactory(users=users, mix=parse_mix(mix), distribution=distribution),
+        events=EventFactory(users=users, mix=parse_mix(mix), distribution=distribution, user_prefix=user_prefix),
         batch_size=batch,
         concurrency=concurrency,
         headers=settings.auth_headers(),

@@ -22,6 +22,11 @@ MonitoringOption = Annotated[bool | None, typer.Option(
     help="Also run Prometheus (Debian's package) with the k8s target's scrape jobs and alert rules; "
          "remembered by later `amctl up` (local target).")]
 
+DurableBrokerOption = Annotated[bool | None, typer.Option(
+    "--durable-broker/--memory-broker",
+    help="Local: keep the broker's records on disk (an S3 server under the state dir) or in RAM (the default). "
+         "Remembered: a later plain `amctl up` keeps the choice.")]
+
 
 def for_target(ctx: typer.Context, target: Target | None) -> AppContext:
     app = get_context(ctx)
@@ -30,12 +35,12 @@ def for_target(ctx: typer.Context, target: Target | None) -> AppContext:
     return app
 
 
-def local_stack(app: AppContext, monitoring: bool | None = None) -> LocalStack:
+def local_stack(app: AppContext, monitoring: bool | None = None, durable_broker: bool | None = None) -> LocalStack:
     """The local stack as it was last asked to run, with the options given now applied."""
     if app.target is not Target.LOCAL:
         app.fail(f"this command runs on the local target only, not {app.target}", hint="use --target local "
                  "(on k8s: kubectl -n audience-manager-demo logs deploy/NAME)")
-    options = StackOptions.load(app.settings.state_dir).updated(monitoring=monitoring)
+    options = StackOptions.load(app.settings.state_dir).updated(durable_broker=durable_broker, monitoring=monitoring)
     return LocalStack(app.settings, options=options)
 
 
@@ -54,13 +59,20 @@ def _mib(value: int) -> str:
 
 def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption = K8sOptions.profile,
        context: ContextOption = K8sOptions.context, kubeconfig: KubeconfigOption = None,
-       timeout: TimeoutOption = K8sOptions.timeout_s, monitoring: MonitoringOption = None) -> None:
+       timeout: TimeoutOption = K8sOptions.timeout_s, monitoring: MonitoringOption = None,
+       durable_broker: DurableBrokerOption = None) -> None:
     """Start the platform; components already running are left as they are (k8s: --profile, --context)."""
     app = for_target(ctx, target)
     if app.target is Target.K8S:
+        if durable_broker is not None:
+            app.fail("--durable-broker/--memory-broker choose the local broker's storage", hint="on k8s the "
+                     "brokers are Apache Kafka with persistent storage: leave the flag out")
+        if monitoring is not None:
+            app.fail("--with-monitoring/--without-monitoring choose the local Prometheus",
+                     hint="on k8s Prometheus, Grafana and Kafka UI always run: leave the flag out")
         k8s.up(app, K8sOptions(profile, context, kubeconfig, timeout))
         return
-    stack = local_stack(app, monitoring=monitoring)
+    stack = local_stack(app, monitoring=monitoring, durable_broker=durable_broker)
     started_at = time.perf_counter()
     with app.err.status("starting the local stack") as spinner:
 
@@ -70,6 +82,8 @@ def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption =
                 app.err.print(f"  [green]✓[/] {name:<18} {state}")
             elif state.startswith("stopped"):
                 app.err.print(f"  - {name:<18} {state}")
+            elif state.startswith("installing"):  # once per machine, and slow: say so even where no spinner shows
+                app.err.print(f"    {name:<18} {state}")
 
         try:
             started = stack.up(progress)
@@ -84,7 +98,8 @@ def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption =
     app.console.print(f"  Ingestion API      {s.url(s.ports.ingestion_api)}/docs")
     app.console.print(f"  Communication API  {s.url(s.ports.communication_api)}/docs")
     app.console.print(f"  PostgreSQL         postgresql://postgres@{s.host}:{s.ports.postgres}/audience")
-    app.console.print(f"  Kafka              {s.host}:{s.ports.kafka}")
+    app.console.print(f"  Kafka              {s.host}:{s.ports.kafka}"
+                      + (f" (durable: records in {stack.s3.objects_dir})" if stack.broker.durable else ""))
     if stack.options.monitoring:
         app.console.print(f"  Prometheus         {s.url(s.ports.prometheus)}/targets")
     app.console.print("Try:", style="bold")

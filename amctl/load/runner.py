@@ -39,14 +39,18 @@ class LoadResult:
     late: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    # statuses by the second of the run each request was sent in: when an outage began and ended
+    by_second: dict[int, Counter[str]] = field(default_factory=dict)
     elapsed_s: float = 0.0
     # from the first send to the last one started (at least the planned duration): a generator that
     # falls behind sends its last events late, and its achieved rate drops accordingly
     send_window_s: float = 0.0
 
-    def record(self, status: str, seconds: float, ok: bool) -> None:
+    def record(self, status: str, seconds: float, ok: bool, sent_at_s: float | None = None) -> None:
         self.completed += 1
         self.statuses[status] += 1
+        if sent_at_s is not None:
+            self.by_second.setdefault(int(sent_at_s), Counter())[status] += 1
         if not ok:
             self.errors[status] += 1
         self.histogram.record_value(max(1, int(seconds * 1_000_000)))
@@ -83,6 +87,7 @@ class LoadResult:
             "error_rate": f["errors"],
             "errors_by_status": dict(self.errors),
             "statuses": dict(self.statuses),
+            "statuses_by_second": [{"second": s, "statuses": dict(c)} for s, c in sorted(self.by_second.items())],
             "latency_ms": {k: round(f[k], 3) for k in ("p50", "p90", "p95", "p99", "p999", "max", "mean")},
             "thresholds": [
                 {"threshold": t.text, "passed": passed, "actual": actual}
@@ -118,16 +123,18 @@ async def run_load(plan: LoadPlan, on_progress: Callable[[LoadResult], None] | N
 
         async def send(body: bytes | None) -> None:
             started = time.perf_counter()
+            sent_at_s = loop.time() - start
             try:
                 if plan.get_url is not None:
                     response = await pool.request("GET", plan.get_url())
                 else:
                     response = await pool.request("POST", post_path, body)
-                result.record(str(response.status), time.perf_counter() - started, 200 <= response.status < 300)
+                result.record(str(response.status), time.perf_counter() - started, 200 <= response.status < 300,
+                              sent_at_s)
             except TimeoutError:
-                result.record("timeout", time.perf_counter() - started, False)
+                result.record("timeout", time.perf_counter() - started, False, sent_at_s)
             except (OSError, HttpProtocolError) as exc:
-                result.record(type(exc).__name__, time.perf_counter() - started, False)
+                result.record(type(exc).__name__, time.perf_counter() - started, False, sent_at_s)
 
         def body() -> bytes | None:
             if plan.get_url is not None:

@@ -1,7 +1,8 @@
 """The local target: every component as a local process, started in order, each once healthy.
 
 Pids, ports and start times live in `<state_dir>/run/<component>.json`, logs in
-`<state_dir>/logs/<component>.log`, PostgreSQL data in `<state_dir>/pgdata`.
+`<state_dir>/logs/<component>.log`, PostgreSQL data in `<state_dir>/pgdata`, the durable broker's
+records (`amctl up --durable-broker`) in `<state_dir>/broker-s3`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from amctl.local.mail_sink import read_mails, store_path
 from amctl.local.monitoring import LocalPrometheus
 from amctl.local.options import StackOptions
 from amctl.local.postgres import EmbeddedPostgres
+from amctl.local.s3 import LocalS3Server, S3SetupError, installed
 from amctl.prometheus import ScrapeTarget
 from amctl.settings import AmctlSettings
 
@@ -45,6 +47,7 @@ class Component:
     oneshot: bool = False
     stop_signal: int = signal.SIGTERM
     prepare: Callable[[], None] | None = None
+    preparing: str = "preparing"  # what `prepare` is doing, for the progress line
     describe: Callable[[], str] | None = None  # a short line for `amctl status`
     metrics_path: str | None = None  # served on `port` for Prometheus (the pod annotation on k8s)
     preflight: Callable[[], None] | None = None  # raises StackError before anything starts if it cannot run
@@ -110,8 +113,10 @@ class LocalStack:
         self.log_dir = self.state_dir / "logs"
         ports = settings.ports
         self.postgres = EmbeddedPostgres.for_state_dir(self.state_dir, ports.postgres, settings.host, durable)
-        self.broker = EmbeddedBroker(ports.kafka, settings.host)
         self.prometheus = LocalPrometheus(self.state_dir, settings.host, ports.prometheus, settings.prometheus_binary)
+        self.s3 = LocalS3Server(self.state_dir / "broker-s3", ports.s3, settings.host)
+        self.broker = (EmbeddedBroker(ports.kafka, settings.host, self.s3.storage_url, self.s3.client_environment())
+                       if self.options.durable_broker else EmbeddedBroker(ports.kafka, settings.host))
 
     # -- what runs -------------------------------------------------------------------------
 
@@ -127,6 +132,9 @@ class LocalStack:
             "AM_TOPIC_PREFIX": s.topic_prefix,
             "AM_SMTP_HOST": s.host,
             "AM_SMTP_PORT": str(s.ports.smtp),
+            # the durable broker can lose an idempotent producer's batch it was killed while storing, and
+            # then acknowledge the retry as a duplicate: without idempotence a retry is stored again
+            "AM_KAFKA_IDEMPOTENCE": "false" if self.broker.durable else "true",
         }
         if port is not None:
             env["AM_PORT"] = str(port)
@@ -156,14 +164,16 @@ class LocalStack:
                 stop_signal=signal.SIGINT,  # fast shutdown
                 prepare=self.postgres.init,
             ),
+            *([self._s3_component()] if self.broker.durable else []),
             Component(
                 name="kafka",
                 command=self.broker.command(),
                 ready=self.broker.ready,
                 port=ports.kafka,
                 port_setting="AMCTL_PORT_KAFKA",
-                describe=lambda: "in memory: RSS grows with records" if self.broker.storage.startswith("memory")
-                else self.broker.storage,
+                env=self.broker.environment(os.environ),
+                describe=lambda: f"durable: records in S3 on port {ports.s3}" if self.broker.durable
+                else "in memory: RSS grows with records",
             ),
             Component(
                 name="migrations",
@@ -217,8 +227,30 @@ class LocalStack:
             preflight=self.prometheus.check_installed,
         )
 
+    def _s3_component(self) -> Component:
+        def prepare() -> None:
+            try:
+                self.s3.prepare()
+            except S3SetupError as exc:
+                raise StackError(str(exc), hint=exc.hint, log_tail=exc.log_tail) from None
+
+        return Component(
+            name="s3",
+            command=self.s3.command(),
+            ready=self.s3.ready,
+            port=self.s3.port,
+            port_setting="AMCTL_PORT_S3",
+            env=self.s3.environment(os.environ),
+            prepare=prepare,
+            preparing="preparing" if installed() else "installing s3rver (npm) …",
+            describe=lambda: f"broker records in {self.s3.objects_dir}",
+        )
+
     def broker_epoch(self) -> str:
-        """The in-memory broker loses every record when it restarts; each start is a new epoch."""
+        """Kafka offsets are only valid within one epoch. The in-memory broker loses every record when it
+        restarts, so each start is a new epoch; the durable broker's records live as long as its data."""
+        if self.broker.durable:
+            return self.s3.epoch()
         record = self._read_record("kafka")
         return str(int(record.created_at)) if record else "0"
 
@@ -261,6 +293,7 @@ class LocalStack:
             if comp.preflight is not None:
                 comp.preflight()  # before anything starts and before the choice is remembered
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._refuse_storage_switch_while_running()
         self.options.save(self.state_dir)
         self._stop_dropped(progress)
         started: list[Component] = []
@@ -280,6 +313,16 @@ class LocalStack:
             raise
         return [c.name for c in started]
 
+    def _refuse_storage_switch_while_running(self) -> None:
+        stored = StackOptions.load(self.state_dir)
+        if stored.durable_broker == self.options.durable_broker:
+            return
+        if any(self._live_record(name) for name in ("kafka", "s3")):
+            current, wanted = ("durable", "in-memory") if stored.durable_broker else ("in-memory", "durable")
+            flag = "--durable-broker" if self.options.durable_broker else "--memory-broker"
+            raise StackError(f"the broker is running with {current} storage and cannot switch to {wanted} "
+                             "storage while it runs", hint=f"stop the stack first: amctl down, then amctl up {flag}")
+
     def _start(self, comp: Component, progress: ProgressCallback) -> None:
         if comp.port is not None and not processes.port_is_free(self.settings.host, comp.port):
             raise StackError(
@@ -287,7 +330,7 @@ class LocalStack:
                 hint=f"stop that process, or choose another port: {comp.port_setting}=<port> amctl up",
             )
         if comp.prepare is not None:
-            progress(comp.name, "preparing")
+            progress(comp.name, comp.preparing)
             comp.prepare()
         progress(comp.name, "starting")
         log = self.log_path(comp.name)

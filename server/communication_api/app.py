@@ -23,7 +23,7 @@ from server.stores.topics import EMAIL_JOBS, SEGMENT_MEMBERSHIP
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
-    producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
+    producer = AsyncProducer.for_service(settings)
     repository, ledger = CampaignRepository(db), DeliveryLedger(db)
 
     @asynccontextmanager

@@ -22,7 +22,7 @@ log = logging.getLogger("email-worker")
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
-    producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
+    producer = AsyncProducer.for_service(settings)
     sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout_s, settings.email_from)
 
     @asynccontextmanager

@@ -20,7 +20,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # one long-lived producer for every request: never a connection per event
-        producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=settings.produce_timeout_s)
+        producer = AsyncProducer.for_service(settings)
         app.state.ingestor = Ingestor(
             settings, producer,
             *request_guards(settings),

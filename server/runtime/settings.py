@@ -31,6 +31,8 @@ class ServiceSettings(BaseSettings):
     database_password: SecretStr = SecretStr("")
     database_pool_max: int = 10
     kafka_bootstrap: str = "127.0.0.1:30092"
+    kafka_idempotence: bool = Field(default=True, description="Idempotent producers; off for the local durable "
+                                    "broker, which can acknowledge a lost batch's retry as a duplicate")
     aerospike_hosts: str = Field(default="", description="host:port,… — set on Kubernetes: profiles and caches "
                                                          "then live in Aerospike instead of PostgreSQL/memory")
     topic_prefix: str = Field(default="", description="Prepended to every topic name (tests use one per test)")

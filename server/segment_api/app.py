@@ -25,7 +25,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
-    producer = AsyncProducer(settings.kafka_bootstrap, delivery_timeout_s=5.0)
+    producer = AsyncProducer.for_service(settings, delivery_timeout_s=5.0)
     relay = OutboxRelay(db, producer, settings.topic(SEGMENT_RULES))
     repository = SegmentRepository(db)
 

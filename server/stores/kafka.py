@@ -13,6 +13,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from server.runtime.errors import DependencyUnavailable
 from server.runtime.health import ComponentHealth
+from server.runtime.settings import ServiceSettings
 from server.stores.topics import TOPICS
 
 # linger.ms=5: one record per produce request makes the local broker the bottleneck.
@@ -22,6 +23,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,
     "socket.keepalive.enable": True,
 }
+# Without idempotence (the local durable broker) a retry is stored again rather than lost; one request
+# in flight keeps retried records in order.
+NON_IDEMPOTENT: dict[str, Any] = {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1}
 
 
 def group_consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
@@ -57,9 +61,10 @@ def create_topics(bootstrap: str, prefix: str = "", timeout_s: float = 10.0) -> 
 class AsyncProducer:
     """One long-lived idempotent producer; `send` resolves only once the broker acknowledged."""
 
-    def __init__(self, bootstrap: str, delivery_timeout_s: float, **overrides: Any) -> None:
+    def __init__(self, bootstrap: str, delivery_timeout_s: float, idempotent: bool = True, **overrides: Any) -> None:
         config = {
             **PRODUCER_DEFAULTS,
+            **({} if idempotent else NON_IDEMPOTENT),
             "bootstrap.servers": bootstrap,
             "message.timeout.ms": int(delivery_timeout_s * 1000),
             **overrides,
@@ -69,6 +74,12 @@ class AsyncProducer:
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
+
+    @classmethod
+    def for_service(cls, settings: ServiceSettings, delivery_timeout_s: float | None = None) -> AsyncProducer:
+        """A service's producer: its broker, how long to wait for an ack (produce_timeout_s) and idempotence."""
+        timeout_s = settings.produce_timeout_s if delivery_timeout_s is None else delivery_timeout_s
+        return cls(settings.kafka_bootstrap, timeout_s, idempotent=settings.kafka_idempotence)
 
     def _poll(self) -> None:
         while not self._closed.is_set():

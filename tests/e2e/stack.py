@@ -15,7 +15,7 @@ import pytest
 from amctl.local import processes
 
 PORT_NAMES = ("segment_api", "ingestion_api", "communication_api", "rule_engine", "email_worker", "postgres",
-              "kafka", "flink_ui", "prometheus", "smtp")
+              "kafka", "flink_ui", "prometheus", "smtp", "s3")
 
 
 def amctl(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

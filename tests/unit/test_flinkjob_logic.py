@@ -94,3 +94,22 @@ def test_windowed_membership_expires_on_the_timer() -> None:
     late = on_timer(second.state, active, NOW + timedelta(seconds=7))
     assert [c.change for c in late.changes] == ["exited"]
     assert late.state.memberships == {}
+
+
+def test_a_second_copy_of_an_event_is_applied_once() -> None:
+    event = purchase(700)
+    first = on_event(UserState(), event, rules(HIGH), NOW)
+    again = on_event(first.state, event, rules(HIGH), NOW)  # the broker stored a producer's retry too
+    assert again.state == first.state and again.changes == [] and not again.profile_changed
+    assert again.state.profile is not None and again.state.profile.event_count == 1
+    later = on_event(first.state, purchase(400), rules(HIGH), NOW)
+    assert [c.segment_id for c in later.changes] == ["high"] and later.state.profile is not None
+    assert later.state.profile.event_count == 2
+    assert UserState.from_json(later.state.to_json()) == later.state
+
+
+def test_only_the_latest_event_ids_are_kept() -> None:
+    state = UserState()
+    for i in range(40):
+        state = on_event(state, purchase(i + 1), {}, NOW).state
+    assert len(state.recent_events) == 16 and state.recent_events[-1] == purchase(40).event_id

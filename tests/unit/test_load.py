@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from amctl.load.profile import MIXES, EventFactory, LoadConfigError, parse_mix
+from amctl.load.runner import LoadResult
 from amctl.load.schedule import ArrivalSchedule, Stage, parse_duration, parse_ramp
 from amctl.load.thresholds import parse_threshold
 
@@ -92,3 +93,14 @@ def test_thresholds(text: str, metric: str, value: float, figures: dict[str, flo
 def test_bad_thresholds(bad: str, message: str) -> None:
     with pytest.raises(LoadConfigError, match=message):
         parse_threshold(bad)
+
+
+def test_report_counts_statuses_by_the_second_they_were_sent() -> None:
+    result = LoadResult(target_rate=10.0, duration_s=3.0, batch_size=1)
+    for status, sent_at in (("202", 0.2), ("202", 0.7), ("503", 1.5), ("202", 2.9)):
+        result.record(status, 0.01, status == "202", sent_at)
+    report = result.as_json()
+    assert report["statuses"] == {"202": 3, "503": 1}
+    assert report["statuses_by_second"] == [{"second": 0, "statuses": {"202": 2}},
+                                            {"second": 1, "statuses": {"503": 1}},
+                                            {"second": 2, "statuses": {"202": 1}}]
