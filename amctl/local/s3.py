@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amctl.local import processes
+from amctl.local.errors import StackError
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "s3rver"
 BUCKET = "broker"
@@ -26,13 +27,8 @@ NODE_HINT = ("install Node.js 18 or newer with npm (e.g. `apt-get install nodejs
              "or run the broker in memory: amctl up --memory-broker")
 
 
-class S3SetupError(RuntimeError):
+class S3SetupError(StackError):
     """s3rver could not be installed; `hint` says what to do."""
-
-    def __init__(self, message: str, hint: str = "", log_tail: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-        self.log_tail = log_tail or []
 
 
 def cache_dir() -> Path:

@@ -27,7 +27,7 @@ from amctl.local.mail_sink import read_mails, store_path
 from amctl.local.monitoring import LocalPrometheus
 from amctl.local.options import StackOptions
 from amctl.local.postgres import EmbeddedPostgres
-from amctl.local.s3 import LocalS3Server, S3SetupError, installed
+from amctl.local.s3 import LocalS3Server, installed
 from amctl.prometheus import ScrapeTarget
 from amctl.settings import AmctlSettings
 
@@ -228,12 +228,6 @@ class LocalStack:
         )
 
     def _s3_component(self) -> Component:
-        def prepare() -> None:
-            try:
-                self.s3.prepare()
-            except S3SetupError as exc:
-                raise StackError(str(exc), hint=exc.hint, log_tail=exc.log_tail) from None
-
         return Component(
             name="s3",
             command=self.s3.command(),
@@ -241,7 +235,7 @@ class LocalStack:
             port=self.s3.port,
             port_setting="AMCTL_PORT_S3",
             env=self.s3.environment(os.environ),
-            prepare=prepare,
+            prepare=self.s3.prepare,  # installs s3rver on first use; S3SetupError is a StackError
             preparing="preparing" if installed() else "installing s3rver (npm) …",
             describe=lambda: f"broker records in {self.s3.objects_dir}",
         )
