@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -48,15 +50,21 @@ class Stack:
 
 
 @contextmanager
-def started_stack(env: dict[str, str], *up_args: str) -> Iterator[Stack]:
+def started_stack(env: dict[str, str], *up_args: str, timeout: float = 180) -> Iterator[Stack]:
     """`amctl up` with `env`; always `amctl down --purge` afterwards (the data may live outside tmp)."""
-    up = amctl(env, "up", *up_args)
+    up = amctl(env, "up", *up_args, timeout=timeout)
     if up.returncode != 0:
         amctl(env, "down", "--purge")
-        pytest.fail(f"amctl up failed:\n{up.stdout}\n{up.stderr}")
+        pytest.fail(f"amctl up {' '.join(up_args)} failed:\n{up.stdout}\n{up.stderr}")
     stack = Stack(env)
     try:
         yield stack
     finally:
         stack.close()
         amctl(env, "down", "--purge")
+
+
+def component(stack: Stack, name: str) -> dict[str, Any]:
+    """One component's row of `amctl status --json` (state, pid, port, ...)."""
+    rows = json.loads(amctl(stack.env, "status", "--json").stdout)
+    return next(r for r in rows if r["name"] == name)

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.e2e.stack import Stack, amctl, stack_environment
+from tests.e2e.stack import Stack, amctl, component, stack_environment, started_stack
 from tests.e2e.test_rule_engine import eventually
 
 pytestmark = pytest.mark.e2e
@@ -32,21 +32,9 @@ USER_EVENTS = "user-events"
 @pytest.fixture(scope="module")
 def durable_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = stack_environment(tmp_path_factory.mktemp("durable-stack"))
-    up = amctl(env, "up", "--durable-broker", timeout=900)  # the first run on a machine installs s3rver
-    if up.returncode != 0:
-        amctl(env, "down", "--purge")
-        pytest.fail(f"amctl up --durable-broker failed:\n{up.stdout}\n{up.stderr}")
-    stack = Stack(env)
-    try:
+    # the first run on a machine installs s3rver
+    with started_stack(env, "--durable-broker", timeout=900) as stack:
         yield stack
-    finally:
-        stack.close()
-        amctl(env, "down", "--purge")  # the data may live outside tmp (/var/lib/amctl when root)
-
-
-def component(stack: Stack, name: str) -> dict[str, Any]:
-    rows = json.loads(amctl(stack.env, "status", "--json").stdout)
-    return next(r for r in rows if r["name"] == name)
 
 
 def kill_broker(stack: Stack) -> None:

@@ -5,7 +5,6 @@ Each test prints the counts it checked (run with `-s` to see them; CI logs keep 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -22,7 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from amctl.local.mail_sink import read_mails, store_path
 from server.stores.topics import SEGMENT_RULES
-from tests.e2e.stack import Stack, amctl, stack_environment, started_stack
+from tests.e2e.stack import Stack, amctl, component, stack_environment, started_stack
 from tests.e2e.test_rule_engine import eventually
 
 pytestmark = pytest.mark.e2e
@@ -38,11 +37,6 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {**stack_environment(tmp_path_factory.mktemp("fault-stack")), **FAULT_ENV}
     with started_stack(env) as stack:
         yield stack
-
-
-def component(stack: Stack, name: str) -> dict[str, object]:
-    rows = json.loads(amctl(stack.env, "status", "--json").stdout)
-    return next(r for r in rows if r["name"] == name)
 
 
 def signal_component(stack: Stack, name: str, sig: int, when: Callable[[], bool] = lambda: True) -> None:

@@ -3,7 +3,6 @@ checkpoint and the store ends up with every event counted once and every members
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -16,15 +15,14 @@ import httpx
 import psycopg
 import pytest
 
-from tests.e2e.stack import Stack, amctl
+from tests.e2e.stack import Stack, amctl, component
 from tests.e2e.test_rule_engine import create, eventually, segment_ids, send
 
 pytestmark = pytest.mark.e2e
 
 
 def rule_engine(stack: Stack) -> dict[str, object]:
-    rows = json.loads(amctl(stack.env, "status", "--json").stdout)
-    return next(r for r in rows if r["name"] == "rule-engine")
+    return component(stack, "rule-engine")
 
 
 def checkpoint_id(stack: Stack) -> int:
