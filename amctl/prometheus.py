@@ -14,6 +14,8 @@ from pathlib import Path
 
 import jinja2
 
+from amctl.templating import yaml_environment
+
 MONITORING_DIR = Path(__file__).resolve().parents[1] / "templates" / "k8s" / "monitoring"
 ALERTS_FILE = MONITORING_DIR / "alerts.yml"
 CONFIG_TEMPLATE = "prometheus.yml.j2"
@@ -32,15 +34,7 @@ class ScrapeTarget:
 
 @lru_cache(maxsize=1)
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(MONITORING_DIR),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,  # YAML, not HTML
-    )
-    return env.get_template(CONFIG_TEMPLATE)
+    return yaml_environment(MONITORING_DIR).get_template(CONFIG_TEMPLATE)
 
 
 def kubernetes_config(namespace: str) -> str:

@@ -16,6 +16,7 @@ import yaml
 from amctl.k8s.dashboards import dashboard_files
 from amctl.k8s.profile import TEMPLATES_DIR, Profile, mib
 from amctl.prometheus import ALERTS_FILE, kubernetes_config
+from amctl.templating import yaml_environment
 
 Manifest = dict[str, Any]
 
@@ -33,14 +34,7 @@ def _aerospike_size(quantity: str, factor: int = 1) -> str:
 @lru_cache(maxsize=4)
 def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
     """One environment per templates folder: it compiles each template once (auto_reload sees edits)."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,  # YAML, not HTML
-    )
+    env = yaml_environment(templates_dir)
     env.filters["mib"] = mib
     env.filters["aerospike_size"] = _aerospike_size
     return env
