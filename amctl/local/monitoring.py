@@ -53,12 +53,6 @@ class LocalPrometheus:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(local_config(f"{self.host}:{self.port}", targets))
 
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     def describe(self) -> str:
         """`6/6 targets up, 3 rules`, naming targets that are down and alerts that fire."""
         try:

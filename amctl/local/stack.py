@@ -219,7 +219,7 @@ class LocalStack:
         return Component(
             name="prometheus",
             command=self.prometheus.command(),
-            ready=self.prometheus.ready,
+            ready=_http_ready(f"{self.prometheus.url}/-/ready"),
             port=self.settings.ports.prometheus,
             port_setting="AMCTL_PORT_PROMETHEUS",
             prepare=lambda: self.prometheus.write_config(targets),
