@@ -6,13 +6,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from amctl.local import processes
 
@@ -68,3 +71,54 @@ def component(stack: Stack, name: str) -> dict[str, Any]:
     """One component's row of `amctl status --json` (state, pid, port, ...)."""
     rows = json.loads(amctl(stack.env, "status", "--json").stdout)
     return next(r for r in rows if r["name"] == name)
+
+
+def eventually(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not hold within {timeout_s} s; last seen: {last!r}")
+
+
+def signal_component(stack: Stack, name: str, sig: int, when: Callable[[], bool] = lambda: True) -> None:
+    """Once `when` holds, signal a component's process group (as a crash or a supervisor would) and
+    wait until it is gone."""
+    pgid = os.getpgid(int(str(component(stack, name)["pid"])))
+    eventually(when, timeout_s=30, what=f"the moment to signal {name}")
+    os.killpg(pgid, sig)
+    eventually(lambda: component(stack, name)["state"] == "stopped", timeout_s=30, what=f"{name} has stopped")
+
+
+def up_again(stack: Stack, name: str) -> None:
+    """A plain `amctl up`, which must bring `name` back healthy."""
+    up = amctl(stack.env, "up")
+    assert up.returncode == 0, up.stderr
+    assert name in up.stderr and "healthy" in up.stderr, up.stderr
+
+
+def read_topic(stack: Stack, topic: str, keep: Callable[[Message], bool] = lambda _: True, expected: int = 0,
+               quiet_s: float = 2.0, timeout_s: float = 60.0) -> list[Message]:
+    """The records of `topic` that `keep` accepts, read from offset 0 of every partition until at least
+    `expected` are kept and none was kept for `quiet_s` (the local broker's high watermark cannot be
+    trusted to say where the topic ends), or `timeout_s` passed."""
+    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{stack.env['AMCTL_PORT_KAFKA']}",
+                         "group.id": f"test-reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        kept: list[Message] = []
+        started = time.monotonic()
+        deadline, last_kept = started + timeout_s, started
+        while time.monotonic() < deadline and (len(kept) < expected or time.monotonic() - last_kept < quiet_s):
+            message = consumer.poll(0.2)
+            if message is None or message.error() or not keep(message):
+                continue
+            kept.append(message)
+            last_kept = time.monotonic()
+        return kept
+    finally:
+        consumer.close()

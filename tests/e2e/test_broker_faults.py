@@ -8,7 +8,6 @@ by itself once `amctl up` has restarted the broker.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,15 +18,21 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Message
 
-from tests.e2e.stack import Stack, amctl, component, stack_environment, started_stack
-from tests.e2e.test_rule_engine import eventually
+from amctl import monitor
+from server.stores.topics import USER_EVENTS
+from tests.e2e.stack import (
+    Stack,
+    eventually,
+    read_topic,
+    signal_component,
+    stack_environment,
+    started_stack,
+    up_again,
+)
 
 pytestmark = pytest.mark.e2e
-
-USER_EVENTS = "user-events"
-
 
 @pytest.fixture(scope="module")
 def durable_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -37,41 +42,20 @@ def durable_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
-def kill_broker(stack: Stack) -> None:
-    pid = int(component(stack, "kafka")["pid"])
-    os.killpg(os.getpgid(pid), signal.SIGKILL)
-    eventually(lambda: component(stack, "kafka")["state"] == "stopped", what="the broker is down")
-
-
-def restart_broker(stack: Stack) -> None:
-    up = amctl(stack.env, "up")
-    assert up.returncode == 0, up.stderr
-    assert "kafka" in up.stderr and "healthy" in up.stderr, up.stderr
-
-
 def stored_events(stack: Stack, user_prefix: str, expected: int, timeout_s: float = 60.0) -> dict[str, dict[str, Any]]:
-    """Every event on `user-events` whose user starts with `user_prefix`, by eventId, read from offset 0
-    of every partition until `expected` are there and nothing new came for 3 s (the local broker's high
-    watermark cannot be trusted to say where the topic ends)."""
-    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{stack.env['AMCTL_PORT_KAFKA']}",
-                         "group.id": f"test-reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(USER_EVENTS, timeout=10).topics[USER_EVENTS].partitions
-        consumer.assign([TopicPartition(USER_EVENTS, p, 0) for p in partitions])
-        events: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout_s
-        last_new = time.monotonic()
-        while time.monotonic() < deadline and (len(events) < expected or time.monotonic() - last_new < 3):
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
-            event = json.loads(message.value())
-            if event["userId"].startswith(user_prefix) and event["eventId"] not in events:
-                events[event["eventId"]] = event
-                last_new = time.monotonic()
-        return events
-    finally:
-        consumer.close()
+    """Every event on `user-events` whose user starts with `user_prefix`, by eventId (each id once), read
+    until `expected` are there and nothing new came for 3 s."""
+    events: dict[str, dict[str, Any]] = {}
+
+    def new_here(message: Message) -> bool:
+        event = json.loads(message.value() or b"{}")
+        if not event.get("userId", "").startswith(user_prefix) or event["eventId"] in events:
+            return False
+        events[event["eventId"]] = event
+        return True
+
+    read_topic(stack, USER_EVENTS, new_here, expected=expected, quiet_s=3, timeout_s=timeout_s)
+    return events
 
 
 def applied_events(stack: Stack, user_prefix: str) -> int:
@@ -104,8 +88,8 @@ def test_acknowledged_events_survive_a_broker_kill(durable_stack: Stack) -> None
     for event_id, user in before.items():
         send(durable_stack, user, event_id)
 
-    kill_broker(durable_stack)
-    restart_broker(durable_stack)
+    signal_component(durable_stack, "kafka", signal.SIGKILL)
+    up_again(durable_stack, "kafka")
     # produced after the restart: must land after what was stored, not over it
     after = {str(uuid.uuid4()): f"{prefix}{i % 5}" for i in range(10)}
     for event_id, user in after.items():
@@ -119,13 +103,9 @@ def test_acknowledged_events_survive_a_broker_kill(durable_stack: Stack) -> None
     assert consumed == len(stored)
 
 
-def ingestion_counter(stack: Stack, name: str, label: str = "") -> float:
-    """A counter of the Ingestion API's /metrics, summed over its series (those whose labels contain `label`)."""
-    total = 0.0
-    for line in stack.events.get("/metrics").text.splitlines():
-        if line.startswith(name) and label in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def ingestion_counter(stack: Stack, name: str, **labels: str) -> float:
+    """A counter of the Ingestion API's /metrics, summed over its series with these labels."""
+    return monitor.scrape(stack.events, "/metrics").total(name, **labels)
 
 
 def accepted(stack: Stack) -> float:
@@ -133,23 +113,22 @@ def accepted(stack: Stack) -> float:
 
 
 def refused_for_the_broker(stack: Stack) -> float:
-    return ingestion_counter(stack, "am_events_rejected_total", 'reason="broker_unavailable"')
+    return ingestion_counter(stack, "am_events_rejected_total", reason="broker_unavailable")
 
 
 def test_broker_killed_under_load_loses_no_acknowledged_event(durable_stack: Stack) -> None:
     prefix = f"load-{uuid.uuid4().hex[:8]}-"
-    broker_pid = int(component(durable_stack, "kafka")["pid"])
     accepted_before, refused_before = accepted(durable_stack), refused_for_the_broker(durable_stack)
     load = subprocess.Popen(
         [sys.executable, "-m", "amctl", "events", "send", "--rate", "200", "--duration", "24s", "--users", "40",
          "--user-prefix", prefix, "--concurrency", "4000", "--json"],
         env=durable_stack.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        eventually(lambda: accepted(durable_stack) >= accepted_before + 400, timeout_s=30, what="two seconds of 202s")
-        os.killpg(os.getpgid(broker_pid), signal.SIGKILL)
+        signal_component(durable_stack, "kafka", signal.SIGKILL,  # after two seconds of 202s
+                         when=lambda: accepted(durable_stack) >= accepted_before + 400)
         # the API waits up to 5 s for an ack, then answers 503
         eventually(lambda: refused_for_the_broker(durable_stack) > refused_before, timeout_s=30, what="a 503")
-        restart_broker(durable_stack)
+        up_again(durable_stack, "kafka")
         accepted_at_restart = accepted(durable_stack)
         eventually(lambda: accepted(durable_stack) >= accepted_at_restart + 200, timeout_s=30,
                    what="202s again once the broker is back")

@@ -5,24 +5,29 @@ Each test prints the counts it checked (run with `-s` to see them; CI logs keep 
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from amctl.local.mail_sink import read_mails, store_path
 from server.stores.topics import SEGMENT_RULES
-from tests.e2e.stack import Stack, amctl, component, stack_environment, started_stack
-from tests.e2e.test_rule_engine import eventually
+from tests.e2e.stack import (
+    Stack,
+    eventually,
+    read_topic,
+    signal_component,
+    stack_environment,
+    started_stack,
+    up_again,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,21 +44,6 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
-def signal_component(stack: Stack, name: str, sig: int, when: Callable[[], bool] = lambda: True) -> None:
-    """Once `when` holds, signal a component's process group (as a crash or a supervisor would) and
-    wait until it is gone."""
-    pgid = os.getpgid(int(str(component(stack, name)["pid"])))
-    eventually(when, timeout_s=30, what=f"the moment to signal {name}")
-    os.killpg(pgid, sig)
-    eventually(lambda: component(stack, name)["state"] == "stopped", timeout_s=30, what=f"{name} has stopped")
-
-
-def restart(stack: Stack, name: str) -> None:
-    up = amctl(stack.env, "up")
-    assert up.returncode == 0, up.stderr
-    assert f"{name}" in up.stderr and "healthy" in up.stderr
-
-
 # -- PostgreSQL ------------------------------------------------------------------------------------
 
 
@@ -63,26 +53,6 @@ def health(client: httpx.Client) -> tuple[int, str]:
         return response.status_code, str(response.json()["status"])
     except (httpx.HTTPError, ValueError, KeyError):
         return 0, "NO ANSWER"
-
-
-def published_segment_ids(stack: Stack) -> set[str]:
-    """Every segment id on the segment-rules topic, read from the start."""
-    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{stack.env['AMCTL_PORT_KAFKA']}",
-                         "group.id": f"fault-check-{uuid.uuid4().hex}", "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(SEGMENT_RULES, timeout=10).topics[SEGMENT_RULES]
-        consumer.assign([TopicPartition(SEGMENT_RULES, p, 0) for p in metadata.partitions])
-        seen: set[str] = set()
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < 2:
-            message = consumer.poll(0.2)
-            if message is None or message.error():
-                continue
-            quiet_since = time.monotonic()
-            seen.add((message.key() or b"").decode())
-        return seen
-    finally:
-        consumer.close()
 
 
 def test_postgres_restart_segment_api_down_then_up_and_no_acknowledged_change_lost(fault_stack: Stack) -> None:
@@ -125,7 +95,7 @@ def test_postgres_restart_segment_api_down_then_up_and_no_acknowledged_change_lo
         time.sleep(2)  # the job's output reaches the writer, which cannot write it yet
         engine_while_down = fault_stack.rule_engine.get("/actuator/health").json()["components"]["consumers"]
         acked_before_restart = len(created)
-        restart(fault_stack, "postgres")
+        up_again(fault_stack, "postgres")
         eventually(lambda: health(fault_stack.segments) == (200, "UP"), timeout_s=30,
                    what="the Segment API reports UP again")
         eventually(lambda: len(created) >= acked_before_restart + 20, timeout_s=30,
@@ -150,7 +120,7 @@ def test_postgres_restart_segment_api_down_then_up_and_no_acknowledged_change_lo
 
     eventually(lambda: profiles_written() == len(during), timeout_s=20,
                what="profiles of events sent during the outage")
-    published = published_segment_ids(fault_stack)
+    published = {(m.key() or b"").decode() for m in read_topic(fault_stack, SEGMENT_RULES)}
     with psycopg.connect(fault_stack.database_url) as conn:
         stored = {str(r[0]) for r in conn.execute("SELECT id FROM segments WHERE name LIKE %s", (f"pg-fault {tag} %",))}
     print(f"\npostgres restart: 201 acknowledged {len(created)}, 503 refused {answers[503]}, "
@@ -223,7 +193,7 @@ def interrupt_worker_mid_campaign(stack: Stack, sig: int) -> tuple[str, list[str
     assert mailed_before_restart < MEMBERS, "the campaign finished before the worker was stopped"
     time.sleep(1)  # the worker stays down for a moment: nothing sends in the meantime
     assert sum(mails_by_user(stack, cid).values()) == mailed_before_restart
-    restart(stack, "email-worker")
+    up_again(stack, "email-worker")
     return cid, users, mailed_before_restart
 
 
