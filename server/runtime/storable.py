@@ -1,0 +1,125 @@
+"""What the platform can store and carry: the one decision every service and the rule job share.
+
+Valid JSON is not always storable. A lone surrogate escape (`"\\ud800"`) parses into a Python
+string that cannot be encoded as UTF-8, so PostgreSQL, the broker and every JSON encoder refuse
+it; NUL cannot be stored in PostgreSQL text or JSON; `NaN`, `Infinity` and numbers that overflow
+to infinity (`1e400`) have no JSON encoding at all (orjson writes them as `null`, silently losing
+the value); integers beyond 64 bits break orjson and the rule job's state. Each is refused here,
+with the place it was found, so the caller can answer a 422 that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+Location = tuple[str | int, ...]
+Problem = tuple[Location, str]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1  # what orjson encodes
+_MAX_DEPTH = 64  # deeper than any document the platform accepts; guards the walk's recursion
+
+
+class UnstorableValue(ValueError):
+    """A value that cannot be stored or carried as sent; `problems` says where and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{describe(loc)}: {message}" for loc, message in problems))
+
+
+def describe(loc: Location) -> str:
+    """`('body', 'properties', 'amount')` as `body.properties.amount`, the way 422 answers name fields."""
+    return ".".join(str(part) for part in loc) or "value"
+
+
+def string_problem(text: str) -> str | None:
+    """Why `text` cannot be stored, or None."""
+    found = _SURROGATE.search(text)
+    if found:
+        return f"contains a lone surrogate (\\u{ord(found.group()):04x}), which is not storable text"
+    if "\x00" in text:
+        return "must not contain NUL (\\u0000) characters"
+    return None
+
+
+def number_problem(number: float | int) -> str | None:
+    """Why `number` cannot be stored, or None."""
+    if isinstance(number, bool):
+        return None
+    if isinstance(number, float):
+        return None if math.isfinite(number) else f"must be a finite number, not {number!r}"
+    if not _MIN_INT <= number <= _MAX_INT:
+        return "integer out of range (at most 64 bits)"
+    return None
+
+
+def unstorable(value: Any, loc: Location = ()) -> list[Problem]:
+    """Every place in a decoded JSON value (and its object keys) that cannot be stored as sent."""
+    problems: list[Problem] = []
+    _walk(value, loc, problems, 0)
+    return problems
+
+
+def _walk(value: Any, loc: Location, problems: list[Problem], depth: int) -> None:
+    if isinstance(value, str):
+        problem = string_problem(value)
+    elif isinstance(value, int | float):
+        problem = number_problem(value)
+    elif depth >= _MAX_DEPTH:
+        problem = f"nested deeper than {_MAX_DEPTH} levels"
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            key_problem = string_problem(key) if isinstance(key, str) else None
+            if key_problem:
+                problems.append(((*loc, _printable(key)), f"key {key_problem}"))
+            _walk(item, (*loc, _printable(key) if key_problem else key), problems, depth + 1)
+        return
+    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        for index, item in enumerate(value):
+            _walk(item, (*loc, index), problems, depth + 1)
+        return
+    else:
+        return
+    if problem:
+        problems.append((loc, problem))
+
+
+def _printable(key: Any) -> str:
+    """A key fit to be echoed back in an error: unstorable characters shown as escapes."""
+    text = str(key)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).replace("\x00", "\\u0000")
+
+
+def require_storable(value: Any, loc: Location = ()) -> None:
+    """Raise UnstorableValue when `value` holds anything `unstorable` finds."""
+    problems = unstorable(value, loc)
+    if problems:
+        raise UnstorableValue(problems)
+
+
+def encode(value: Any) -> bytes:
+    """`value` as the platform encodes it (orjson), or UnstorableValue saying where it cannot travel."""
+    require_storable(value)
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:  # a type JSON has no form for
+        raise UnstorableValue([((), f"cannot be encoded as JSON: {exc}")]) from None
+
+
+def decode(raw: bytes | str) -> Any:
+    """A record read back from a topic or a store: strict JSON (no NaN, no lone surrogates), storable.
+
+    Raises UnstorableValue for anything else, so a consumer can skip a bad record instead of dying on it.
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UnstorableValue([((), f"not valid JSON: {exc}")]) from None
+    require_storable(value)
+    return value

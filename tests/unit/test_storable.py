@@ -1,0 +1,61 @@
+"""The one decision on what can be stored: every unstorable value found, with where it is."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.runtime.storable import UnstorableValue, decode, describe, encode, unstorable
+
+pytestmark = pytest.mark.unit
+
+STORABLE_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(st.characters(exclude_categories=["Cs"],
+                                                                                exclude_characters="\x00")),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00")), children,
+                      max_size=4),
+    max_leaves=20,
+)
+
+
+@pytest.mark.parametrize(("body", "where", "why"), [
+    ('{"userId": "u\\ud800"}', ("userId",), "lone surrogate (\\ud800)"),
+    ('{"p": {"k": ["ok", "\\udfff"]}}', ("p", "k", 1), "lone surrogate (\\udfff)"),
+    ('{"amount": NaN}', ("amount",), "finite number"),
+    ('{"amount": Infinity}', ("amount",), "finite number"),
+    ('{"amount": -Infinity}', ("amount",), "finite number"),
+    ('{"amount": 1e400}', ("amount",), "finite number"),
+    ('{"n": 18446744073709551616}', ("n",), "64 bits"),
+    ('{"s": "a\\u0000b"}', ("s",), "NUL"),
+])
+def test_each_unstorable_value_is_found_where_it_is(body: str, where: tuple[str | int, ...], why: str) -> None:
+    problems = unstorable(json.loads(body), ("body",))
+    assert [loc for loc, _ in problems] == [("body", *where)]
+    assert why in problems[0][1]
+
+
+def test_an_unstorable_key_is_named_with_its_escape_and_every_problem_is_listed() -> None:
+    problems = unstorable(json.loads('{"a\\ud800": 1, "b": NaN}'))
+    assert problems == [(("a\\ud800",), "key contains a lone surrogate (\\ud800), which is not storable text"),
+                        (("b",), "must be a finite number, not nan")]
+    assert describe(("body", "events", 2, "userId")) == "body.events.2.userId"
+
+
+@given(STORABLE_JSON)
+def test_what_orjson_round_trips_is_storable(value: object) -> None:
+    assert unstorable(value) == []
+    assert decode(encode(value)) == orjson.loads(orjson.dumps(value))
+
+
+def test_encode_and_decode_refuse_instead_of_losing_the_value() -> None:
+    with pytest.raises(UnstorableValue, match="amount: must be a finite number"):
+        encode({"amount": float("nan")})  # orjson alone would write null
+    for raw in (b'{"amount": NaN}', b'{"u": "\\ud800"}', b'{"amount": 1e400}', b"not json"):
+        with pytest.raises(UnstorableValue):
+            decode(raw)
