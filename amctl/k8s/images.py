@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from amctl.errors import AmctlError
 from amctl.k8s.profile import REPO_ROOT, Profile
 
 IMAGES_DIR = REPO_ROOT / "templates" / "images"
@@ -21,7 +22,7 @@ LOCK_FILE = REPO_ROOT / "requirements.lock"
 BUILDERS: tuple[tuple[str, ...], ...] = (("nerdctl", "--namespace", "k8s.io"), ("docker",))
 
 
-class NoBuilder(RuntimeError):
+class NoBuilder(AmctlError):
     """Neither nerdctl nor docker is on PATH."""
 
 
