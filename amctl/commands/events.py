@@ -139,13 +139,15 @@ def run_load_command(app: AppContext, rate: float | None, duration: str, ramp: s
         concurrency=concurrency,
         headers=settings.auth_headers(),
     )
-    with Live(console=app.err, refresh_per_second=4, transient=json_output) as live:
+    # off a terminal the last frame would stay behind without its newline: the summary says it all anyway
+    with Live(console=app.err, refresh_per_second=4, transient=json_output or not app.err.is_terminal) as live:
         def progress(result: LoadResult) -> None:
             live.update(live_table(result))
 
         result = asyncio.run(run_load(plan, progress))
     summary = result.as_json(checks)
-    if summary["completed"] and summary["statuses"].get("0", 0) == summary["completed"]:
+    # every request refused (the load runner counts failures by the exception's name): nothing listens there
+    if summary["completed"] and summary["statuses"].get("ConnectionRefusedError", 0) == summary["completed"]:
         raise AmctlError(f"cannot reach the Ingestion API at {settings.url(settings.ports.ingestion_api)}",
                          hint="is the stack up? (amctl up)")
     if json_output:

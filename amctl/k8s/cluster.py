@@ -86,8 +86,9 @@ def _api_message(exc: ApiException) -> str:
 @contextmanager
 def session(context: str, kubeconfig: str | None = None) -> Iterator[Cluster]:
     """A connected cluster, closed afterwards; refused and failed API calls become one ClusterError."""
-    cluster = connect(context, kubeconfig)
+    cluster = None
     try:
+        cluster = connect(context, kubeconfig)  # asks the API server for its version: it may not answer
         yield cluster
     except ApiException as exc:
         raise ClusterError(f"the Kubernetes API refused a request: {exc.status} {exc.reason}: {_api_message(exc)}",
@@ -96,4 +97,5 @@ def session(context: str, kubeconfig: str | None = None) -> Iterator[Cluster]:
         raise ClusterError(f"cannot reach the Kubernetes API of context '{context}': {type(exc).__name__}",
                            hint="is Rancher Desktop running with Kubernetes enabled?") from None
     finally:
-        cluster.close()
+        if cluster is not None:
+            cluster.close()
