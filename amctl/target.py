@@ -54,12 +54,6 @@ def quiet(_: Update) -> None:
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    name: str
-    address: str
-
-
-@dataclass(frozen=True)
 class UpResult:
     """What `up` did and where the platform now answers."""
 
@@ -76,7 +70,18 @@ class UpResult:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Something a user reaches (a service, a UI, a store) and how: its URL, or the port-forward that
+    gets there from this machine."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
 class DownResult:
+    """What `down` stopped or deleted."""
+
     stopped: tuple[str, ...]  # what was stopped or deleted
     summary: str  # one line saying so
 

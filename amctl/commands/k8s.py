@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from amctl.console import add_row
+from amctl.console import add_row, plain
 from amctl.context import get_context
 from amctl.errors import AmctlError
 from amctl.k8s import budget as budgets
@@ -60,7 +60,8 @@ def budget_command(ctx: typer.Context, target: TargetOption = None, profile: Pro
     if json_output:
         app.print_json(result.as_json())
     else:
-        table = Table(title=f"memory budget (MiB) — {loaded.name}: {loaded.node.count} node(s) x {loaded.node.memory}")
+        table = Table(title=plain(f"memory budget (MiB) — {loaded.name}: {loaded.node.count} node(s) x "
+                                  f"{loaded.node.memory}"))
         for column in ("component", "kind", "replicas", "request", "limit", "total request", "total limit"):
             table.add_column(column, justify="left" if column in ("component", "kind") else "right")
         for c in sorted(result.containers, key=lambda c: (c.one_off, -c.total_limit)):

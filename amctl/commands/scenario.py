@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from amctl.console import add_row
+from amctl.console import add_row, plain
 from amctl.context import get_context
 from amctl.errors import UsageError
 from amctl.options import JsonOption
@@ -33,7 +33,7 @@ def list_scenarios(ctx: typer.Context, directory: DirOption = DEFAULT_DIR, json_
         app_ctx.print_json([{"name": s.name, "file": str(s.path), "steps": len(s.steps),
                              "description": s.description} for s in scenarios])
         return
-    table = Table(title=f"scenarios in {directory}")
+    table = Table(title=plain(f"scenarios in {directory}"))
     for column in ("name", "steps", "description"):
         table.add_column(column)
     for s in scenarios:

@@ -136,7 +136,7 @@ def down(
 
 
 def show_status(console: Console, report: StatusReport) -> None:
-    table = Table(title=report.title)
+    table = Table(title=plain(report.title))
     measured = ("pid", "port", "memory (RSS)", "uptime") if report.processes else ()
     for column in (report.noun, "state", *measured, "detail"):
         table.add_column(column, overflow="fold")
