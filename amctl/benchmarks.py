@@ -94,7 +94,7 @@ def run_bench(plan: list[Measurement], progress: Callable[[str], None]) -> Bench
     with tempfile.TemporaryDirectory(prefix="amctl-bench-") as tmp:
         Path(tmp).chmod(0o755)
         settings = isolated_settings(Path(tmp) / "state")
-        stack = LocalStack(settings, service_env=BENCH_SERVICE_ENV)
+        stack = LocalStack(settings, extra_env=BENCH_SERVICE_ENV)
         report = BenchReport({"cpus": os.cpu_count(), "python": sys.version.split()[0]})
         report.idle = [measure(m, dict(os.environ)) for m in plan if not m.needs_stack]
         progress("cold start of the local stack")

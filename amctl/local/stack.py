@@ -93,14 +93,14 @@ def _http_ready(url: str) -> Callable[[], bool]:
 class LocalStack:
     """Starts, inspects and stops the local stack described by `settings` (the local target's Platform).
 
-    `service_env` is added to the environment of every service and of the rule engine (a benchmark's
+    `extra_env` is added to the environment of every service and of the rule engine (a benchmark's
     rate-limit override, say), so that nothing needs to change in amctl's own environment.
     """
 
     def __init__(self, settings: AmctlSettings, durable: bool = True, options: StackOptions | None = None,
-                 service_env: Mapping[str, str] | None = None) -> None:
+                 extra_env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.extra_env = dict(service_env or {})
+        self.extra_env = dict(extra_env or {})
         self.state_dir = settings.state_dir
         self.options = options if options is not None else StackOptions.load(self.state_dir)
         self.run_dir = self.state_dir / "run"
