@@ -36,7 +36,8 @@ class Image:
 
 def locked_version(package: str, lock: Path = LOCK_FILE) -> str:
     """The version `requirements.lock` pins `package` to."""
-    match = re.search(rf"^{re.escape(package)}==(\S+)$", lock.read_text(), re.MULTILINE | re.IGNORECASE)
+    # `pkg==1.2.3`, alone on its line or followed by ` \` and its `--hash=` lines (a lock with hashes)
+    match = re.search(rf"^{re.escape(package)}==([^\s\\]+)", lock.read_text(), re.MULTILINE | re.IGNORECASE)
     if match is None:
         raise ValueError(f"{package} is not in {lock.name}")
     return match.group(1)
