@@ -1,8 +1,8 @@
 """`amctl bench`: every benchmark of the platform in one run on a fresh local stack.
 
-Each measurement runs in its own Python process (`python -c` calling a `measure_*` function that
-returns a dict), so amctl stays a client of the platform and a crash in one benchmark is reported
-as that benchmark's failure, not the whole run's.
+Each measurement runs in its own Python process (`python -m amctl.measure MODULE:FUNCTION KWARGS`,
+calling a `measure_*` function that returns a dict of figures), so amctl stays a client of the platform
+and a crash in one benchmark is reported as that benchmark's failure, not the whole run's.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,32 +20,56 @@ from typing import Any
 from amctl.local import processes
 from amctl.local.stack import LocalStack
 from amctl.settings import AmctlSettings, Ports
+from amctl.target import quiet
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One `module.function(**kwargs)` that returns a dict of figures."""
+    """One `module:function(**kwargs)` that returns a dict of figures."""
 
     name: str
-    module: str
-    function: str
+    function: str  # "module:function"
     kwargs: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 600.0
     needs_stack: bool = True  # False: measured before the stack starts, on an otherwise idle machine
 
 
-def run_measurement(m: Measurement, env: dict[str, str]) -> dict[str, Any]:
-    code = (
-        "import json, sys, importlib\n"
-        f"fn = getattr(importlib.import_module({m.module!r}), {m.function!r})\n"
-        "print('\\n' + json.dumps(fn(**json.loads(sys.argv[1]))))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(m.kwargs)], env=env, capture_output=True,
-                            text=True, timeout=m.timeout_s, check=False)
+@dataclass(frozen=True)
+class MeasurementResult:
+    name: str
+    figures: dict[str, Any]  # empty when the measurement failed
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return self.figures if self.error is None else {"error": self.error}
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    idle: list[MeasurementResult] = field(default_factory=list)  # measured before the stack started
+    cold_start_s: float | None = None
+    stack_memory_mib: dict[str, float] = field(default_factory=dict)
+    on_stack: list[MeasurementResult] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"machine": self.machine, **{r.name: r.as_json() for r in self.idle}}
+        if self.cold_start_s is not None:
+            report |= {"cold_start_s": self.cold_start_s, "stack_memory_mib": self.stack_memory_mib}
+        return report | {r.name: r.as_json() for r in self.on_stack}
+
+
+def run_measurement(m: Measurement, env: dict[str, str]) -> MeasurementResult:
+    """Run one measurement in a process of its own; its figures are the last line it prints (JSON)."""
+    command = [sys.executable, "-m", "amctl.measure", m.function, json.dumps(m.kwargs)]
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=m.timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return MeasurementResult(m.name, {}, f"did not finish within {m.timeout_s:g} s")
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"error": f"{m.module}.{m.function} failed: {tail}"}
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+        return MeasurementResult(m.name, {}, f"{m.function} failed: {tail}")
+    return MeasurementResult(m.name, dict(json.loads(result.stdout.strip().splitlines()[-1])))
 
 
 def isolated_settings(state_dir: Path) -> AmctlSettings:
@@ -60,40 +83,31 @@ def isolated_settings(state_dir: Path) -> AmctlSettings:
 BENCH_SERVICE_ENV = {"AM_RATE_LIMIT_PER_S": "10000000", "AM_RATE_LIMIT_BURST": "10000000"}
 
 
-def _measure(m: Measurement, env: dict[str, str], progress: Callable[[str], None]) -> dict[str, Any]:
-    progress(f"measuring {m.name}")
-    try:
-        return run_measurement(m, env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"did not finish within {m.timeout_s:g} s"}
-
-
-def run_bench(measurements: Callable[[AmctlSettings], list[Measurement]],
-              progress: Callable[[str], None]) -> dict[str, Any]:
+def run_bench(plan: list[Measurement], progress: Callable[[str], None]) -> BenchReport:
     """Run the measurements that need no stack, then start a fresh stack, time its cold start, run
     every other measurement against it, and stop it."""
-    os.environ.update(BENCH_SERVICE_ENV)  # this process starts the bench stack; its services inherit these
+
+    def measure(m: Measurement, env: dict[str, str]) -> MeasurementResult:
+        progress(f"measuring {m.name}")
+        return run_measurement(m, env)
+
     with tempfile.TemporaryDirectory(prefix="amctl-bench-") as tmp:
         Path(tmp).chmod(0o755)
         settings = isolated_settings(Path(tmp) / "state")
-        stack = LocalStack(settings)
-        report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
-        plan = measurements(settings)
-        for m in (m for m in plan if not m.needs_stack):
-            report[m.name] = _measure(m, dict(os.environ), progress)
+        stack = LocalStack(settings, extra_env=BENCH_SERVICE_ENV)
+        report = BenchReport({"cpus": os.cpu_count(), "python": sys.version.split()[0]})
+        report.idle = [measure(m, dict(os.environ)) for m in plan if not m.needs_stack]
         progress("cold start of the local stack")
-        started = time.perf_counter()
         try:
-            stack.up(lambda name, state: progress(f"cold start: {name} {state}"))
-            report["cold_start_s"] = round(time.perf_counter() - started, 2)
-            rows = stack.status()
-            report["stack_memory_mib"] = {r.name: round(r.rss_bytes / 2**20, 1) for r in rows}
-            report["stack_memory_mib"]["total"] = round(sum(r.rss_bytes for r in rows) / 2**20, 1)
+            started = stack.up(lambda update: progress(f"cold start: {update.name} {update.state}"))
+            report.cold_start_s = round(started.seconds, 2)
+            rows = stack.status().components
+            report.stack_memory_mib = {r.name: round(r.rss_bytes / 2**20, 1) for r in rows}
+            report.stack_memory_mib["total"] = round(sum(r.rss_bytes for r in rows) / 2**20, 1)
             env = {**stack.service_env(), "AMCTL_STATE_DIR": str(settings.state_dir),
                    **{f"AMCTL_PORT_{k.upper()}": str(v) for k, v in settings.ports.model_dump().items()}}
-            for m in (m for m in plan if m.needs_stack):
-                report[m.name] = _measure(m, env, progress)
+            report.on_stack = [measure(m, env) for m in plan if m.needs_stack]
         finally:
             progress("stopping the benchmark stack")
-            stack.down(lambda name, state: None, purge=True)
+            stack.down(quiet, purge=True)
     return report

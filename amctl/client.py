@@ -6,25 +6,25 @@ from typing import Any
 
 import httpx
 
+from amctl.errors import AmctlError
 from amctl.settings import AmctlSettings
 
 
-class ApiError(Exception):
-    """A call that failed; the message is one line a user can act on."""
+class ApiError(AmctlError):
+    """A call that failed; the message is one line a user can act on, `details` what the service listed."""
 
     def __init__(self, message: str, status: int | None = None, details: list[str] | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, hint=_hint(status), details=details or [])
         self.status = status
-        self.details = details or []
 
-    @property
-    def hint(self) -> str | None:
-        """What to do next, for the failures a user can fix by themselves."""
-        if self.status == 401:
-            return "set AMCTL_API_KEY to an API key the service accepts"
-        if self.status == 403:
-            return "use an API key with the scope named above (AMCTL_API_KEY)"
-        return None
+
+def _hint(status: int | None) -> str:
+    """What to do next, for the failures a user can fix by themselves."""
+    if status == 401:
+        return "set AMCTL_API_KEY to an API key the service accepts"
+    if status == 403:
+        return "use an API key with the scope named above (AMCTL_API_KEY)"
+    return ""
 
 
 def _problems(body: Any) -> tuple[str, list[str]]:
@@ -51,6 +51,9 @@ class ServiceClient:
             raise ApiError(f"cannot reach the {self.name} at {self.base_url} — is the stack up? (amctl up)") from None
         except httpx.TimeoutException:
             raise ApiError(f"the {self.name} at {self.base_url} did not answer in time") from None
+        except httpx.HTTPError as exc:  # the connection broke mid-answer, or the answer was not HTTP
+            reason = str(exc) or type(exc).__name__
+            raise ApiError(f"the {self.name} at {self.base_url} failed to answer: {reason}") from None
         if response.status_code >= 400:
             try:
                 message, details = _problems(response.json())

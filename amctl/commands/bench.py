@@ -3,42 +3,36 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from amctl.benchmarks import Measurement, run_bench
+from amctl.console import add_row
 from amctl.context import get_context
 from amctl.options import JsonOption
-from amctl.settings import AmctlSettings
 
 
-def measurements(quick: bool) -> Callable[[AmctlSettings], list[Measurement]]:
+def measurements(quick: bool) -> list[Measurement]:
     seconds = 3.0 if quick else 10.0
-
-    def plan(_: AmctlSettings) -> list[Measurement]:
-        return [  # the rule job's latency last: its backlog at high rates would slow everything after it
-            Measurement("load_generator", "amctl.load.measures", "measure_generator_accuracy",
-                        {"rates": [400, 1000, 2000, 5000], "seconds": seconds / 2}, needs_stack=False),
-            Measurement("rule_evaluations", "server.domain.bench", "measure_rule_evaluations",
-                        {"seconds": 1.0 if quick else 3.0}, needs_stack=False),
-            Measurement("seed_flow", "amctl.load.measures", "measure_seed_flow", {"trials": 3 if quick else 10}),
-            Measurement("rule_propagation", "amctl.load.measures", "measure_rule_propagation",
-                        {"trials": 2 if quick else 5}),
-            Measurement("user_segments_api", "amctl.load.measures", "measure_user_segments_latency",
-                        {"rate": 500, "seconds": seconds}),
-            Measurement("ingestion", "amctl.load.measures", "measure_ingestion", {"seconds": seconds / 2}),
-            Measurement("job_throughput", "flinkjob.bench", "measure_job_throughput",
-                        {"events": 20_000 if quick else 60_000}),
-            Measurement("assignment_latency", "amctl.load.measures", "measure_assignment_latency",
-                        {"seconds": seconds, "rates": [100, 500, 1000],
-                         "batch_rates": [2000] if quick else [2000, 5000, 10000]}),
-        ]
-
-    return plan
+    return [  # the rule job's latency last: its backlog at high rates would slow everything after it
+        Measurement("load_generator", "amctl.load.measures:measure_generator_accuracy",
+                    {"rates": [400, 1000, 2000, 5000], "seconds": seconds / 2}, needs_stack=False),
+        Measurement("rule_evaluations", "server.domain.bench:measure_rule_evaluations",
+                    {"seconds": 1.0 if quick else 3.0}, needs_stack=False),
+        Measurement("seed_flow", "amctl.load.measures:measure_seed_flow", {"trials": 3 if quick else 10}),
+        Measurement("rule_propagation", "amctl.load.measures:measure_rule_propagation", {"trials": 2 if quick else 5}),
+        Measurement("user_segments_api", "amctl.load.measures:measure_user_segments_latency",
+                    {"rate": 500, "seconds": seconds}),
+        Measurement("ingestion", "amctl.load.measures:measure_ingestion", {"seconds": seconds / 2}),
+        Measurement("job_throughput", "flinkjob.bench:measure_job_throughput", {"events": 20_000 if quick else 60_000}),
+        Measurement("assignment_latency", "amctl.load.measures:measure_assignment_latency",
+                    {"seconds": seconds, "rates": [100, 500, 1000],
+                     "batch_rates": [2000] if quick else [2000, 5000, 10000]}),
+    ]
 
 
 def _rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -61,7 +55,7 @@ def bench(
     end-to-end assignment latency at 100/500/1,000 ev/s, sustained rate, rule propagation, API p50/p99."""
     app = get_context(ctx)
     with app.err.status("benchmarking") as status:
-        report = run_bench(measurements(quick), lambda text: status.update(text))
+        report = run_bench(measurements(quick), lambda text: status.update(escape(text))).as_json()
     if output is not None:
         output.write_text(json.dumps(report, indent=2))
     if json_output:
@@ -71,7 +65,7 @@ def bench(
     table.add_column("figure")
     table.add_column("value", overflow="fold")
     for row in _rows(report):
-        table.add_row(*row)
+        add_row(table, *row)
     app.console.print(table)
 
 

@@ -9,39 +9,44 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from amctl.client import CommunicationClient, communication_client
+from amctl.console import add_row, plain
 from amctl.context import AppContext, get_context, service_call
+from amctl.errors import AmctlError, UsageError
 from amctl.local.mail_sink import read_mails, store_path
 from amctl.options import JsonOption
 from amctl.settings import Target
 
 app = typer.Typer(help="Email campaigns: create, follow, cancel, and read the mails they sent.", no_args_is_help=True)
 
-def _template_part(app_: AppContext, inline: str | None, file: Path | None, what: str) -> str:
+
+def _template_part(inline: str | None, file: Path | None, what: str) -> str:
     if inline is not None and file is not None:
-        app_.fail(f"give --{what} or --{what}-file, not both")
+        raise UsageError(f"give --{what} or --{what}-file, not both")
     if file is not None:
         try:
             return file.read_text()
         except OSError as exc:
-            app_.fail(f"cannot read the {what}: {exc}")
+            raise AmctlError(f"cannot read the {what}: {exc}") from None
     if inline is None:
-        app_.fail(f"a campaign needs a {what}", hint=f"give --{what} TEXT or --{what}-file PATH")
+        raise UsageError(f"a campaign needs a {what}", hint=f"give --{what} TEXT or --{what}-file PATH")
     return inline
 
 
-def _schedule(app_: AppContext, value: str) -> Any:
+def _schedule(value: str) -> Any:
     if value in ("now", "on_enter"):
         return value
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        app_.fail(f"--schedule: '{value}' is not now, on_enter or an ISO time such as 2026-12-01T09:00:00Z")
+        raise UsageError(f"--schedule: '{value}' is not now, on_enter or an ISO time such as 2026-12-01T09:00:00Z"
+                         ) from None
     if at.tzinfo is None:
-        app_.fail(f"--schedule: '{value}' has no time zone", hint="add one, e.g. Z or +01:00")
+        raise UsageError(f"--schedule: '{value}' has no time zone", hint="add one, e.g. Z or +01:00")
     return {"at": at.isoformat()}
 
 
@@ -49,14 +54,14 @@ def show_campaign(app_: AppContext, campaign: dict[str, Any], json_output: bool)
     if json_output:
         app_.print_json(campaign)
         return
-    table = Table(show_header=False, title=campaign["name"])
+    table = Table(show_header=False, title=plain(campaign["name"]))
     for key in ("id", "segmentId", "schedule", "sendAt", "status", "audienceSize", "createdAt"):
-        table.add_row(key, str(campaign.get(key)))
-    table.add_row("subject", campaign["template"]["subject"])
+        add_row(table, key, str(campaign.get(key)))
+    add_row(table, "subject", campaign["template"]["subject"])
     counts = campaign["counts"]
-    table.add_row("deliveries", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    add_row(table, "deliveries", ", ".join(f"{k} {v}" for k, v in counts.items()))
     if campaign.get("error"):
-        table.add_row("error", campaign["error"])
+        add_row(table, "error", campaign["error"])
     app_.console.print(table)
 
 
@@ -75,13 +80,13 @@ def wait_for_delivery(app_: AppContext, client: CommunicationClient, campaign: d
         task = progress.add_task("waiting for the fan-out", total=None)
         while not _done(campaign):
             if time.monotonic() > deadline:
-                app_.fail(f"campaign {campaign['id']} not finished after {timeout_s:g} s "
-                          f"(status {campaign['status']}, {campaign['counts']})",
-                          hint=f"follow it with: amctl campaign get {campaign['id']}")
+                raise AmctlError(f"campaign {campaign['id']} not finished after {timeout_s:g} s "
+                                 f"(status {campaign['status']}, {campaign['counts']})",
+                                 hint=f"follow it with: amctl campaign get {campaign['id']}")
             counts = campaign["counts"]
             finished = counts["sent"] + counts["failed"] + counts["skipped"] + counts["cancelled"]
-            progress.update(task, description=f"{campaign['status'].lower()}: sent {counts['sent']}, "
-                            f"failed {counts['failed']}, skipped {counts['skipped']}",
+            progress.update(task, description=escape(f"{campaign['status'].lower()}: sent {counts['sent']}, "
+                                                     f"failed {counts['failed']}, skipped {counts['skipped']}"),
                             total=campaign["audienceSize"], completed=finished)
             time.sleep(0.25)
             campaign = client.get(campaign["id"])
@@ -104,14 +109,15 @@ def create(
 ) -> None:
     """Create a campaign: send to the segment's members now or at a time, or to each user who enters it."""
     with service_call(ctx, communication_client) as (app_, client):
-        request = {"name": name, "segmentId": segment_id, "channel": "EMAIL", "schedule": _schedule(app_, schedule),
-                   "template": {"subject": _template_part(app_, subject, subject_file, "subject"),
-                                "body": _template_part(app_, body, body_file, "body")}}
+        request = {"name": name, "segmentId": segment_id, "channel": "EMAIL", "schedule": _schedule(schedule),
+                   "template": {"subject": _template_part(subject, subject_file, "subject"),
+                                "body": _template_part(body, body_file, "body")}}
         campaign = client.create(request)
         if wait and campaign["schedule"] == "now":
             campaign = wait_for_delivery(app_, client, campaign, timeout)
         elif wait:
-            app_.err.print(f"--wait ignored: a campaign scheduled '{campaign['schedule']}' has nothing to wait for now")
+            app_.err.print(f"--wait ignored: a campaign scheduled '{campaign['schedule']}' has nothing to wait for now",
+                           markup=False)
         show_campaign(app_, campaign, json_output)
 
 
@@ -135,8 +141,8 @@ def list_campaigns(
             table.add_column(column)
         for c in page["items"]:
             n = c["counts"]
-            table.add_row(c["id"], c["name"], c["schedule"], c["status"], str(n["queued"]), str(n["sent"]),
-                          str(n["failed"]), str(n["skipped"]))
+            add_row(table, c["id"], c["name"], c["schedule"], c["status"], n["queued"], n["sent"], n["failed"],
+                    n["skipped"])
         app_.console.print(table)
 
 
@@ -160,7 +166,7 @@ def get(
             for column in ("user", "email", "status", "attempts", "reason"):
                 table.add_column(column)
             for d in campaign["deliveries"]:
-                table.add_row(d["userId"], d["email"] or "", d["status"], str(d["attempts"]), d["reason"] or "")
+                add_row(table, d["userId"], d["email"] or "", d["status"], d["attempts"], d["reason"] or "")
             app_.console.print(table)
 
 
@@ -175,19 +181,18 @@ def cancel(ctx: typer.Context, campaign_id: str, json_output: JsonOption = False
 def mails(ctx: typer.Context, campaign_id: str, json_output: JsonOption = False) -> None:
     """The mails the local SMTP sink received for a campaign (local target)."""
     app_ = get_context(ctx)
-    if app_.target is not Target.LOCAL:
-        app_.fail("amctl campaign mails reads the local mail sink; on k8s open the mail catcher's web UI")
+    app_.require(Target.LOCAL, "amctl campaign mails reads the local mail sink; on k8s open the mail catcher's web UI")
     received = read_mails(store_path(app_.settings.state_dir), campaign_id)
     if json_output:
         app_.print_json([asdict(m) for m in received])
         return
     if not received:
-        app_.err.print(f"no mails received for campaign {campaign_id} yet")
+        app_.err.print(f"no mails received for campaign {campaign_id} yet", markup=False)
         return
     table = Table(title=f"{len(received)} mails received")
     for column in ("received", "to", "subject", "body"):
         table.add_column(column)
     for m in received:
         body = m.body.strip().replace("\n", " ")
-        table.add_row(m.received_at, ", ".join(m.rcpt_to), m.subject, body[:60] + ("…" if len(body) > 60 else ""))
+        add_row(table, m.received_at, ", ".join(m.rcpt_to), m.subject, body[:60] + ("…" if len(body) > 60 else ""))
     app_.console.print(table)

@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.live import Live
 
-from amctl.client import ApiError, ingestion_client
+from amctl.client import ingestion_client
 from amctl.context import AppContext, get_context
+from amctl.errors import AmctlError, UsageError
 from amctl.load.profile import EventFactory, LoadConfigError, parse_mix
 from amctl.load.report import live_table, summary_table
 from amctl.load.runner import LoadPlan, LoadResult, run_load
@@ -49,29 +50,24 @@ def send(
     modes = [m for m, on in (("single", user is not None), ("file", file is not None),
                              ("load", rate is not None or ramp is not None)) if on]
     if len(modes) != 1:
-        app_ctx.fail("choose one of: --user (one event), --file (JSON lines), --rate/--ramp (load)",
-                     hint="e.g. amctl events send --user alice --type purchase -p amount=1500")
-    try:
-        if modes == ["load"]:
-            run_load_command(app_ctx, rate, duration, ramp, users, distribution, mix, batch, concurrency,
-                             threshold or [], json_output, user_prefix)
-        elif modes == ["file"]:
-            assert file is not None
-            send_file(app_ctx, file, json_output)
-        else:
-            assert user is not None
-            event = {"userId": user, "eventType": event_type, "properties": parse_props(app_ctx, prop or [])}
-            send_events(app_ctx, [event], json_output)
-    except LoadConfigError as exc:
-        app_ctx.fail(str(exc))
+        raise UsageError("choose one of: --user (one event), --file (JSON lines), --rate/--ramp (load)",
+                         hint="e.g. amctl events send --user alice --type purchase -p amount=1500")
+    if modes == ["load"]:
+        run_load_command(app_ctx, rate, duration, ramp, users, distribution, mix, batch, concurrency,
+                         threshold or [], json_output, user_prefix)
+    elif file is not None:
+        send_file(app_ctx, file, json_output)
+    elif user is not None:
+        event = {"userId": user, "eventType": event_type, "properties": parse_props(prop or [])}
+        send_events(app_ctx, [event], json_output)
 
 
-def parse_props(app: AppContext, pairs: list[str]) -> dict[str, Any]:
+def parse_props(pairs: list[str]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            app.fail(f"--prop '{pair}' is not KEY=VALUE")
+            raise UsageError(f"--prop '{pair}' is not KEY=VALUE")
         try:
             props[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -80,7 +76,7 @@ def parse_props(app: AppContext, pairs: list[str]) -> dict[str, Any]:
 
 
 def send_file(app: AppContext, file: Path, json_output: bool) -> None:
-    text = typer.get_text_stream("stdin").read() if str(file) == "-" else _read(app, file)
+    text = typer.get_text_stream("stdin").read() if str(file) == "-" else _read(file)
     events = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -88,15 +84,15 @@ def send_file(app: AppContext, file: Path, json_output: bool) -> None:
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            app.fail(f"{file}:{number}: not JSON ({exc.msg}); nothing was sent")
+            raise AmctlError(f"{file}:{number}: not JSON ({exc.msg}); nothing was sent") from None
     send_events(app, events, json_output)
 
 
-def _read(app: AppContext, file: Path) -> str:
+def _read(file: Path) -> str:
     try:
         return file.read_text()
     except OSError as exc:
-        app.fail(f"cannot read {file}: {exc.strerror}")
+        raise AmctlError(f"cannot read {file}: {exc.strerror}") from None
 
 
 def send_events(app: AppContext, events: list[dict[str, Any]], json_output: bool) -> None:
@@ -110,8 +106,6 @@ def send_events(app: AppContext, events: list[dict[str, Any]], json_output: bool
             for start in range(0, len(events), 500):
                 answer = client.send_batch(events[start:start + 500])
                 results += [{**r, "index": r["index"] + start} for r in answer["results"]]
-    except ApiError as exc:
-        app.fail_api(exc)
     finally:
         client.close()
     failed = [r for r in results if r.get("status") in ("rejected", "failed")]
@@ -122,7 +116,7 @@ def send_events(app: AppContext, events: list[dict[str, Any]], json_output: bool
             app.err.print(f"  event {r['index'] + 1}: {r['status']}: {'; '.join(r.get('errors', []))}", markup=False)
         accepted = sum(1 for r in results if r.get("status") in ("accepted", "duplicate"))
         app.console.print(f"{accepted} of {len(results)} event(s) accepted"
-                          + (f": {results[0]['eventId']}" if len(results) == 1 else ""))
+                          + (f": {results[0]['eventId']}" if len(results) == 1 else ""), markup=False)
     if failed:
         raise typer.Exit(1)
 
@@ -145,21 +139,24 @@ def run_load_command(app: AppContext, rate: float | None, duration: str, ramp: s
         concurrency=concurrency,
         headers=settings.auth_headers(),
     )
-    with Live(console=app.err, refresh_per_second=4, transient=json_output) as live:
+    # off a terminal the last frame would stay behind without its newline: the summary says it all anyway
+    with Live(console=app.err, refresh_per_second=4, transient=json_output or not app.err.is_terminal) as live:
         def progress(result: LoadResult) -> None:
             live.update(live_table(result))
 
         result = asyncio.run(run_load(plan, progress))
     summary = result.as_json(checks)
-    if summary["completed"] and summary["statuses"].get("0", 0) == summary["completed"]:
-        app.fail(f"cannot reach the Ingestion API at {settings.url(settings.ports.ingestion_api)}",
-                 hint="is the stack up? (amctl up)")
+    # every request refused (the load runner counts failures by the exception's name): nothing listens there
+    if summary["completed"] and summary["statuses"].get("ConnectionRefusedError", 0) == summary["completed"]:
+        raise AmctlError(f"cannot reach the Ingestion API at {settings.url(settings.ports.ingestion_api)}",
+                         hint="is the stack up? (amctl up)")
     if json_output:
         app.print_json(summary)
     else:
         app.console.print(summary_table(summary))
         if summary["dropped"]:
-            app.err.print(f"[yellow]{summary['dropped']:,} sends were dropped: the target did not keep up "
-                          f"with {summary['target_rate']:,.0f}/s at concurrency {concurrency}[/]")
+            app.err.print(f"{summary['dropped']:,} sends were dropped: the target did not keep up "
+                          f"with {summary['target_rate']:,.0f}/s at concurrency {concurrency}", style="yellow",
+                          markup=False)
     if any(not t["passed"] for t in summary["thresholds"]):
         raise typer.Exit(THRESHOLD_BREACHED_EXIT)

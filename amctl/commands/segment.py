@@ -11,9 +11,12 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from amctl.client import SegmentClient, segment_client
+from amctl.console import add_row, plain
 from amctl.context import AppContext, service_call
+from amctl.errors import AmctlError, UsageError
 from amctl.options import JsonOption
 
 segment_app = typer.Typer(help="Create, inspect and change segments.", no_args_is_help=True)
@@ -29,20 +32,24 @@ def segments(ctx: typer.Context) -> Iterator[tuple[AppContext, SegmentClient]]:
         yield pair
 
 
-def read_rules(app: AppContext, inline: str | None, file: Path | None) -> dict[str, Any] | None:
+def read_rules(inline: str | None, file: Path | None) -> dict[str, Any] | None:
+    """The rule tree of --rules (JSON) or --rules-file (JSON or YAML); None when neither is given."""
     if inline and file:
-        app.fail("give --rules or --rules-file, not both")
-    try:
-        if inline:
+        raise UsageError("give --rules or --rules-file, not both")
+    if inline:
+        try:
             parsed = json.loads(inline)
-        elif file:
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--rules is not JSON: {exc}") from None
+    elif file:
+        try:
             parsed = yaml.safe_load(file.read_text())  # YAML is a superset of JSON
-        else:
-            return None
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        app.fail(f"cannot read the rules: {exc}")
+        except (OSError, yaml.YAMLError) as exc:
+            raise AmctlError(f"cannot read the rules: {exc}") from None
+    else:
+        return None
     if not isinstance(parsed, dict):
-        app.fail("rules must be a JSON object, e.g. '{\"conditions\":[...]}'")
+        raise UsageError("rules must be a JSON object, e.g. '{\"conditions\":[...]}'")
     return parsed
 
 
@@ -50,13 +57,13 @@ def show_segment(app: AppContext, segment: dict[str, Any], json_output: bool) ->
     if json_output:
         app.print_json(segment)
         return
-    table = Table(show_header=False, title=segment["name"])
+    table = Table(show_header=False, title=plain(segment["name"]))
     for key in ("id", "type", "status", "version", "description", "createdAt", "updatedAt"):
-        table.add_row(key, str(segment.get(key, "")))
-    table.add_row("rules", json.dumps(segment.get("rules")))
+        add_row(table, key, segment.get(key, ""))
+    add_row(table, "rules", json.dumps(segment.get("rules")))
     app.console.print(table)
     for warning in segment.get("warnings", []):
-        app.err.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
+        app.err.print(Text.assemble(("warning:", "yellow"), f" {warning}"), highlight=False)
 
 
 @segment_app.command("create")
@@ -72,7 +79,7 @@ def create(
     """Create a segment (DYNAMIC with rules, or --static)."""
     with segments(ctx) as (app, client):
         body = {"name": name, "description": description, "type": "STATIC" if static else "DYNAMIC",
-                "rules": read_rules(app, rules, rules_file)}
+                "rules": read_rules(rules, rules_file)}
         show_segment(app, client.create(body), json_output)
 
 
@@ -95,7 +102,7 @@ def list_segments(
         for column in ("id", "name", "type", "status", "version", "updated"):
             table.add_column(column)
         for s in page["items"]:
-            table.add_row(s["id"], s["name"], s["type"], s["status"], str(s["version"]), s["updatedAt"])
+            add_row(table, s["id"], s["name"], s["type"], s["status"], s["version"], s["updatedAt"])
         app.console.print(table)
 
 
@@ -122,9 +129,9 @@ def update(
     """Change a segment; its version goes up by one."""
     with segments(ctx) as (app, client):
         body: dict[str, Any] = {k: v for k, v in {"name": name, "description": description, "status": status,
-                                                  "rules": read_rules(app, rules, rules_file)}.items() if v is not None}
+                                                  "rules": read_rules(rules, rules_file)}.items() if v is not None}
         if not body:
-            app.fail("nothing to change", hint="give --rules, --rules-file, --name, --description or --status")
+            raise UsageError("nothing to change", hint="give --rules, --rules-file, --name, --description or --status")
         show_segment(app, client.update(segment_id, body, if_version), json_output)
 
 
@@ -133,7 +140,7 @@ def delete(ctx: typer.Context, segment_id: str) -> None:
     """Delete a segment; its members leave it."""
     with segments(ctx) as (app, client):
         client.delete(segment_id)
-        app.console.print(f"deleted segment {segment_id}")
+        app.console.print(f"deleted segment {segment_id}", markup=False)
 
 
 @segment_app.command("preview")
@@ -142,16 +149,16 @@ def preview(ctx: typer.Context, rules: RulesOption = None, rules_file: RulesFile
             json_output: JsonOption = False) -> None:
     """How many current profiles a rule tree matches, without creating a segment."""
     with segments(ctx) as (app, client):
-        tree = read_rules(app, rules, rules_file)
+        tree = read_rules(rules, rules_file)
         if tree is None:
-            app.fail("give the rules to preview", hint="--rules '{...}' or --rules-file FILE")
+            raise UsageError("give the rules to preview", hint="--rules '{...}' or --rules-file FILE")
         result = client.preview(tree, sample)
         if json_output:
             app.print_json(result)
             return
         app.console.print(f"{result['matching']:,} of {result['scanned']:,} profiles match")
         if result["sample"]:
-            app.console.print("sample: " + ", ".join(result["sample"]))
+            app.console.print("sample: " + ", ".join(result["sample"]), markup=False)
         for warning in result["warnings"]:
             app.err.print(f"warning: {warning}", markup=False)
 
@@ -171,11 +178,11 @@ def members(ctx: typer.Context, segment_id: str,
         if json_output:
             app.print_json(page)
             return
-        table = Table(title=f"members of {segment_id}")
+        table = Table(title=plain(f"members of {segment_id}"))
         for column in ("user", "since", "version", "source"):
             table.add_column(column)
         for m in page["items"]:
-            table.add_row(m["userId"], m["enteredAt"], str(m["segmentVersion"]), m["source"])
+            add_row(table, m["userId"], m["enteredAt"], m["segmentVersion"], m["source"])
         app.console.print(table)
         if page["nextCursor"]:
             app.console.print(f"more: --cursor {page['nextCursor']}", markup=False)
@@ -189,12 +196,11 @@ def stats(ctx: typer.Context, segment_id: str, json_output: JsonOption = False) 
         if json_output:
             app.print_json(result)
             return
-        table = Table(title=f"segment {segment_id}")
+        table = Table(title=plain(f"segment {segment_id}"))
         for column in ("size", "entered 1h", "entered 24h", "exited 1h", "exited 24h"):
             table.add_column(column, justify="right")
         e, x = result["entered"], result["exited"]
-        table.add_row(f"{result['size']:,}", str(e["lastHour"]), str(e["lastDay"]), str(x["lastHour"]),
-                      str(x["lastDay"]))
+        add_row(table, f"{result['size']:,}", e["lastHour"], e["lastDay"], x["lastHour"], x["lastDay"])
         app.console.print(table)
 
 
@@ -206,11 +212,11 @@ def user_segments(ctx: typer.Context, user_id: str, json_output: JsonOption = Fa
         if json_output:
             app.print_json(result)
             return
-        table = Table(title=f"segments of {user_id}")
+        table = Table(title=plain(f"segments of {user_id}"))
         for column in ("segment", "id", "since", "version"):
             table.add_column(column)
         for s in result["segments"]:
-            table.add_row(s["name"], s["segmentId"], s["enteredAt"], str(s["segmentVersion"]))
+            add_row(table, s["name"], s["segmentId"], s["enteredAt"], s["segmentVersion"])
         app.console.print(table)
 
 
@@ -222,7 +228,7 @@ def user_profile(ctx: typer.Context, user_id: str, json_output: JsonOption = Fal
         if json_output:
             app.print_json(profile)
             return
-        table = Table(show_header=False, title=f"profile of {user_id}")
+        table = Table(show_header=False, title=plain(f"profile of {user_id}"))
         for key, value in profile.items():
-            table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+            add_row(table, key, json.dumps(value) if isinstance(value, dict | list) else value)
         app.console.print(table)

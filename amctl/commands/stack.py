@@ -1,110 +1,117 @@
-"""`amctl up`, `down`, `status`, `logs`: run the platform on the local target (or k8s)."""
+"""`amctl up`, `down`, `status`, `logs`: run the platform on its target (local processes, or k8s)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from types import TracebackType
 from typing import Annotated
 
 import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.spinner import Spinner
 from rich.table import Table
+from rich.text import Text
 
-from amctl.commands import k8s
-from amctl.commands.k8s import ContextOption, K8sOptions, KubeconfigOption, ProfileOption, TimeoutOption
-from amctl.context import AppContext, get_context
+from amctl.console import add_row, plain
+from amctl.context import get_context
+from amctl.errors import AmctlError
+from amctl.k8s.target import K8sOptions
 from amctl.local import processes
-from amctl.local.options import StackOptions
-from amctl.local.stack import LocalStack, StackError
-from amctl.options import JsonOption, TargetOption
+from amctl.options import (
+    ContextOption,
+    DurableBrokerOption,
+    JsonOption,
+    KubeconfigOption,
+    MonitoringOption,
+    ProfileOption,
+    TargetOption,
+    TimeoutOption,
+)
+from amctl.platforms import local_stack, open_platform
 from amctl.settings import Target
+from amctl.target import Kind, Pending, StatusReport, Update, UpResult
 
-MonitoringOption = Annotated[bool | None, typer.Option(
-    "--with-monitoring/--without-monitoring",
-    help="Also run Prometheus (Debian's package) with the k8s target's scrape jobs and alert rules; "
-         "remembered by later `amctl up` (local target).")]
-
-DurableBrokerOption = Annotated[bool | None, typer.Option(
-    "--durable-broker/--memory-broker",
-    help="Local: keep the broker's records on disk (an S3 server under the state dir) or in RAM (the default). "
-         "Remembered: a later plain `amctl up` keeps the choice.")]
+# how a settled update is marked on its line, per command
+UP_MARKS = {Kind.DONE: Text("✓", style="green"), Kind.STOPPED: Text("-"), Kind.NOTE: Text(" ")}
+DOWN_MARKS: dict[Kind, Text] = {}
 
 
-def for_target(ctx: typer.Context, target: Target | None) -> AppContext:
-    app = get_context(ctx)
-    if target is not None and target is not app.settings.target:
-        app.settings = app.settings.model_copy(update={"target": target})
-    return app
+def pending_view(title: str, waiting: tuple[Pending, ...]) -> Group:
+    """What a phase still waits for, and why (with the last log lines of what crashes)."""
+    table = Table(title=plain(title), title_justify="left")
+    for column in ("still pending", "why", "detail"):
+        table.add_column(column, overflow="fold")
+    logs: list[Text] = []
+    for item in waiting:
+        style = "red" if item.reason in ("CrashLoopBackOff", "ImagePullBackOff") or item.failed else "yellow"
+        add_row(table, item.workload, Text(item.reason, style=style), item.detail)
+        if item.log_tail:
+            logs.append(Text(f"last log lines of {item.workload}:", style="bold"))
+            logs.extend(Text(f"  {line}", style="dim") for line in item.log_tail)
+    return Group(table, *logs)
 
 
-def local_stack(app: AppContext, monitoring: bool | None = None, durable_broker: bool | None = None) -> LocalStack:
-    """The local stack as it was last asked to run, with the options given now applied."""
-    if app.target is not Target.LOCAL:
-        app.fail(f"this command runs on the local target only, not {app.target}", hint="use --target local "
-                 "(on k8s: kubectl -n audience-manager-demo logs deploy/NAME)")
-    options = StackOptions.load(app.settings.state_dir).updated(durable_broker=durable_broker, monitoring=monitoring)
-    return LocalStack(app.settings, options=options)
+class ProgressView:
+    """A platform's updates on stderr: settled ones as lines that stay, the current one live (a spinner
+    line, or the table of what a phase still waits for), what never got ready kept before the error."""
 
+    def __init__(self, console: Console, activity: str, marks: dict[Kind, Text]) -> None:
+        self.console = console
+        self.marks = marks
+        self.live = Live(Spinner("dots", activity), console=console, refresh_per_second=8, transient=True)
 
-def _report_failure(app: AppContext, exc: StackError) -> None:
-    if exc.log_tail:
-        app.err.rule("last log lines", style="red")
-        for line in exc.log_tail:
-            app.err.print(line, markup=False, highlight=False)
-        app.err.rule(style="red")
-    app.fail(str(exc), hint=exc.hint or None)
+    def __enter__(self) -> ProgressView:
+        self.live.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.live.stop()
+
+    def update(self, update: Update) -> None:
+        title = f"{update.name}: {update.state}"
+        if update.kind is Kind.WORKING:
+            self.live.update(pending_view(title, update.pending) if update.pending else Spinner("dots", plain(title)))
+        elif update.kind is Kind.STUCK:
+            self.console.print(pending_view(title, update.pending))
+        else:
+            mark = self.marks.get(update.kind)
+            line = Text("  ") + (mark + " " if mark is not None else Text()) + f"{update.name:<18} {update.state}"
+            self.console.print(line, highlight=False)
 
 
 def _mib(value: int) -> str:
     return f"{value / 2**20:,.0f} MiB" if value else "-"
 
 
+def show_up(console: Console, result: UpResult) -> None:
+    verb = f"ready in {result.seconds:.1f} s" if result.started else "already running; nothing to start"
+    where = f" in {result.where}" if result.where else ""
+    console.print(f"Audience Manager ({result.platform}) {verb}{where}", style="bold green", markup=False)
+    width = max((len(e.name) for e in result.endpoints), default=0) + 1
+    for endpoint in result.endpoints:
+        console.print(f"  {endpoint.name:<{width}} {endpoint.address}", markup=False, highlight=False)
+    for note in result.notes:
+        console.print(f"  {note}", markup=False, highlight=False)
+    for line in result.next_steps:
+        console.print(line, markup=False, highlight=False)
+
+
 def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption = K8sOptions.profile,
        context: ContextOption = K8sOptions.context, kubeconfig: KubeconfigOption = None,
        timeout: TimeoutOption = K8sOptions.timeout_s, monitoring: MonitoringOption = None,
-       durable_broker: DurableBrokerOption = None) -> None:
+       durable_broker: DurableBrokerOption = None, json_output: JsonOption = False) -> None:
     """Start the platform; components already running are left as they are (k8s: --profile, --context)."""
-    app = for_target(ctx, target)
-    if app.target is Target.K8S:
-        if durable_broker is not None:
-            app.fail("--durable-broker/--memory-broker choose the local broker's storage", hint="on k8s the "
-                     "brokers are Apache Kafka with persistent storage: leave the flag out")
-        if monitoring is not None:
-            app.fail("--with-monitoring/--without-monitoring choose the local Prometheus",
-                     hint="on k8s Prometheus, Grafana and Kafka UI always run: leave the flag out")
-        k8s.up(app, K8sOptions(profile, context, kubeconfig, timeout))
-        return
-    stack = local_stack(app, monitoring=monitoring, durable_broker=durable_broker)
-    started_at = time.perf_counter()
-    with app.err.status("starting the local stack") as spinner:
-
-        def progress(name: str, state: str) -> None:
-            spinner.update(f"{name}: {state}")
-            if state.startswith(("healthy", "already running", "done")):
-                app.err.print(f"  [green]✓[/] {name:<18} {state}")
-            elif state.startswith("stopped"):
-                app.err.print(f"  - {name:<18} {state}")
-            elif state.startswith("installing"):  # once per machine, and slow: say so even where no spinner shows
-                app.err.print(f"    {name:<18} {state}")
-
-        try:
-            started = stack.up(progress)
-        except StackError as exc:
-            spinner.stop()
-            _report_failure(app, exc)
-    elapsed = time.perf_counter() - started_at
-    s = app.settings
-    verb = f"ready in {elapsed:.1f} s" if started else "already running; nothing to start"
-    app.console.print(f"[bold green]Audience Manager (local) {verb}[/]")
-    app.console.print(f"  Segment API        {s.url(s.ports.segment_api)}/docs")
-    app.console.print(f"  Ingestion API      {s.url(s.ports.ingestion_api)}/docs")
-    app.console.print(f"  Communication API  {s.url(s.ports.communication_api)}/docs")
-    app.console.print(f"  PostgreSQL         postgresql://postgres@{s.host}:{s.ports.postgres}/audience")
-    app.console.print(f"  Kafka              {s.host}:{s.ports.kafka}"
-                      + (f" (durable: records in {stack.s3.objects_dir})" if stack.broker.durable else ""))
-    if stack.options.monitoring:
-        app.console.print(f"  Prometheus         {s.url(s.ports.prometheus)}/targets")
-    app.console.print("Try:", style="bold")
-    app.console.print(f"  curl -s {s.url(s.ports.segment_api)}/actuator/health", markup=False)
-    app.console.print("Stop with: amctl down")
+    app = get_context(ctx, target)
+    platform = open_platform(app.settings, K8sOptions(profile, context, kubeconfig, timeout),
+                             durable_broker=durable_broker, monitoring=monitoring)
+    with ProgressView(app.err, f"starting Audience Manager ({app.target})", UP_MARKS) as view:
+        result = platform.up(view.update)
+    if json_output:
+        app.print_json(result.as_json())
+    else:
+        show_up(app.console, result)
 
 
 def down(
@@ -115,47 +122,45 @@ def down(
     context: ContextOption = K8sOptions.context,
     kubeconfig: KubeconfigOption = None,
     timeout: TimeoutOption = K8sOptions.timeout_s,
+    json_output: JsonOption = False,
 ) -> None:
     """Stop every component in reverse order; data survives unless --purge (k8s: deletes the namespace)."""
-    app = for_target(ctx, target)
-    if app.target is Target.K8S:
-        k8s.down(app, K8sOptions(profile, context, kubeconfig, timeout))
-        return
-    stack = local_stack(app)
-    stopped = stack.down(lambda name, state: app.err.print(f"  {name:<18} {state}"), purge=purge)
-    app.console.print(f"stopped {len(stopped)} component(s)" if stopped else "nothing was running")
+    app = get_context(ctx, target)
+    platform = open_platform(app.settings, K8sOptions(profile, context, kubeconfig, timeout))
+    with ProgressView(app.err, f"stopping Audience Manager ({app.target})", DOWN_MARKS) as view:
+        result = platform.down(view.update, purge=purge)
+    if json_output:
+        app.print_json(result.as_json())
+    else:
+        app.console.print(result.summary, markup=False, highlight=False)
+
+
+def show_status(console: Console, report: StatusReport) -> None:
+    table = Table(title=plain(report.title))
+    measured = ("pid", "port", "memory (RSS)", "uptime") if report.processes else ()
+    for column in (report.noun, "state", *measured, "detail"):
+        table.add_column(column, overflow="fold")
+    for row in report.components:
+        state = Text(row.state, style={"running": "green", "stopped": "dim"}.get(row.state, "yellow"))
+        figures = (row.pid or "-", row.port or "-", _mib(row.rss_bytes),
+                   f"{row.uptime_s:.0f} s" if row.uptime_s is not None else "-") if report.processes else ()
+        add_row(table, row.name, state, *figures, row.detail)
+    console.print(table)
+    if report.processes:
+        console.print(f"total memory: {_mib(sum(r.rss_bytes for r in report.components))}")
 
 
 def status(ctx: typer.Context, target: TargetOption = None, json_output: JsonOption = False,
            profile: ProfileOption = K8sOptions.profile, context: ContextOption = K8sOptions.context,
            kubeconfig: KubeconfigOption = None) -> None:
     """Each component's state, pid, port, health and memory (k8s: each workload's readiness)."""
-    app = for_target(ctx, target)
-    if app.target is Target.K8S:
-        k8s.status(app, K8sOptions(profile, context, kubeconfig), json_output)
-        return
-    rows = local_stack(app).status()
+    app = get_context(ctx, target)
+    report = open_platform(app.settings, K8sOptions(profile, context, kubeconfig)).status()
     if json_output:
-        app.print_json([row.__dict__ for row in rows])
+        app.print_json(report.as_json())
     else:
-        table = Table(title="Audience Manager — local")
-        for column in ("component", "state", "pid", "port", "memory (RSS)", "uptime", "detail"):
-            table.add_column(column)
-        styles = {"running": "green", "unhealthy": "yellow", "stopped": "dim"}
-        for row in rows:
-            table.add_row(
-                row.name,
-                f"[{styles[row.state]}]{row.state}[/]",
-                str(row.pid or "-"),
-                str(row.port or "-"),
-                _mib(row.rss_bytes),
-                f"{row.uptime_s:.0f} s" if row.uptime_s is not None else "-",
-                row.detail,
-            )
-        app.console.print(table)
-        total = sum(r.rss_bytes for r in rows)
-        app.console.print(f"total memory: {_mib(total)}")
-    if any(r.state == "unhealthy" for r in rows):
+        show_status(app.console, report)
+    if report.failing():
         raise typer.Exit(1)
 
 
@@ -167,28 +172,32 @@ def logs(
 ) -> None:
     """Print a component's log (and follow it)."""
     app = get_context(ctx)
-    stack = local_stack(app)
-    try:
-        stack.component(component)
-    except StackError as exc:
-        app.fail(str(exc), hint=exc.hint)
+    app.require(Target.LOCAL, f"this command runs on the local target only, not {app.target}",
+                hint="use --target local (on k8s: kubectl -n audience-manager-demo logs deploy/NAME)")
+    stack = local_stack(app.settings)
+    stack.component(component)  # an unknown name fails here, listing the known ones
     path = stack.log_path(component)
     if not path.exists():
-        app.fail(f"no log yet for {component}", hint="start the stack with: amctl up")
+        raise AmctlError(f"no log yet for {component}", hint="start the stack with: amctl up")
     for line in processes.tail(path, lines):
         typer.echo(line)
     if follow:
-        with path.open("rb") as fh:
-            fh.seek(0, 2)
-            try:
-                while True:
-                    chunk = fh.readline()
-                    if chunk:
-                        typer.echo(chunk.decode(errors="replace").rstrip("\n"))
-                    else:
-                        time.sleep(0.2)
-            except KeyboardInterrupt:
-                pass
+        _follow(path)
+
+
+def _follow(path: Path) -> None:
+    """Print lines as they are added to `path`, until Ctrl-C."""
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        try:
+            while True:
+                chunk = fh.readline()
+                if chunk:
+                    typer.echo(chunk.decode(errors="replace").rstrip("\n"))
+                else:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from amctl import monitor
+from amctl.console import add_row
 from amctl.context import AppContext, get_context
+from amctl.errors import AmctlError
 from amctl.local.stack import LocalStack
 from amctl.options import JsonOption
 from amctl.settings import Target
@@ -92,7 +94,7 @@ def render(snapshot: dict[str, Any]) -> Group:
     segments.add_column("segment")
     segments.add_column("members", justify="right")
     for s in snapshot["segments"]:
-        segments.add_row(s["name"], f"{s['size']:,}")
+        add_row(segments, s["name"], f"{s['size']:,}")
     return Group(services, flow, segments)
 
 
@@ -105,10 +107,10 @@ def top(
     """Live request rates and p99 per service, events/s, segment assignments/s, segment sizes,
     the rule job's state and memory per component. Ctrl-C to leave."""
     app = get_context(ctx)
-    if app.target is not Target.LOCAL:
-        app.fail("amctl top reads the local stack; on k8s open Grafana (amctl status --target k8s lists its URL)")
-    if not any(row.state != "stopped" for row in LocalStack(app.settings).status()):
-        app.fail("nothing is running", hint="start the platform with: amctl up")
+    app.require(Target.LOCAL, "amctl top reads the local stack; on k8s open Grafana (amctl up --target k8s "
+                "lists its URL)")
+    if not any(row.state != "stopped" for row in LocalStack(app.settings).status().components):
+        raise AmctlError("nothing is running", hint="start the platform with: amctl up")
     view = Top(app)
     try:
         if once or json_output:

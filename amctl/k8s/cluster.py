@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import config as _config
 from kubernetes import dynamic as _dynamic
 from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.dynamic.exceptions import NotFoundError
+from urllib3.exceptions import HTTPError
+
+from amctl.errors import AmctlError
 
 # The kubernetes client's hints are partial (untyped functions): use it as untyped, in this one module.
 kube_config: Any = _config
@@ -18,12 +25,8 @@ DynamicClient: Any = _dynamic.DynamicClient
 DEFAULT_CONTEXT = "rancher-desktop"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(AmctlError):
     """An expected failure talking to the cluster, with what to do next."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 @dataclass
@@ -69,3 +72,30 @@ def connect(context: str, kubeconfig: str | None = None) -> Cluster:
         raise ClusterError(f"kube context '{context}' not found (known: {', '.join(names) or 'none'})",
                            hint="start Rancher Desktop with Kubernetes enabled, or pass --context NAME")
     return Cluster(kube_config.new_client_from_config(config_file=kubeconfig, context=context), context)
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own explanation (the Status object's message), first line only."""
+    try:
+        message = str(json.loads(exc.body or "{}").get("message", ""))
+    except (ValueError, AttributeError):
+        message = str(exc.body or "")
+    return message.strip().splitlines()[0] if message.strip() else "no details"
+
+
+@contextmanager
+def session(context: str, kubeconfig: str | None = None) -> Iterator[Cluster]:
+    """A connected cluster, closed afterwards; refused and failed API calls become one ClusterError."""
+    cluster = None
+    try:
+        cluster = connect(context, kubeconfig)  # asks the API server for its version: it may not answer
+        yield cluster
+    except ApiException as exc:
+        raise ClusterError(f"the Kubernetes API refused a request: {exc.status} {exc.reason}: {_api_message(exc)}",
+                           hint="check your permissions on the cluster (kubectl auth can-i '*' '*')") from None
+    except HTTPError as exc:
+        raise ClusterError(f"cannot reach the Kubernetes API of context '{context}': {type(exc).__name__}",
+                           hint="is Rancher Desktop running with Kubernetes enabled?") from None
+    finally:
+        if cluster is not None:
+            cluster.close()

@@ -7,19 +7,20 @@ from collections.abc import Callable
 
 from kubernetes.dynamic.exceptions import NotFoundError
 
+from amctl.errors import AmctlError
 from amctl.k8s.cluster import Cluster
 from amctl.k8s.render import Manifest, describe
 
 
-class DeleteTimeout(TimeoutError):
-    pass
+class DeleteTimeout(AmctlError):
+    """The namespace was still there when the timeout ran out."""
 
 
 def delete(cluster: Cluster, manifests: list[Manifest], namespace: str, timeout_s: float,
-           on_progress: Callable[[str, float], None], poll_s: float = 1.0) -> bool:
+           on_progress: Callable[[str, str], None], poll_s: float = 1.0) -> bool:
     """Delete cluster-scoped objects of `manifests` and the namespace, then wait until the namespace is gone.
 
-    Returns False when there was nothing to delete.
+    `on_progress(what, state)` hears of each step. Returns False when there was nothing to delete.
     """
     found = False
     for manifest in manifests:
@@ -29,7 +30,7 @@ def delete(cluster: Cluster, manifests: list[Manifest], namespace: str, timeout_
             cluster.dynamic.delete(cluster.resource(manifest["apiVersion"], manifest["kind"]),
                                    name=manifest["metadata"]["name"])
             found = True
-            on_progress(f"deleted {describe(manifest)}", 0.0)
+            on_progress(describe(manifest), "deleted")
         except NotFoundError:
             pass
     try:
@@ -42,7 +43,8 @@ def delete(cluster: Cluster, manifests: list[Manifest], namespace: str, timeout_
         elapsed = time.monotonic() - started
         phase = (live.get("status") or {}).get("phase", "Terminating")
         if elapsed >= timeout_s:
-            raise DeleteTimeout(f"namespace {namespace} still {phase} after {timeout_s:.0f} s")
-        on_progress(f"namespace {namespace}: {phase}", elapsed)
+            raise DeleteTimeout(f"namespace {namespace} still {phase} after {timeout_s:.0f} s",
+                                hint=f"kubectl get namespace {namespace} -o yaml shows what holds it")
+        on_progress(f"namespace {namespace}", f"{phase} ({elapsed:.0f} s)")
         time.sleep(poll_s)
     return True

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from amctl.errors import AmctlError
 from amctl.k8s.profile import REPO_ROOT, Profile
 
 IMAGES_DIR = REPO_ROOT / "templates" / "images"
@@ -21,7 +22,7 @@ LOCK_FILE = REPO_ROOT / "requirements.lock"
 BUILDERS: tuple[tuple[str, ...], ...] = (("nerdctl", "--namespace", "k8s.io"), ("docker",))
 
 
-class NoBuilder(RuntimeError):
+class NoBuilder(AmctlError):
     """Neither nerdctl nor docker is on PATH."""
 
 
@@ -35,7 +36,8 @@ class Image:
 
 def locked_version(package: str, lock: Path = LOCK_FILE) -> str:
     """The version `requirements.lock` pins `package` to."""
-    match = re.search(rf"^{re.escape(package)}==(\S+)$", lock.read_text(), re.MULTILINE | re.IGNORECASE)
+    # `pkg==1.2.3`, alone on its line or followed by ` \` and its `--hash=` lines (a lock with hashes)
+    match = re.search(rf"^{re.escape(package)}==([^\s\\]+)", lock.read_text(), re.MULTILINE | re.IGNORECASE)
     if match is None:
         raise ValueError(f"{package} is not in {lock.name}")
     return match.group(1)

@@ -13,8 +13,9 @@ from typing import Any
 import jinja2
 import yaml
 
+from amctl.errors import AmctlError
 from amctl.k8s.dashboards import dashboard_files
-from amctl.k8s.profile import TEMPLATES_DIR, Profile, mib
+from amctl.k8s.profile import TEMPLATES_DIR, Profile, ProfileError, load_profile, mib
 from amctl.prometheus import ALERTS_FILE, kubernetes_config
 from amctl.templating import yaml_environment
 
@@ -61,6 +62,15 @@ def documents(text: str) -> list[Manifest]:
 def render(profile: Profile, templates_dir: Path = TEMPLATES_DIR) -> list[Manifest]:
     """Every object of the deployment, in apply order (namespace first)."""
     return [doc for text in render_text(profile, templates_dir).values() for doc in documents(text)]
+
+
+def load(name: str) -> tuple[Profile, list[Manifest]]:
+    """A profile (by name, or a profile file) and its manifests; a missing or invalid one is an AmctlError."""
+    try:
+        profile = load_profile(name)
+    except ProfileError as exc:  # amctl.k8s.profile's own error, said as every amctl error is
+        raise AmctlError(str(exc)) from None
+    return profile, render(profile)
 
 
 def to_yaml(manifests: list[Manifest]) -> str:

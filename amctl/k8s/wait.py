@@ -14,8 +14,10 @@ from typing import Any
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
+from amctl.errors import AmctlError
 from amctl.k8s.cluster import Cluster
 from amctl.k8s.render import Manifest, describe
+from amctl.target import Pending
 
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 PULL_ERRORS = frozenset({"ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName"})
@@ -38,29 +40,28 @@ class PodProblem:
     detail: str
 
 
-@dataclass(frozen=True)
-class Pending:
-    """A workload that is not ready yet, and the most telling reason why."""
-
-    workload: str
-    reason: str
-    detail: str = ""
-    log_tail: tuple[str, ...] = ()
-    failed: bool = False  # will not get ready by waiting longer (a Job out of retries)
+def _hint(pending: list[Pending]) -> str:
+    if any(p.reason == "ImagePullBackOff" for p in pending):
+        return "build our images into the cluster first: amctl images build"
+    return "amctl status --target k8s shows every workload; kubectl describe pod NAME shows events"
 
 
-class WaitTimeout(TimeoutError):
+class WaitTimeout(AmctlError):
+    """Workloads that were still not ready when the timeout ran out."""
+
     def __init__(self, pending: list[Pending], timeout_s: float) -> None:
         names = ", ".join(f"{p.workload} ({p.reason})" for p in pending)
-        super().__init__(f"not ready after {timeout_s:.0f} s: {names}")
+        super().__init__(f"timed out: not ready after {timeout_s:.0f} s: {names}", hint=_hint(pending))
         self.pending = pending
 
 
-class WorkloadFailed(RuntimeError):
+class WorkloadFailed(AmctlError):
+    """A workload that will not get ready by waiting longer (a Job out of retries)."""
+
     def __init__(self, pending: Pending) -> None:
         super().__init__(f"{pending.workload} failed: {pending.reason}" + (f" ({pending.detail})" if pending.detail
-                                                                           else ""))
-        self.pending = pending
+                                                                           else ""), hint=_hint([pending]))
+        self.pending = [pending]
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:

@@ -12,8 +12,10 @@ import asyncio
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from amctl.errors import AmctlError
 
-class HttpProtocolError(Exception):
+
+class HttpProtocolError(AmctlError):
     """The server answered with something that is not an HTTP/1.1 response."""
 
 

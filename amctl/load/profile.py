@@ -8,6 +8,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from amctl.errors import UsageError
+
 # name -> [(eventType, weight)]; purchases carry an amount, the others a page or product.
 MIXES: dict[str, list[tuple[str, float]]] = {
     "default": [("page_view", 0.6), ("add_to_cart", 0.25), ("purchase", 0.15)],
@@ -17,8 +19,8 @@ MIXES: dict[str, list[tuple[str, float]]] = {
 CATEGORIES = ("electronics", "books", "fashion", "home", "sports")
 
 
-class LoadConfigError(ValueError):
-    """A load option that cannot be used as given."""
+class LoadConfigError(UsageError):
+    """A load option that cannot be used as given (a usage error: exit status 2)."""
 
 
 def parse_mix(spec: str) -> list[tuple[str, float]]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
+from amctl.console import add_row
 from amctl.load.runner import LoadResult
 
 
@@ -45,8 +47,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     ]
     rows += [(f"status {k}", f"{v:,}") for k, v in sorted(summary["statuses"].items())]
     for row in rows:
-        table.add_row(*row)
+        add_row(table, *row)
     for check in summary["thresholds"]:
-        mark = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
-        table.add_row(f"threshold {check['threshold']}", f"{mark} (actual {check['actual']:.4g})")
+        mark = Text("pass", style="green") if check["passed"] else Text("FAIL", style="red")
+        add_row(table, f"threshold {check['threshold']}", mark + f" (actual {check['actual']:.4g})")
     return table

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import psycopg
 
+from amctl.local.errors import StackError
+
 UNPRIVILEGED_USER = "nobody"
 ROOT_FALLBACK_DIR = Path("/var/lib/amctl")
 
 
-class PostgresSetupError(RuntimeError):
+class PostgresSetupError(StackError):
     """initdb or the binaries could not be prepared."""
 
 
@@ -30,7 +32,8 @@ def package_dir(package: str) -> Path:
     """Where an installed package lives, found without importing it (importing may have side effects)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise PostgresSetupError(f"package '{package}' is not installed; run: make venv")
+        raise PostgresSetupError(f"package '{package}' is not installed",
+                                 hint="install the locked dependencies: make venv")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -100,7 +103,9 @@ class EmbeddedPostgres:
             check=False,
         )
         if result.returncode != 0:
-            raise PostgresSetupError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
+            first, *more = (result.stderr.strip() or result.stdout.strip() or f"exit {result.returncode}").splitlines()
+            raise PostgresSetupError(f"initdb failed: {first}", details=more,
+                                     hint=f"data directory: {self.data_dir}")
 
     def command(self) -> list[str]:
         """The foreground server process (its pid is the postmaster's; SIGINT is a fast shutdown)."""

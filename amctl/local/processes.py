@@ -115,6 +115,7 @@ def stop(pid: int, stop_signal: int = signal.SIGTERM, grace_s: float = 10.0) -> 
     while time.monotonic() < deadline:
         reap(pid)
         if not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in _alive(members)):
+            reap(pid)  # it may have exited since the reap above: collect it, or its Popen warns at exit
             return False
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):

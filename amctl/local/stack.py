@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from amctl.local.postgres import EmbeddedPostgres
 from amctl.local.s3 import LocalS3Server, installed
 from amctl.prometheus import ScrapeTarget
 from amctl.settings import AmctlSettings
+from amctl.target import ComponentStatus, DownResult, Endpoint, Kind, Progress, StatusReport, Update, UpResult
 
 DATABASE_NAME = "audience"
 
@@ -48,6 +49,7 @@ class Component:
     stop_signal: int = signal.SIGTERM
     prepare: Callable[[], None] | None = None
     preparing: str = "preparing"  # what `prepare` is doing, for the progress line
+    slow_prepare: bool = False  # `prepare` takes a while (an install, once per machine): say so on a line of its own
     describe: Callable[[], str] | None = None  # a short line for `amctl status`
     metrics_path: str | None = None  # served on `port` for Prometheus (the pod annotation on k8s)
     preflight: Callable[[], None] | None = None  # raises StackError before anything starts if it cannot run
@@ -59,20 +61,6 @@ class RunRecord:
     port: int | None
     created_at: float
     started_at: float
-
-
-@dataclass(frozen=True)
-class ComponentStatus:
-    name: str
-    state: str  # running | unhealthy | stopped
-    pid: int | None
-    port: int | None
-    rss_bytes: int
-    uptime_s: float | None
-    detail: str = ""
-
-
-ProgressCallback = Callable[[str, str], None]
 
 
 def _job_summary(url: str) -> Callable[[], str]:
@@ -103,10 +91,16 @@ def _http_ready(url: str) -> Callable[[], bool]:
 
 
 class LocalStack:
-    """Starts, inspects and stops the local stack described by `settings`."""
+    """Starts, inspects and stops the local stack described by `settings` (the local target's Platform).
 
-    def __init__(self, settings: AmctlSettings, durable: bool = True, options: StackOptions | None = None) -> None:
+    `extra_env` is added to the environment of every service and of the rule engine (a benchmark's
+    rate-limit override, say), so that nothing needs to change in amctl's own environment.
+    """
+
+    def __init__(self, settings: AmctlSettings, durable: bool = True, options: StackOptions | None = None,
+                 extra_env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
+        self.extra_env = dict(extra_env or {})
         self.state_dir = settings.state_dir
         self.options = options if options is not None else StackOptions.load(self.state_dir)
         self.run_dir = self.state_dir / "run"
@@ -138,7 +132,7 @@ class LocalStack:
         }
         if port is not None:
             env["AM_PORT"] = str(port)
-        return env
+        return {**env, **self.extra_env}
 
     def components(self) -> list[Component]:
         s, ports, py = self.settings, self.settings.ports, sys.executable
@@ -237,6 +231,7 @@ class LocalStack:
             env=self.s3.environment(os.environ),
             prepare=self.s3.prepare,  # installs s3rver on first use; S3SetupError is a StackError
             preparing="preparing" if installed() else "installing s3rver (npm) …",
+            slow_prepare=not installed(),
             describe=lambda: f"broker records in {self.s3.objects_dir}",
         )
 
@@ -281,8 +276,9 @@ class LocalStack:
 
     # -- up / down / status ----------------------------------------------------------------
 
-    def up(self, progress: ProgressCallback) -> list[str]:
-        """Start every component not running yet; returns the names it started."""
+    def up(self, progress: Progress) -> UpResult:
+        """Start every component not running yet, in order, each once healthy."""
+        started_at = time.perf_counter()
         for comp in self.components():
             if comp.preflight is not None:
                 comp.preflight()  # before anything starts and before the choice is remembered
@@ -295,17 +291,35 @@ class LocalStack:
             for name in [c.name for c in self.components()]:
                 comp = self.component(name)  # built now: its settings may depend on what started before it
                 if not comp.oneshot and self._live_record(comp.name):
-                    progress(comp.name, "already running")
+                    progress(Update(comp.name, "already running", Kind.DONE))
                     continue
                 self._start(comp, progress)
                 if not comp.oneshot:
                     started.append(comp)
         except BaseException:
             for comp in reversed(started):
-                progress(comp.name, "stopping (start-up failed)")
+                progress(Update(comp.name, "stopping (start-up failed)"))
                 self._stop(comp)
             raise
-        return [c.name for c in started]
+        health = f"{self.settings.url(self.settings.ports.segment_api)}/actuator/health"
+        return UpResult("local", tuple(c.name for c in started), time.perf_counter() - started_at, self.endpoints(),
+                        next_steps=("Try:", f"  curl -s {health}", "Stop with: amctl down"))
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        s = self.settings
+        kafka = f"{s.host}:{s.ports.kafka}" + (f" (durable: records in {self.s3.objects_dir})" if self.broker.durable
+                                               else "")
+        return (
+            Endpoint("Segment API", f"{s.url(s.ports.segment_api)}/docs"),
+            Endpoint("Ingestion API", f"{s.url(s.ports.ingestion_api)}/docs"),
+            Endpoint("Communication API", f"{s.url(s.ports.communication_api)}/docs"),
+            Endpoint("PostgreSQL", f"postgresql://postgres@{s.host}:{s.ports.postgres}/{DATABASE_NAME}"),
+            Endpoint("Kafka", kafka),
+            *([Endpoint("Prometheus", f"{s.url(s.ports.prometheus)}/targets")] if self.options.monitoring else []),
+        )
+
+    def client_settings(self) -> AmctlSettings:
+        return self.settings
 
     def _refuse_storage_switch_while_running(self) -> None:
         stored = StackOptions.load(self.state_dir)
@@ -317,27 +331,27 @@ class LocalStack:
             raise StackError(f"the broker is running with {current} storage and cannot switch to {wanted} "
                              "storage while it runs", hint=f"stop the stack first: amctl down, then amctl up {flag}")
 
-    def _start(self, comp: Component, progress: ProgressCallback) -> None:
+    def _start(self, comp: Component, progress: Progress) -> None:
         if comp.port is not None and not processes.port_is_free(self.settings.host, comp.port):
             raise StackError(
                 f"port {comp.port} for {comp.name} is already in use by another process",
                 hint=f"stop that process, or choose another port: {comp.port_setting}=<port> amctl up",
             )
         if comp.prepare is not None:
-            progress(comp.name, comp.preparing)
+            progress(Update(comp.name, comp.preparing, Kind.NOTE if comp.slow_prepare else Kind.WORKING))
             comp.prepare()
-        progress(comp.name, "starting")
+        progress(Update(comp.name, "starting"))
         log = self.log_path(comp.name)
         if comp.oneshot:
             self._run_oneshot(comp, log)
-            progress(comp.name, "done")
+            progress(Update(comp.name, "done", Kind.DONE))
             return
         pid = processes.spawn(comp.command, comp.env or os.environ, log)
         now = time.time()
         record = RunRecord(pid=pid, port=comp.port, created_at=processes.create_time(pid) or now, started_at=now)
         self._record_path(comp.name).write_text(json.dumps(asdict(record)))
         deadline = time.monotonic() + self.settings.startup_timeout_s
-        progress(comp.name, "waiting until healthy")
+        progress(Update(comp.name, "waiting until healthy"))
         while not comp.ready():
             processes.reap(pid)
             if not processes.process_alive(pid):
@@ -350,7 +364,7 @@ class LocalStack:
                     log_tail=processes.tail(log),
                 )
             time.sleep(0.05)
-        progress(comp.name, f"healthy (pid {pid})")
+        progress(Update(comp.name, f"healthy (pid {pid})", Kind.DONE))
 
     def _run_oneshot(self, comp: Component, log: Path) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -373,7 +387,7 @@ class LocalStack:
         self._record_path(comp.name).unlink(missing_ok=True)
         return True
 
-    def _stop_dropped(self, progress: ProgressCallback) -> list[str]:
+    def _stop_dropped(self, progress: Progress) -> list[str]:
         """Stop components that still run but are no longer chosen (`amctl up --without-monitoring`)."""
         chosen = {c.name for c in self.components()}
         stopped = []
@@ -382,34 +396,35 @@ class LocalStack:
             if record is not None:
                 processes.stop(record.pid)
                 path.unlink(missing_ok=True)
-                progress(path.stem, "stopped (no longer chosen)")
+                progress(Update(path.stem, "stopped (no longer chosen)", Kind.STOPPED))
                 stopped.append(path.stem)
         return stopped
 
-    def down(self, progress: ProgressCallback, purge: bool = False) -> list[str]:
-        """Stop every component in reverse order; returns the names it stopped."""
+    def down(self, progress: Progress, purge: bool = False) -> DownResult:
+        """Stop every component in reverse order (data survives unless `purge`)."""
         stopped = self._stop_dropped(progress)
         for comp in reversed(self.components()):
             if comp.oneshot:
                 continue
             if self._stop(comp):
-                progress(comp.name, "stopped")
+                progress(Update(comp.name, "stopped", Kind.STOPPED))
                 stopped.append(comp.name)
         busy = [c for c in self.components() if c.port and processes.port_accepts(self.settings.host, c.port)]
         for comp in busy:
-            progress(comp.name, f"port {comp.port} still answers (another process?)")
+            progress(Update(comp.name, f"port {comp.port} still answers (another process?)", Kind.NOTE))
         if purge:
             self.postgres.purge()
             shutil.rmtree(self.state_dir, ignore_errors=True)
-            progress("state", f"removed {self.state_dir}")
-        return stopped
+            progress(Update("state", f"removed {self.state_dir}", Kind.NOTE))
+        return DownResult(tuple(stopped), f"stopped {len(stopped)} component(s)" if stopped else "nothing was running")
 
     def memory(self) -> dict[str, int]:
         """RSS of each running component, from its run record alone (no health checks)."""
         running = ((c.name, self._live_record(c.name)) for c in self.components() if not c.oneshot)
         return {name: processes.rss_bytes(record.pid) for name, record in running if record is not None}
 
-    def status(self) -> list[ComponentStatus]:
+    def status(self) -> StatusReport:
+        """Each component's state, pid, port, memory and uptime (and a line of its own, such as the job's)."""
         result = []
         for comp in self.components():
             if comp.oneshot:
@@ -422,4 +437,4 @@ class LocalStack:
             detail = comp.describe() if comp.describe else ""
             result.append(ComponentStatus(comp.name, state, record.pid, comp.port,
                                           processes.rss_bytes(record.pid), time.time() - record.started_at, detail))
-        return result
+        return StatusReport("Audience Manager — local", "component", tuple(result), processes=True)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from amctl.errors import AmctlError
+
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+|\*)\]")
 _MISSING = object()
 
 
-class ExpectationFailed(AssertionError):
+class ExpectationFailed(AmctlError):
     """An expectation did not hold; the message says what was expected and what was seen."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from amctl.local.mail_sink import read_mails, store_path
+from amctl.scenario.model import ScenarioError
 from amctl.settings import AmctlSettings, Target
 
 MAIL_SINK = "mail-sink"
@@ -39,7 +40,7 @@ class ServiceHttp:
 
     def url(self, service: str, path: str) -> str:
         if service not in self.bases:
-            raise ValueError(f"unknown service '{service}' (known: {', '.join(self.bases)})")
+            raise ScenarioError(f"unknown service '{service}' (known: {', '.join(self.bases)}, {MAIL_SINK})")
         return self.bases[service] + path
 
     def call(self, service: str, method: str, path: str, json: Any = None) -> tuple[int, Any]:

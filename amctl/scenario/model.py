@@ -8,10 +8,14 @@ from typing import Any
 
 import yaml
 
+from amctl.errors import AmctlError
+
+# the demo scenarios shipped with the repository
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 STEP_KINDS = ("request", "create_segment", "delete_segment", "send_events", "wait_until", "load", "sleep")
 
 
-class ScenarioError(ValueError):
+class ScenarioError(AmctlError):
     """A scenario file that cannot be run as written."""
 
 

@@ -10,17 +10,21 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.nativetypes import NativeEnvironment
 
-from amctl.load.profile import EventFactory, LoadConfigError, parse_mix
+from amctl.errors import AmctlError
+from amctl.load.profile import EventFactory, parse_mix
 from amctl.load.runner import LoadPlan, run_load
 from amctl.load.schedule import ArrivalSchedule, Stage, parse_duration
 from amctl.load.thresholds import parse_threshold
 from amctl.scenario.expect import ExpectationFailed, check
-from amctl.scenario.model import Scenario, ScenarioResult, Step, StepResult
+from amctl.scenario.http import ServiceHttp
+from amctl.scenario.model import Scenario, ScenarioResult, Step, StepResult, load_scenario
+from amctl.settings import AmctlSettings
 
 _env = NativeEnvironment(undefined=StrictUndefined)
 
@@ -33,7 +37,7 @@ class HttpCaller(Protocol):
     def auth_headers(self) -> dict[str, str]: ...
 
 
-class StepFailed(Exception):
+class StepFailed(AmctlError):
     """A step did not do what the scenario says it should."""
 
 
@@ -76,8 +80,11 @@ class ScenarioRunner:
                 response, outcome.detail = self._run_step(step, render(step.spec, variables))
                 if step.save:
                     variables[step.save] = response
-            except (StepFailed, ExpectationFailed, LoadConfigError) as exc:
+            except AmctlError as exc:  # the step failed, or its spec cannot be run (a bad duration, say)
                 outcome.error = str(exc)
+                failed = True
+            except KeyError as exc:
+                outcome.error = f"the step needs {exc}"
                 failed = True
             outcome.seconds = time.perf_counter() - step_started
             result.steps.append(outcome)
@@ -159,3 +166,29 @@ class ScenarioRunner:
         seconds = parse_duration(str(spec.get("duration", "1s")))
         time.sleep(seconds)
         return None, f"slept {seconds:g} s"
+
+
+class ScenarioObserver(Protocol):
+    """Hears of each scenario as it starts, each step as it ends, and each scenario's result."""
+
+    def started(self, scenario: Scenario) -> None: ...
+
+    def step(self, step: StepResult) -> None: ...
+
+    def finished(self, result: ScenarioResult) -> None: ...
+
+
+def run_files(settings: AmctlSettings, paths: list[Path], observer: ScenarioObserver) -> list[ScenarioResult]:
+    """Run each scenario file in turn against the services `settings` names (`scenario run` and `smoke`)."""
+    http = ServiceHttp(settings)
+    results = []
+    try:
+        for path in paths:
+            scenario = load_scenario(path)
+            observer.started(scenario)
+            result = ScenarioRunner(http, on_step=observer.step).run(scenario)
+            observer.finished(result)
+            results.append(result)
+    finally:
+        http.close()
+    return results

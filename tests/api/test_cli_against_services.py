@@ -1,0 +1,117 @@
+"""amctl against the real Segment and Communication APIs (processes on the session PostgreSQL and broker):
+what the services refuse is said in one `error:` line, and their text is shown as it is, never as markup."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from amctl.local import processes
+from amctl.local.broker import EmbeddedBroker
+from amctl.local.postgres import EmbeddedPostgres
+from server.stores.kafka import create_topics
+from tests.cli import invoke, one_error, run
+from tests.conftest import unique_name
+
+pytestmark = pytest.mark.api
+RULES = '{"conditions":[{"field":"totalSpent","operator":"gt","value":1000}]}'
+SERVICES = {"segment_api": "server.segment_api", "communication_api": "server.communication_api"}
+
+
+@pytest.fixture(scope="module")
+def services(postgres_server: EmbeddedPostgres, template_database: str, kafka_broker: EmbeddedBroker,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The two APIs as `amctl up` runs them, on a database and topics of this module's own, and the
+    environment that points amctl at them (the tests use names of their own)."""
+    database, prefix, logs = unique_name("db_cli_"), unique_name("cli") + ".", tmp_path_factory.mktemp("cli")
+    with psycopg.connect(postgres_server.conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(database),
+                                                                      sql.Identifier(template_database)))
+    create_topics(kafka_broker.bootstrap, prefix)
+    env = {**os.environ, "AMCTL_STATE_DIR": str(logs / "state"), "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("AMCTL_API_KEY", None)
+    started: list[int] = []
+    try:
+        for setting, module in SERVICES.items():
+            port, log = processes.free_port(), logs / f"{module}.log"
+            service_env = {**os.environ, "AM_PORT": str(port), "AM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+                           "AM_DATABASE_URL": f"postgresql://postgres@{postgres_server.host}:{postgres_server.port}/"
+                                              f"{database}", "AM_TOPIC_PREFIX": prefix}
+            started.append(processes.spawn([sys.executable, "-m", module], service_env, log))
+            env[f"AMCTL_PORT_{setting.upper()}"] = str(port)
+            deadline = time.monotonic() + 30
+            while not _healthy(port):
+                assert time.monotonic() < deadline and processes.process_alive(started[-1]), log.read_text()
+                time.sleep(0.1)
+        yield env
+    finally:
+        for pid in started:
+            processes.stop(pid)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/actuator/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_name_that_exists_is_one_line(services: dict[str, str]) -> None:
+    created = invoke("segment", "create", "[/x]", "--rules", RULES, env=services)
+    assert created.exit_code == 0, created.output
+    assert "[/x]" in created.stdout  # the table's title is the name, as it is
+    again = run("segment", "create", "[/x]", "--rules", RULES, env=services)  # the installed executable
+    assert again.returncode == 1
+    assert one_error(again.stderr) == "error: Segment API: a segment named '[/x]' already exists (HTTP 409)"
+    assert again.stdout == ""
+
+
+def test_server_and_user_text_in_tables_is_shown_as_it_is(services: dict[str, str]) -> None:
+    segment = invoke("segment", "create", "[bold]vip[/bold]", "--rules", RULES, "--description", "[red]x", env=services)
+    assert segment.exit_code == 0, segment.output
+    listed = invoke("segment", "list", env=services)
+    assert listed.exit_code == 0 and "[bold]vip[/bold]" in listed.stdout
+    segment_id = next(line.split("│")[2].strip() for line in segment.stdout.splitlines() if "│ id " in line)
+    campaign = invoke("campaign", "create", "[/y]", "--segment", segment_id, "--schedule", "on_enter",
+                      "--subject", "[b]Hi {{ firstName }}[/b]", "--body", "x", env=services)
+    assert campaign.exit_code == 0, campaign.output
+    assert "[/y]" in campaign.stdout and "[b]Hi {{ firstName }}[/b]" in campaign.stdout
+    campaigns = invoke("campaign", "list", env=services)
+    assert campaigns.exit_code == 0 and "[/y]" in campaigns.stdout
+
+
+def test_rejected_rules_list_each_problem_before_the_error_line(services: dict[str, str]) -> None:
+    result = invoke("segment", "create", "bad", "--rules",
+                    '{"conditions":[{"field":"a","operator":"gtt","value":1}]}', env=services)
+    assert result.exit_code == 1
+    assert one_error(result.stderr) == "error: Segment API: the request was rejected (HTTP 422)"
+    assert "  rules.conditions[0].operator: unknown operator 'gtt'" in result.stderr.splitlines()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["segment", "get", "00000000-0000-0000-0000-000000000000"], "(HTTP 404)"),
+    (["segment", "delete", "00000000-0000-0000-0000-000000000000"], "(HTTP 404)"),
+    (["campaign", "get", "00000000-0000-0000-0000-000000000000"], "(HTTP 404)"),
+    (["campaign", "create", "c", "--segment", "00000000-0000-0000-0000-000000000000", "--subject", "s",
+      "--body", "{{ unclosed"], "Communication API: "),
+])
+def test_a_refused_call_is_one_line(services: dict[str, str], args: list[str], message: str) -> None:
+    result = invoke(*args, env=services)
+    assert result.exit_code == 1
+    assert message in one_error(result.stderr)
+
+
+def test_a_stale_version_is_one_line(services: dict[str, str]) -> None:
+    created = invoke("segment", "create", "versioned", "--rules", RULES, "--json", env=services)
+    assert created.exit_code == 0, created.output
+    segment_id = created.stdout.split('"id": "', 1)[1].split('"', 1)[0]
+    stale = invoke("segment", "update", segment_id, "--description", "x", "--if-version", "7", env=services)
+    assert stale.exit_code == 1
+    assert "(HTTP 412)" in one_error(stale.stderr)
