@@ -77,8 +77,8 @@ def _walk(value: Any, loc: Location, problems: list[Problem], depth: int) -> Non
         for key, item in value.items():
             key_problem = string_problem(key) if isinstance(key, str) else None
             if key_problem:
-                problems.append(((*loc, _printable(key)), f"key {key_problem}"))
-            _walk(item, (*loc, _printable(key) if key_problem else key), problems, depth + 1)
+                problems.append(((*loc, printable(key)), f"key {key_problem}"))
+            _walk(item, (*loc, printable(key) if key_problem else key), problems, depth + 1)
         return
     elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
         for index, item in enumerate(value):
@@ -90,10 +90,33 @@ def _walk(value: Any, loc: Location, problems: list[Problem], depth: int) -> Non
         problems.append((loc, problem))
 
 
-def _printable(key: Any) -> str:
-    """A key fit to be echoed back in an error: unstorable characters shown as escapes."""
-    text = str(key)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).replace("\x00", "\\u0000")
+def printable(text: Any) -> str:
+    """`text` fit to be echoed back in an error: unstorable characters shown as escapes."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text)).replace("\x00", "\\u0000")
+
+
+def echoable(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` that any JSON encoder can write, for error answers that quote what was sent.
+
+    Lone surrogates and NUL become escapes, non-finite numbers their name, bytes their text (invalid
+    UTF-8 as escapes), exceptions their message, tuples lists, anything nested deeper than the walk
+    "..."; anything else is left for the encoder.
+    """
+    if isinstance(value, str):
+        return printable(value) if string_problem(value) else value
+    if isinstance(value, BaseException):
+        return echoable(str(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, bytes | bytearray):
+        return echoable(bytes(value).decode("utf-8", "backslashreplace"))
+    if isinstance(value, Mapping | list | tuple) and depth >= _MAX_DEPTH:
+        return "..."
+    if isinstance(value, Mapping):
+        return {echoable(key): echoable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [echoable(item, depth + 1) for item in value]
+    return value
 
 
 def require_storable(value: Any, loc: Location = ()) -> None:
