@@ -87,7 +87,7 @@ class Ingestor:
         return results
 
 
-def get_ingestor(request: Request) -> Ingestor:
+async def get_ingestor(request: Request) -> Ingestor:  # async: a sync dependency costs a thread hop per request
     return request.app.state.ingestor  # type: ignore[no-any-return]
 
 

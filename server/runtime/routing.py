@@ -61,19 +61,23 @@ def _judged_here(body: Any, per_item: str | None) -> Any:
 
 def parameter_problems(request: Request) -> list[Problem]:
     """Path and query parameters that are not storable text, named `("path", name)` / `("query", name)`."""
-    problems: list[Problem] = [(("path", name), problem) for name, value in request.path_params.items()
+    path_params = request.scope.get("path_params") or {}
+    problems: list[Problem] = [(("path", name), problem) for name, value in path_params.items()
                                if isinstance(value, str) and (problem := string_problem(value))]
     raw_path = request.scope.get("raw_path")
-    if isinstance(raw_path, bytes) and not problems and not _is_utf8(unquote_to_bytes(raw_path)):
-        problems += [(("path", name), NOT_UTF8) for name, value in request.path_params.items()
+    if isinstance(raw_path, bytes) and (b"%" in raw_path or not raw_path.isascii()) and not problems \
+            and not _is_utf8(unquote_to_bytes(raw_path)):
+        problems += [(("path", name), NOT_UTF8) for name, value in path_params.items()
                      if isinstance(value, str) and "\ufffd" in value] or [(("path",), NOT_UTF8)]
-    problems += _query_problems(request.scope.get("query_string", b""))
+    query = request.scope.get("query_string")
+    if query:
+        problems += _query_problems(query)
     return problems
 
 
 def _query_problems(query: bytes) -> list[Problem]:
     problems: list[Problem] = []
-    for pair in query.split(b"&") if query else []:
+    for pair in query.split(b"&"):
         raw_name, _, raw_value = pair.partition(b"=")
         name_bytes, value_bytes = (unquote_to_bytes(part.replace(b"+", b" ")) for part in (raw_name, raw_value))
         loc: Location = ("query", printable(name_bytes.decode("utf-8", "backslashreplace")))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -40,9 +40,10 @@ def describe(loc: Location) -> str:
 
 def string_problem(text: str) -> str | None:
     """Why `text` cannot be stored, or None."""
-    found = _SURROGATE.search(text)
-    if found:
-        return f"contains a lone surrogate (\\u{ord(found.group()):04x}), which is not storable text"
+    if not text.isascii():  # the common case, ASCII, holds no surrogate: skip the search
+        found = _SURROGATE.search(text)
+        if found:
+            return f"contains a lone surrogate (\\u{ord(found.group()):04x}), which is not storable text"
     if "\x00" in text:
         return "must not contain NUL (\\u0000) characters"
     return None
@@ -67,27 +68,37 @@ def unstorable(value: Any, loc: Location = ()) -> list[Problem]:
 
 
 def _walk(value: Any, loc: Location, problems: list[Problem], depth: int) -> None:
-    if isinstance(value, str):
-        problem = string_problem(value)
-    elif isinstance(value, int | float):
-        problem = number_problem(value)
-    elif depth >= _MAX_DEPTH:
-        problem = f"nested deeper than {_MAX_DEPTH} levels"
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            key_problem = string_problem(key) if isinstance(key, str) else None
-            if key_problem:
-                problems.append(((*loc, printable(key)), f"key {key_problem}"))
-            _walk(item, (*loc, printable(key) if key_problem else key), problems, depth + 1)
-        return
-    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        for index, item in enumerate(value):
-            _walk(item, (*loc, index), problems, depth + 1)
-        return
+    keyed = isinstance(value, dict | Mapping)  # dict first: what JSON decodes to, and faster than the ABC
+    if keyed:
+        children: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list | tuple) or (isinstance(value, Sequence) and not isinstance(value, str | bytes)):
+        children = enumerate(value)
     else:
+        problem = _scalar_problem(value)
+        if problem:
+            problems.append((loc, problem))
         return
-    if problem:
-        problems.append((loc, problem))
+    if depth >= _MAX_DEPTH:
+        problems.append((loc, f"nested deeper than {_MAX_DEPTH} levels"))
+        return
+    for key, item in children:
+        if keyed and isinstance(key, str) and (key_problem := string_problem(key)):
+            key = printable(key)
+            problems.append(((*loc, key), f"key {key_problem}"))
+        if isinstance(item, str | int | float) or item is None:  # scalars inline: no location built unless needed
+            problem = _scalar_problem(item)
+            if problem:
+                problems.append(((*loc, key), problem))
+        else:
+            _walk(item, (*loc, key), problems, depth + 1)
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return string_problem(value)
+    if isinstance(value, int | float):
+        return number_problem(value)
+    return None
 
 
 def printable(text: Any) -> str:
