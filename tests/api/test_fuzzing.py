@@ -9,6 +9,7 @@ Derandomized with a bounded number of examples, so a run is repeatable and takes
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -113,24 +114,35 @@ def fuzz_unstorable(operation: schemathesis.APIOperation) -> None:
     one()
 
 
-@pytest.mark.parametrize("service", sorted(SERVICES))
-def test_generated_requests_get_documented_answers_and_no_5xx(service: str, service_settings: ServiceSettings) -> None:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", SERVICES[service](service_settings))
+Runs = Callable[[schemathesis.APIOperation], list[tuple[str, Callable[[], None]]]]
+
+
+def fuzz_every_operation(service: str, settings: ServiceSettings, runs: Runs) -> tuple[int, list[str]]:
+    """Every (label, run) that `runs` gives for each operation of `service`: how many ran, and every failure."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", SERVICES[service](settings))
     failures: list[str] = []
     tried = 0
     try:
         for result in schema.get_all_operations():
             operation = result.ok()
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            for label, run in runs(operation):
                 tried += 1
                 try:
-                    fuzz(operation, mode)
+                    run()
                 except Unsatisfiable:  # nothing of this operation can be made invalid (no parameters)
                     continue
                 except Exception as exc:  # collect every operation's failure, not just the first
-                    failures.append(f"{operation.label} ({mode.value}): {exc}")
+                    failures.append(f"{operation.label}{label}: {exc}")
     finally:
         shutdown_lifespans()
+    return tried, failures
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_generated_requests_get_documented_answers_and_no_5xx(service: str, service_settings: ServiceSettings) -> None:
+    tried, failures = fuzz_every_operation(service, service_settings, lambda operation: [
+        (f" ({mode.value})", functools.partial(fuzz, operation, mode))
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)])
     assert tried >= 4, "the schema lists fewer operations than the service has"
     assert not failures, "\n\n".join(failures)
 
@@ -138,20 +150,8 @@ def test_generated_requests_get_documented_answers_and_no_5xx(service: str, serv
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_valid_bodies_with_one_unstorable_value_anywhere_are_refused(service: str,
                                                                     service_settings: ServiceSettings) -> None:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", SERVICES[service](service_settings))
-    failures: list[str] = []
-    tried = 0
-    try:
-        for result in schema.get_all_operations():
-            operation = result.ok()
-            if not any("json" in body.media_type for body in operation.body):
-                continue
-            tried += 1
-            try:
-                fuzz_unstorable(operation)
-            except Exception as exc:  # collect every operation's failure, not just the first
-                failures.append(f"{operation.label}: {exc}")
-    finally:
-        shutdown_lifespans()
+    tried, failures = fuzz_every_operation(service, service_settings, lambda operation: [
+        ("", functools.partial(fuzz_unstorable, operation))
+    ] if any("json" in body.media_type for body in operation.body) else [])
     assert tried >= 1, "no operation with a JSON body"
     assert not failures, "\n\n".join(failures)
