@@ -24,6 +24,7 @@ from server.communication_api.schemas import (
 from server.communication_api.templates import RenderError, validate
 from server.runtime.errors import InvalidInput
 from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET
+from server.runtime.routing import StorableRoute
 from server.stores.deliveries import DeliveryLedger, DeliveryStatus
 
 # a time this far in the past is a mistake, not "now"
@@ -51,7 +52,7 @@ Ledger = Annotated[DeliveryLedger, Depends(get_ledger)]
 Dispatcher = Annotated[FanOut, Depends(get_fanout)]
 Trigger = Annotated[OnEnterTrigger, Depends(get_trigger)]
 
-campaigns = APIRouter(prefix="/api/campaigns", tags=["campaigns"])
+campaigns = APIRouter(prefix="/api/campaigns", tags=["campaigns"], route_class=StorableRoute)
 
 
 def public(row: CampaignRow, counts: dict[str, int]) -> CampaignPublic:

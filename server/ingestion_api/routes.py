@@ -25,13 +25,14 @@ from server.ingestion_api.schemas import (
 )
 from server.runtime.auth import caller_id
 from server.runtime.errors import DependencyUnavailable, RateLimited
-from server.runtime.fields import storable_json
+from server.runtime.routing import PER_ITEM, StorableRoute
 from server.runtime.settings import ServiceSettings
+from server.runtime.storable import UnstorableValue, describe, encode
 from server.stores.kafka import AsyncProducer
 from server.stores.rate_limit import RateLimiter, RecentIds
 from server.stores.topics import USER_EVENTS
 
-router = APIRouter(prefix="/api/events", tags=["events"])
+router = APIRouter(prefix="/api/events", tags=["events"], route_class=StorableRoute)
 
 
 class Ingestor:
@@ -86,7 +87,7 @@ class Ingestor:
         return results
 
 
-def get_ingestor(request: Request) -> Ingestor:
+async def get_ingestor(request: Request) -> Ingestor:  # async: a sync dependency costs a thread hop per request
     return request.app.state.ingestor  # type: ignore[no-any-return]
 
 
@@ -105,16 +106,18 @@ async def ingest(body: EventIn, request: Request, ingestor: IngestorDep) -> Even
 
 @router.post("/batch", response_model=BatchResult, summary="Accept up to 500 events, each judged on its own",
              responses={202: {"description": "Every event accepted"},
-                        207: {"description": "Some events rejected or not stored: see results"}})
+                        207: {"description": "Some events rejected or not stored: see results"}},
+             openapi_extra={PER_ITEM: "events"})  # an unstorable event is rejected here, not the whole batch
 async def ingest_batch(body: BatchIn, request: Request, response: Response, ingestor: IngestorDep) -> BatchResult:
     received_at = datetime.now(UTC)
     results: list[EventResult] = []
     valid: list[tuple[int, EventIn]] = []
     for index, raw in enumerate(body.events):
-        problem = _unstorable(raw)
-        if problem:
-            results.append(EventResult(index=index, status="rejected", errors=[problem]))
-            ingestor.metrics.rejected.labels("too_large").inc()
+        refusal = _refusal(raw)
+        if refusal:
+            reason, errors = refusal
+            results.append(EventResult(index=index, status="rejected", errors=errors))
+            ingestor.metrics.rejected.labels(reason).inc()
             continue
         try:
             valid.append((index, EventIn.model_validate(raw)))
@@ -147,9 +150,12 @@ def _hashed(header: str | None) -> str | None:
     return "header:" + hashlib.sha256(header.encode()).hexdigest()[:16] if header else None
 
 
-def _unstorable(raw: Any) -> str | None:
+def _refusal(raw: Any) -> tuple[str, list[str]] | None:
+    """Why one event of a batch cannot be taken before it is validated: (metric reason, errors), or None."""
     try:
-        size = len(storable_json(raw))
-    except ValueError as exc:
-        return f"event {exc}"
-    return f"event is {size} bytes, over {MAX_EVENT_BYTES // 1024} KB" if size > MAX_EVENT_BYTES else None
+        size = len(encode(raw))
+    except UnstorableValue as exc:
+        return "unstorable", [f"{describe(loc)}: {message}" for loc, message in exc.problems]
+    if size > MAX_EVENT_BYTES:
+        return "too_large", [f"event is {size} bytes, over {MAX_EVENT_BYTES // 1024} KB"]
+    return None

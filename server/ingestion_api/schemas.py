@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
-from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, UserId, storable_json
+from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, UserId
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 512 * 1024
@@ -30,12 +30,6 @@ class EventIn(BaseModel):
     eventId: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
                                 description="Your id for the event; a repeat within the window is not counted twice")
     timestamp: datetime | None = Field(default=None, description="When it happened; defaults to receive time")
-
-    @field_validator("properties")
-    @classmethod
-    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        storable_json(value)  # profiles keep properties in PostgreSQL JSON: refuse here, not in the writer
-        return value
 
     @field_validator("timestamp")
     @classmethod

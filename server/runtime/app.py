@@ -11,6 +11,8 @@ from typing import TypeVar
 import psycopg
 import uvicorn
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from psycopg_pool import PoolTimeout
@@ -29,7 +31,9 @@ from server.runtime.errors import (
 )
 from server.runtime.health import HealthRegistry
 from server.runtime.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
+from server.runtime.routing import StorableRoute
 from server.runtime.settings import ServiceSettings
+from server.runtime.storable import echoable
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -42,6 +46,9 @@ def build_app(
 ) -> FastAPI:
     """A FastAPI app with `/metrics`, `/actuator/health`, API keys, body limits and the shared error mapping.
 
+    Every router a service includes should be an `APIRouter(route_class=StorableRoute)`, so that what
+    cannot be stored is refused before validation (`server.runtime.routing`).
+
     Bodies over `max_body_bytes` (or the path's own entry in `body_limits`) are refused with 413
     before they are read. Services add their dependency checks to `app.state.health` and their routers.
     `requires_api_keys` marks an API that callers use (not only health and metrics): on Kubernetes it
@@ -53,6 +60,7 @@ def build_app(
         require_api_keys(service, settings, api_keys)
     app = FastAPI(title=title, description=description, version=__version__, lifespan=lifespan,
                   dependencies=[Depends(authorize)] if api_keys.enabled else [])
+    app.router.route_class = StorableRoute  # the app's own routes; every service router names it too
     app.state.settings = settings
     app.state.api_keys = api_keys
     app.state.service = service
@@ -71,16 +79,27 @@ def build_app(
     return app
 
 
+def _answer(content: object, status_code: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error answer that always encodes: what it quotes of the request (`echoable`) cannot fail it."""
+    return JSONResponse(echoable(content), status_code=status_code, headers=headers)
+
+
 def _unavailable(dependency: str, detail: str, retry_after_s: int) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"{dependency} unavailable: {detail}", "error": "DependencyUnavailable"},
-        status_code=503,
-        headers={"Retry-After": str(retry_after_s)},
-    )
+    return _answer({"detail": f"{dependency} unavailable: {detail}", "error": "DependencyUnavailable"}, 503,
+                   {"Retry-After": str(retry_after_s)})
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map domain and infrastructure failures to HTTP status codes, in this one place."""
+    """Map domain and infrastructure failures to HTTP status codes, in this one place.
+
+    Every answer goes through `_answer`, so an error quoting an unencodable input (a lone surrogate,
+    NaN, bytes that are not UTF-8) is still answered, with escapes, instead of failing as a 500.
+    """
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422 shape; its default handler fails on such inputs (UnicodeEncodeError, ValueError)
+        return _answer({"detail": jsonable_encoder(echoable(exc.errors()))}, 422)
 
     @app.exception_handler(DependencyUnavailable)
     async def dependency_unavailable(_: Request, exc: DependencyUnavailable) -> JSONResponse:
@@ -89,28 +108,27 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidInput)
     async def invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
         detail = [{"loc": loc, "msg": msg, "type": "value_error"} for loc, msg in exc.problems]
-        return JSONResponse({"detail": detail or str(exc), "error": "InvalidInput"}, status_code=422)
+        return _answer({"detail": detail or str(exc), "error": "InvalidInput"}, 422)
 
     @app.exception_handler(RateLimited)
     async def rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "error": "RateLimited"}, status_code=429,
-                            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+        return _answer({"detail": str(exc), "error": "RateLimited"}, 429,
+                       {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
 
     @app.exception_handler(Unauthenticated)
     async def unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "error": "Unauthenticated"}, status_code=401,
-                            headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'})
+        return _answer({"detail": str(exc), "error": "Unauthenticated"}, 401,
+                       {"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'})
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=exc.status_code)
+        return _answer({"detail": str(exc), "error": type(exc).__name__}, exc.status_code)
 
     @app.exception_handler(psycopg.DataError)
     async def unstorable_value(_: Request, exc: psycopg.DataError) -> JSONResponse:
         # schemas refuse these first; this keeps any value they missed from becoming a 500
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid value"
-        return JSONResponse({"detail": f"a value cannot be stored: {first_line}", "error": "InvalidInput"},
-                            status_code=422)
+        return _answer({"detail": f"a value cannot be stored: {first_line}", "error": "InvalidInput"}, 422)
 
     @app.exception_handler(psycopg.OperationalError)
     async def database_down(_: Request, exc: psycopg.OperationalError) -> JSONResponse:

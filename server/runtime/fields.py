@@ -1,14 +1,14 @@
 """Field types the services' request schemas share, so every API draws the same lines.
 
-PostgreSQL cannot store NUL in text or JSON, and a control character has no place in a
-one-line name; both are refused with a 422 naming the field, never met as a 500 at the store.
+What can be stored at all (no NUL, no lone surrogates, finite numbers, 64-bit integers) is decided
+once in `server.runtime.storable` and checked on every request by `server.runtime.routing`; the
+types here add the shapes: a control character has no place in a one-line name, an id has a charset.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -25,20 +25,6 @@ ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
 NO_NUL = r"^[^\x00]*$"
 MAX_VERSION = 2**31 - 1  # versions are PostgreSQL integers
 MAX_OFFSET = 1_000_000_000
-
-def storable_json(value: Any) -> bytes:
-    """`value` as the platform encodes it (orjson), or ValueError saying why it cannot travel.
-
-    Integers beyond 64 bits and NUL characters pass JSON parsing but break the broker records,
-    the rule job's state or PostgreSQL JSON further on, so the APIs refuse them at the door.
-    """
-    try:
-        encoded = orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        raise ValueError(f"cannot be stored: {exc}") from None
-    if b"\\u0000" in encoded:
-        raise ValueError("must not contain NUL (\\u0000) characters")
-    return encoded
 
 
 UserId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,

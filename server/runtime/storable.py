@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -40,9 +40,10 @@ def describe(loc: Location) -> str:
 
 def string_problem(text: str) -> str | None:
     """Why `text` cannot be stored, or None."""
-    found = _SURROGATE.search(text)
-    if found:
-        return f"contains a lone surrogate (\\u{ord(found.group()):04x}), which is not storable text"
+    if not text.isascii():  # the common case, ASCII, holds no surrogate: skip the search
+        found = _SURROGATE.search(text)
+        if found:
+            return f"contains a lone surrogate (\\u{ord(found.group()):04x}), which is not storable text"
     if "\x00" in text:
         return "must not contain NUL (\\u0000) characters"
     return None
@@ -67,33 +68,66 @@ def unstorable(value: Any, loc: Location = ()) -> list[Problem]:
 
 
 def _walk(value: Any, loc: Location, problems: list[Problem], depth: int) -> None:
-    if isinstance(value, str):
-        problem = string_problem(value)
-    elif isinstance(value, int | float):
-        problem = number_problem(value)
-    elif depth >= _MAX_DEPTH:
-        problem = f"nested deeper than {_MAX_DEPTH} levels"
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            key_problem = string_problem(key) if isinstance(key, str) else None
-            if key_problem:
-                problems.append(((*loc, _printable(key)), f"key {key_problem}"))
-            _walk(item, (*loc, _printable(key) if key_problem else key), problems, depth + 1)
-        return
-    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        for index, item in enumerate(value):
-            _walk(item, (*loc, index), problems, depth + 1)
-        return
+    keyed = isinstance(value, dict | Mapping)  # dict first: what JSON decodes to, and faster than the ABC
+    if keyed:
+        children: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list | tuple) or (isinstance(value, Sequence) and not isinstance(value, str | bytes)):
+        children = enumerate(value)
     else:
+        problem = _scalar_problem(value)
+        if problem:
+            problems.append((loc, problem))
         return
-    if problem:
-        problems.append((loc, problem))
+    if depth >= _MAX_DEPTH:
+        problems.append((loc, f"nested deeper than {_MAX_DEPTH} levels"))
+        return
+    for key, item in children:
+        if keyed and isinstance(key, str) and (key_problem := string_problem(key)):
+            key = printable(key)
+            problems.append(((*loc, key), f"key {key_problem}"))
+        if isinstance(item, str | int | float) or item is None:  # scalars inline: no location built unless needed
+            problem = _scalar_problem(item)
+            if problem:
+                problems.append(((*loc, key), problem))
+        else:
+            _walk(item, (*loc, key), problems, depth + 1)
 
 
-def _printable(key: Any) -> str:
-    """A key fit to be echoed back in an error: unstorable characters shown as escapes."""
-    text = str(key)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).replace("\x00", "\\u0000")
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return string_problem(value)
+    if isinstance(value, int | float):
+        return number_problem(value)
+    return None
+
+
+def printable(text: Any) -> str:
+    """`text` fit to be echoed back in an error: unstorable characters shown as escapes."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text)).replace("\x00", "\\u0000")
+
+
+def echoable(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` that any JSON encoder can write, for error answers that quote what was sent.
+
+    Lone surrogates and NUL become escapes, non-finite numbers their name, bytes their text (invalid
+    UTF-8 as escapes), exceptions their message, tuples lists, anything nested deeper than the walk
+    "..."; anything else is left for the encoder.
+    """
+    if isinstance(value, str):
+        return printable(value) if string_problem(value) else value
+    if isinstance(value, BaseException):
+        return echoable(str(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, bytes | bytearray):
+        return echoable(bytes(value).decode("utf-8", "backslashreplace"))
+    if isinstance(value, Mapping | list | tuple) and depth >= _MAX_DEPTH:
+        return "..."
+    if isinstance(value, Mapping):
+        return {echoable(key): echoable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [echoable(item, depth + 1) for item in value]
+    return value
 
 
 def require_storable(value: Any, loc: Location = ()) -> None:

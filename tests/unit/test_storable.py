@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.runtime.storable import UnstorableValue, decode, describe, encode, unstorable
+from server.runtime.storable import UnstorableValue, decode, describe, echoable, encode, unstorable
 
 pytestmark = pytest.mark.unit
 
@@ -59,3 +59,23 @@ def test_encode_and_decode_refuse_instead_of_losing_the_value() -> None:
     for raw in (b'{"amount": NaN}', b'{"u": "\\ud800"}', b'{"amount": 1e400}', b"not json"):
         with pytest.raises(UnstorableValue):
             decode(raw)
+
+
+def test_an_echo_of_what_was_sent_always_encodes_and_keeps_what_was_fine() -> None:
+    sent = {"u\ud800": ["ok", "a\x00b", float("nan"), -float("inf"), b"\xed\xa0\x80", ValueError("x\udfff")],
+            "n": 2**70, "t": ("ユーザー🙂", 1.5)}
+    echoed = echoable(sent)
+    assert echoed == {"u\\ud800": ["ok", "a\\u0000b", "nan", "-inf", "\\xed\\xa0\\x80", "x\\udfff"],
+                      "n": 2**70, "t": ["ユーザー🙂", 1.5]}
+    assert json.loads(json.dumps(echoed, allow_nan=False, ensure_ascii=False).encode()) == echoed
+
+
+def test_an_echo_stops_where_the_walk_stops() -> None:
+    deep: object = "x"
+    for _ in range(100):
+        deep = [deep]
+    echoed = echoable(deep)
+    for _ in range(64):
+        assert isinstance(echoed, list)
+        echoed = echoed[0]
+    assert echoed == "..."
