@@ -16,20 +16,18 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from confluent_kafka import Consumer, KafkaException, Message
 from prometheus_client import CollectorRegistry, Counter
-from psycopg_pool import PoolTimeout
 
 from server.communication_api.repository import CampaignRepository, CampaignRow
 from server.communication_api.templates import MessageTemplate, RenderError
 from server.domain.email import EmailJob
 from server.domain.membership import MembershipChange
-from server.runtime.errors import DependencyUnavailable
 from server.runtime.health import ComponentHealth
 from server.runtime.metrics import register_metric_name
 from server.stores.deliveries import DeliveryEntry, DeliveryLedger, DeliveryStatus
 from server.stores.kafka import AsyncProducer, group_consumer_config
+from server.stores.outages import DEPENDENCY_OUTAGES
 from server.stores.profile_store import ProfileStore
 
 log = logging.getLogger("campaigns")
@@ -38,7 +36,6 @@ OPT_OUT_TRAIT = "emailOptOut"
 EMAIL_TRAIT = "email"
 JOBS_QUEUED = register_metric_name("am_campaign_jobs_queued_total")
 RECIPIENTS_SKIPPED = register_metric_name("am_campaign_recipients_skipped_total")
-TRANSIENT = (DependencyUnavailable, psycopg.OperationalError, PoolTimeout)
 
 
 def _opted_out(value: Any) -> bool:
@@ -115,7 +112,7 @@ class FanOut:
                 while (campaign := await self.campaigns.claim_due()) is not None:
                     await self.send(campaign)
                 self.last_error = None
-            except TRANSIENT as exc:
+            except DEPENDENCY_OUTAGES as exc:
                 self.last_error = str(exc)
                 log.warning("campaign fan-out paused: %s", exc)
             self._wake.clear()
@@ -173,7 +170,7 @@ class OnEnterTrigger:
                         await self.handle(batch)
                         self.last_error = None
                         break
-                    except TRANSIENT as exc:
+                    except DEPENDENCY_OUTAGES as exc:
                         self.last_error = str(exc)
                         log.warning("on-enter trigger paused: %s", exc)
                         await asyncio.sleep(1)
