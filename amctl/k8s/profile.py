@@ -11,7 +11,8 @@ import yaml
 from kubernetes import utils as _kube_utils
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from amctl.paths import REPO_ROOT
+
 TEMPLATES_DIR = REPO_ROOT / "templates" / "k8s"
 PROFILES_DIR = TEMPLATES_DIR / "profiles"
 DEFAULT_PROFILE = "demo-8g"
