@@ -149,7 +149,7 @@ class OnEnterTrigger:
     def __init__(self, bootstrap: str, topic: str, group: str, campaigns: CampaignRepository,
                  store: ProfileStore, recipients: Recipients, refresh_s: float = 1.0) -> None:
         self.campaigns, self.store, self.recipients, self.refresh_s = campaigns, store, recipients, refresh_s
-        self.consumer = Consumer(group_consumer_config(bootstrap, group))
+        self.consumer_config = group_consumer_config(bootstrap, group)  # a consumer exists only while `run` does
         self.topic = topic
         self._active: dict[str, list[CampaignRow]] = {}
         self._loaded_at = 0.0
@@ -160,10 +160,11 @@ class OnEnterTrigger:
         self._loaded_at = 0.0
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.consumer.subscribe, [self.topic])
+        consumer = Consumer(self.consumer_config)
+        await asyncio.to_thread(consumer.subscribe, [self.topic])
         try:
             while True:
-                messages = await asyncio.to_thread(self.consumer.consume, 200, 0.2)
+                messages = await asyncio.to_thread(consumer.consume, 200, 0.2)
                 batch = [m for m in messages if not m.error() and m.value()]
                 while True:  # a batch is retried until it is handled: offsets only move past handled records
                     try:
@@ -176,9 +177,9 @@ class OnEnterTrigger:
                         await asyncio.sleep(1)
                 if messages:
                     with contextlib.suppress(KafkaException):  # a rebalance took the partition: replayed safely
-                        await asyncio.to_thread(self.consumer.commit, asynchronous=False)
+                        await asyncio.to_thread(consumer.commit, asynchronous=False)
         finally:
-            await asyncio.to_thread(self.consumer.close)
+            await asyncio.to_thread(consumer.close)
 
     async def handle(self, messages: list[Message]) -> None:
         if time.monotonic() - self._loaded_at > self.refresh_s:
