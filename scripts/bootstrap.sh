@@ -39,7 +39,8 @@ have=$(cat .venv/.installed 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
   echo "Installing locked dependencies into .venv (first time takes a minute or two) ..." >&2
   pip_install --require-hashes --no-deps -r scripts/uv-requirements.txt
-  uv_pip sync --require-hashes requirements.lock
+  # --compile-bytecode: as pip does, so the services and the rule job do not each compile on their first start
+  uv_pip sync --require-hashes --compile-bytecode requirements.lock
   # our own package, built with the locked setuptools (nothing unhashed is downloaded for the build)
   uv_pip install --no-deps --no-build-isolation -e .
   echo "$want" > .venv/.installed
