@@ -17,8 +17,11 @@ lint: venv
 	.venv/bin/ruff check amctl server flinkjob tests
 	.venv/bin/mypy
 
-# Re-resolve the lock after changing pyproject.toml dependencies.
-lock:
-	rm -rf /tmp/amctl-lock-venv && python3.11 -m venv /tmp/amctl-lock-venv
-	/tmp/amctl-lock-venv/bin/pip install -q -e ".[dev]"
-	/tmp/amctl-lock-venv/bin/pip freeze --exclude-editable > requirements.lock
+# Re-resolve the locks after changing pyproject.toml's dependencies or scripts/uv-requirements.in, then
+# sync .venv to them. Existing pins are kept unless pyproject.toml needs others (`UPGRADE=--upgrade` lifts
+# them all); every package carries its hashes, which the bootstrap requires.
+UV_COMPILE = .venv/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
+lock: venv
+	$(UV_COMPILE) $(UPGRADE) scripts/uv-requirements.in -o scripts/uv-requirements.txt
+	$(UV_COMPILE) $(UPGRADE) pyproject.toml --extra dev -o requirements.lock
+	@bash scripts/bootstrap.sh

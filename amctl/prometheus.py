@@ -14,9 +14,10 @@ from pathlib import Path
 
 import jinja2
 
+from amctl.paths import REPO_ROOT
 from amctl.templating import yaml_environment
 
-MONITORING_DIR = Path(__file__).resolve().parents[1] / "templates" / "k8s" / "monitoring"
+MONITORING_DIR = REPO_ROOT / "templates" / "k8s" / "monitoring"
 ALERTS_FILE = MONITORING_DIR / "alerts.yml"
 CONFIG_TEMPLATE = "prometheus.yml.j2"
 # Jobs that read Kubernetes itself (container usage from cAdvisor, pod states from kube-state-metrics).

@@ -12,14 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import psycopg
-from confluent_kafka import KafkaException
-from psycopg_pool import PoolTimeout
-
-from server.runtime.errors import DependencyUnavailable
+from server.stores.outages import DEPENDENCY_OUTAGES
 
 T = TypeVar("T")
-TRANSIENT = (DependencyUnavailable, psycopg.OperationalError, PoolTimeout, KafkaException, OSError)
 RETRY_EVERY_S = 1.0
 
 
@@ -35,7 +30,7 @@ class Outage:
         while True:
             try:
                 result = await attempt()
-            except TRANSIENT as exc:
+            except DEPENDENCY_OUTAGES as exc:
                 if self.waiting_for is None:
                     self.log.warning("%s waits for its stores: %s; retrying every %g s", what, exc, self.retry_every_s)
                 self.waiting_for = f"{what}: {exc}"

@@ -24,17 +24,24 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv || fail "could not create .venv; install the venv module, e.g. 'apt-get install python3.11-venv'."
 fi
 
-# This machine's pip config names local mirror folders that may be absent; those warnings are noise.
+# pip's only job: the pinned uv, hash-checked. This machine's pip config names local mirror folders
+# that may be absent; those warnings are noise.
 pip_install() {
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" \
     2> >(grep -v "^WARNING: Location 'file:///" >&2)
 }
 
-want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+# uv installs the lock: every package must match one of its hashes, and sync removes what the lock dropped.
+uv_pip() { .venv/bin/uv pip "$1" --quiet --python .venv/bin/python "${@:2}"; }
+
+want=$(sha256sum requirements.lock scripts/uv-requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 have=$(cat .venv/.installed 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
-  echo "Installing locked dependencies into .venv (first time takes a few minutes) ..." >&2
-  pip_install -r requirements.lock
-  pip_install --no-deps -e .
+  echo "Installing locked dependencies into .venv (first time takes a minute or two) ..." >&2
+  pip_install --require-hashes --no-deps -r scripts/uv-requirements.txt
+  # --compile-bytecode: as pip does, so the services and the rule job do not each compile on their first start
+  uv_pip sync --require-hashes --compile-bytecode requirements.lock
+  # our own package, built with the locked setuptools (nothing unhashed is downloaded for the build)
+  uv_pip install --no-deps --no-build-isolation -e .
   echo "$want" > .venv/.installed
 fi

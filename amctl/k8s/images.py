@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amctl.errors import AmctlError
-from amctl.k8s.profile import REPO_ROOT, Profile
+from amctl.k8s.profile import Profile
+from amctl.paths import REPO_ROOT
 
 IMAGES_DIR = REPO_ROOT / "templates" / "images"
 LOCK_FILE = REPO_ROOT / "requirements.lock"

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import re
+import math
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
+from kubernetes import utils as _kube_utils
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from amctl.paths import REPO_ROOT
+
 TEMPLATES_DIR = REPO_ROOT / "templates" / "k8s"
 PROFILES_DIR = TEMPLATES_DIR / "profiles"
 DEFAULT_PROFILE = "demo-8g"
-
-_UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
-_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G|)$")
+# the kubernetes client has no type hints: the API server's own quantity grammar, used as untyped
+parse_quantity: Any = _kube_utils.parse_quantity
 
 
 class ProfileError(ValueError):
@@ -23,11 +25,15 @@ class ProfileError(ValueError):
 
 
 def memory_bytes(quantity: str) -> int:
-    """A Kubernetes memory quantity (`512Mi`, `1Gi`, `1500M`, `1024`) in bytes."""
-    match = _QUANTITY.match(str(quantity).strip())
-    if match is None:
-        raise ValueError(f"not a memory quantity: {quantity!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    """A Kubernetes memory quantity (`512Mi`, `2Ti`, `1500M`, `129e6`, `1024`) in whole bytes, read as the API
+    server reads it (a fraction of a byte rounds up)."""
+    try:
+        value = Decimal(parse_quantity(quantity))
+    except ValueError:
+        raise ValueError(f"not a memory quantity: {quantity!r}") from None
+    if value < 0:
+        raise ValueError(f"a memory quantity cannot be negative: {quantity!r}")
+    return math.ceil(value)
 
 
 def mib(quantity: str) -> int:

@@ -9,9 +9,10 @@ from typing import Any
 import yaml
 
 from amctl.errors import AmctlError
+from amctl.paths import REPO_ROOT
 
 # the demo scenarios shipped with the repository
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+DEFAULT_DIR = REPO_ROOT / "scenarios"
 STEP_KINDS = ("request", "create_segment", "delete_segment", "send_events", "wait_until", "load", "sleep")
 
 

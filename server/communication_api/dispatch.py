@@ -16,20 +16,18 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from confluent_kafka import Consumer, KafkaException, Message
 from prometheus_client import CollectorRegistry, Counter
-from psycopg_pool import PoolTimeout
 
 from server.communication_api.repository import CampaignRepository, CampaignRow
 from server.communication_api.templates import MessageTemplate, RenderError
 from server.domain.email import EmailJob
 from server.domain.membership import MembershipChange
-from server.runtime.errors import DependencyUnavailable
 from server.runtime.health import ComponentHealth
 from server.runtime.metrics import register_metric_name
 from server.stores.deliveries import DeliveryEntry, DeliveryLedger, DeliveryStatus
 from server.stores.kafka import AsyncProducer, group_consumer_config
+from server.stores.outages import DEPENDENCY_OUTAGES
 from server.stores.profile_store import ProfileStore
 
 log = logging.getLogger("campaigns")
@@ -38,7 +36,6 @@ OPT_OUT_TRAIT = "emailOptOut"
 EMAIL_TRAIT = "email"
 JOBS_QUEUED = register_metric_name("am_campaign_jobs_queued_total")
 RECIPIENTS_SKIPPED = register_metric_name("am_campaign_recipients_skipped_total")
-TRANSIENT = (DependencyUnavailable, psycopg.OperationalError, PoolTimeout)
 
 
 def _opted_out(value: Any) -> bool:
@@ -115,7 +112,7 @@ class FanOut:
                 while (campaign := await self.campaigns.claim_due()) is not None:
                     await self.send(campaign)
                 self.last_error = None
-            except TRANSIENT as exc:
+            except DEPENDENCY_OUTAGES as exc:
                 self.last_error = str(exc)
                 log.warning("campaign fan-out paused: %s", exc)
             self._wake.clear()
@@ -152,7 +149,7 @@ class OnEnterTrigger:
     def __init__(self, bootstrap: str, topic: str, group: str, campaigns: CampaignRepository,
                  store: ProfileStore, recipients: Recipients, refresh_s: float = 1.0) -> None:
         self.campaigns, self.store, self.recipients, self.refresh_s = campaigns, store, recipients, refresh_s
-        self.consumer = Consumer(group_consumer_config(bootstrap, group))
+        self.consumer_config = group_consumer_config(bootstrap, group)  # a consumer exists only while `run` does
         self.topic = topic
         self._active: dict[str, list[CampaignRow]] = {}
         self._loaded_at = 0.0
@@ -163,25 +160,26 @@ class OnEnterTrigger:
         self._loaded_at = 0.0
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.consumer.subscribe, [self.topic])
+        consumer = Consumer(self.consumer_config)
+        await asyncio.to_thread(consumer.subscribe, [self.topic])
         try:
             while True:
-                messages = await asyncio.to_thread(self.consumer.consume, 200, 0.2)
+                messages = await asyncio.to_thread(consumer.consume, 200, 0.2)
                 batch = [m for m in messages if not m.error() and m.value()]
                 while True:  # a batch is retried until it is handled: offsets only move past handled records
                     try:
                         await self.handle(batch)
                         self.last_error = None
                         break
-                    except TRANSIENT as exc:
+                    except DEPENDENCY_OUTAGES as exc:
                         self.last_error = str(exc)
                         log.warning("on-enter trigger paused: %s", exc)
                         await asyncio.sleep(1)
                 if messages:
                     with contextlib.suppress(KafkaException):  # a rebalance took the partition: replayed safely
-                        await asyncio.to_thread(self.consumer.commit, asynchronous=False)
+                        await asyncio.to_thread(consumer.commit, asynchronous=False)
         finally:
-            await asyncio.to_thread(self.consumer.close)
+            await asyncio.to_thread(consumer.close)
 
     async def handle(self, messages: list[Message]) -> None:
         if time.monotonic() - self._loaded_at > self.refresh_s:

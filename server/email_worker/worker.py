@@ -42,8 +42,8 @@ class EmailWorker:
         self.settings, self.ledger, self.sender, self.producer = settings, ledger, sender, producer
         self.dead_letter_topic = settings.topic(EMAIL_DEAD_LETTERS)
         self.topic = settings.topic(EMAIL_JOBS)
-        self.consumer = Consumer(group_consumer_config(settings.kafka_bootstrap,
-                                                       f"{settings.topic_prefix}email-worker"))
+        # the consumer is made by `run`: a worker that is built but never run holds no client
+        self.consumer_config = group_consumer_config(settings.kafka_bootstrap, f"{settings.topic_prefix}email-worker")
         self.slots = asyncio.Semaphore(settings.email_concurrency)
         self.outcomes = Counter(EMAILS.removesuffix("_total"), "Email jobs by outcome",
                                 ["outcome"], registry=registry)
@@ -55,18 +55,19 @@ class EmailWorker:
 
     async def run(self) -> None:
         """Consume until `stop()`: the batch in hand is finished first, so no claimed mail is abandoned."""
-        await asyncio.to_thread(self.consumer.subscribe, [self.topic])
+        consumer = Consumer(self.consumer_config)
+        await asyncio.to_thread(consumer.subscribe, [self.topic])
         try:
             while not self.stopping.is_set():
-                messages = await asyncio.to_thread(self.consumer.consume, 100, 0.2)
+                messages = await asyncio.to_thread(consumer.consume, 100, 0.2)
                 jobs = [m for m in messages if not m.error() and m.value()]
                 finished = await asyncio.gather(*(self._handle(m) for m in jobs))
                 if messages and all(finished):
                     with contextlib.suppress(KafkaException):  # a rebalance took the partition: replay is safe
-                        await asyncio.to_thread(self.consumer.commit, asynchronous=False)
+                        await asyncio.to_thread(consumer.commit, asynchronous=False)
                 await self._sweep()
         finally:
-            await asyncio.to_thread(self.consumer.close)
+            await asyncio.to_thread(consumer.close)
 
     def stop(self) -> None:
         """Take no new job; mails being handed to SMTP finish, jobs waiting for a retry are left

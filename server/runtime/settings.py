@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
+from psycopg.conninfo import make_conninfo
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -76,5 +77,6 @@ class ServiceSettings(BaseSettings):
 
     @property
     def database_conninfo(self) -> str:
+        """`database_url` (a URL or key=value pairs) with the password added the way libpq parses it."""
         password = self.database_password.get_secret_value()
-        return f"{self.database_url} password={password}" if password else self.database_url
+        return make_conninfo(self.database_url, password=password) if password else self.database_url

@@ -59,21 +59,24 @@ def create_topics(bootstrap: str, prefix: str = "", timeout_s: float = 10.0) -> 
 
 
 class AsyncProducer:
-    """One long-lived idempotent producer; `send` resolves only once the broker acknowledged."""
+    """One long-lived idempotent producer; `send` resolves only once the broker acknowledged.
+
+    The client connects on the first send and is released by `close`: a service that is built but never
+    started (a refused start, a test) leaves no client behind that keeps retrying the broker.
+    """
 
     def __init__(self, bootstrap: str, delivery_timeout_s: float, idempotent: bool = True, **overrides: Any) -> None:
-        config = {
+        self._config = {
             **PRODUCER_DEFAULTS,
             **({} if idempotent else NON_IDEMPOTENT),
             "bootstrap.servers": bootstrap,
             "message.timeout.ms": int(delivery_timeout_s * 1000),
             **overrides,
         }
-        self._producer = Producer(config)
+        self._client: Producer | None = None
+        self._poller: threading.Thread | None = None
         self.delivery_timeout_s = delivery_timeout_s
         self._closed = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
-        self._poller.start()
 
     @classmethod
     def for_service(cls, settings: ServiceSettings, delivery_timeout_s: float | None = None) -> AsyncProducer:
@@ -81,9 +84,21 @@ class AsyncProducer:
         timeout_s = settings.produce_timeout_s if delivery_timeout_s is None else delivery_timeout_s
         return cls(settings.kafka_bootstrap, timeout_s, idempotent=settings.kafka_idempotence)
 
-    def _poll(self) -> None:
+    @property
+    def _producer(self) -> Producer:
+        """The client, created and polled from the first send on."""
+        if self._client is None:
+            if self._closed.is_set():
+                raise DependencyUnavailable("kafka", "the producer is closed")
+            self._client = Producer(self._config)
+            self._poller = threading.Thread(target=self._poll, args=(self._client,), name="kafka-producer-poll",
+                                            daemon=True)
+            self._poller.start()
+        return self._client
+
+    def _poll(self, client: Producer) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            client.poll(0.05)
 
     async def send(self, topic: str, key: str | bytes | None, value: bytes | None) -> Message:
         """Produce one record and wait for the broker's acknowledgement."""
@@ -149,11 +164,17 @@ class AsyncProducer:
             return cast(list[DependencyUnavailable | None], [late if o is _PENDING else o for o in outcomes])
 
     def close(self, timeout_s: float = 5.0) -> int:
-        """Flush what is queued, stop polling; returns how many records were left undelivered."""
-        remaining: int = self._producer.flush(timeout_s)
+        """Flush what is queued, stop polling and release the client; returns how many records were left
+        undelivered."""
+        client, self._client = self._client, None
+        if client is None:
+            self._closed.set()
+            return 0
+        remaining: int = client.flush(timeout_s)
         self._closed.set()
-        self._poller.join(timeout=1)
-        return remaining
+        if self._poller is not None:
+            self._poller.join(timeout=1)
+        return remaining  # the last reference to `client` goes here: its threads stop and its connections close
 
 
 _PENDING = object()
@@ -170,12 +191,19 @@ def _set_exception(future: asyncio.Future[Message], exc: Exception) -> None:
 
 
 class BrokerHealth:
-    """Asks the broker for cluster metadata (in a thread: the client call blocks)."""
+    """Asks the broker for cluster metadata (in a thread: the client call blocks).
+
+    Each check has a client of its own: one held for the life of the app would outlive a stopped app
+    until garbage collection, connecting to its broker all the while.
+    """
 
     def __init__(self, bootstrap: str, timeout_s: float) -> None:
-        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._config: dict[str, Any] = {"bootstrap.servers": bootstrap}
         self._timeout_s = timeout_s
 
+    def _metadata(self) -> Any:
+        return AdminClient(self._config).list_topics(timeout=self._timeout_s)
+
     async def __call__(self) -> ComponentHealth:
-        metadata = await asyncio.to_thread(self._admin.list_topics, timeout=self._timeout_s)
+        metadata = await asyncio.to_thread(self._metadata)
         return ComponentHealth("UP", {"brokers": len(metadata.brokers), "topics": len(metadata.topics)})

@@ -14,12 +14,9 @@ import json
 import logging
 from typing import Any
 
-import psycopg
-from psycopg_pool import PoolTimeout
-
-from server.runtime.errors import DependencyUnavailable
 from server.runtime.health import ComponentHealth
 from server.stores.kafka import AsyncProducer
+from server.stores.outages import DEPENDENCY_OUTAGES
 from server.stores.postgres import Database
 
 log = logging.getLogger("outbox")
@@ -70,7 +67,7 @@ class OutboxRelay:
             try:
                 published = await self.drain_once()
                 failures, self.last_error = 0, None
-            except (DependencyUnavailable, psycopg.OperationalError, PoolTimeout) as exc:
+            except DEPENDENCY_OUTAGES as exc:
                 failures += 1
                 self.last_error = str(exc)
                 if failures == 1:

@@ -2,7 +2,8 @@
 # rule job (flinkjob, server.domain) + the Kafka connector jars the job uses, from the same locked
 # packages as the local target. JobManager, TaskManagers and the rule-job-submit Job all run it.
 ARG FLINK_VERSION=2.0.0
-FROM ghcr.io/astral-sh/uv:0.4.30 AS uv
+# the uv that scripts/uv-requirements.txt pins (tests/k8s/test_images.py keeps them equal)
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
 FROM flink:${FLINK_VERSION}-java17
 
 USER root
@@ -15,13 +16,13 @@ RUN uv venv --python 3.11 /opt/venv
 
 WORKDIR /opt/audience-manager
 COPY requirements.lock pyproject.toml README.md ./
-COPY templates/images/dev-excludes.txt /tmp/
-RUN grep -v -i -E -f /tmp/dev-excludes.txt requirements.lock > /tmp/runtime.lock \
- && uv pip install --python /opt/venv/bin/python -r /tmp/runtime.lock
+COPY templates/images/runtime-lock.awk templates/images/dev-excludes.txt /tmp/
+RUN awk -f /tmp/runtime-lock.awk /tmp/dev-excludes.txt requirements.lock > /tmp/runtime.lock \
+ && uv pip install --python /opt/venv/bin/python --require-hashes -r /tmp/runtime.lock
 COPY amctl ./amctl
 COPY server ./server
 COPY flinkjob ./flinkjob
-RUN uv pip install --python /opt/venv/bin/python --no-deps .
+RUN uv pip install --python /opt/venv/bin/python --no-deps --no-build-isolation .
 
 # The job's connectors on the cluster's classpath; PyFlink and the Prometheus reporter enabled.
 RUN set -eux; \

@@ -9,14 +9,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/audience-manager
 COPY requirements.lock pyproject.toml README.md ./
-COPY templates/images/dev-excludes.txt templates/images/pyflink-excludes.txt /tmp/
-# The locked versions, without PyFlink (the job runs in the Flink image) and without the dev tools.
-RUN grep -v -i -E -f /tmp/dev-excludes.txt -f /tmp/pyflink-excludes.txt requirements.lock > /tmp/runtime.lock \
- && pip install -r /tmp/runtime.lock
+COPY templates/images/runtime-lock.awk templates/images/dev-excludes.txt templates/images/pyflink-excludes.txt /tmp/
+# The locked versions with their hashes, without PyFlink (the job runs in the Flink image) and without the dev tools.
+RUN awk -f /tmp/runtime-lock.awk /tmp/dev-excludes.txt /tmp/pyflink-excludes.txt requirements.lock > /tmp/runtime.lock \
+ && pip install --require-hashes -r /tmp/runtime.lock
 COPY amctl ./amctl
 COPY server ./server
 COPY flinkjob ./flinkjob
-RUN pip install --no-deps . \
+# built with the locked setuptools: nothing unhashed is downloaded
+RUN pip install --no-deps --no-build-isolation . \
  && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin audience
 
 USER 10001

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from amctl import cli
 from amctl.local import processes
+from amctl.paths import REPO_ROOT
 from server.communication_api.app import create_app as communication_app
 from server.email_worker.app import create_app as email_worker_app
 from server.ingestion_api.app import create_app as ingestion_app
@@ -233,7 +234,6 @@ def test_amctl_sends_the_key_and_explains_401_and_403(served_segments: int) -> N
 
 # -- on Kubernetes the APIs do not run without keys ----------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULES = {"segment-api": "server.segment_api", "ingestion-api": "server.ingestion_api",
            "communication-api": "server.communication_api"}
 # one call per API that needs a key: (method, path, body)

