@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from confluent_kafka import Producer
 from pyflink.common import Types, WatermarkStrategy
 from pyflink.datastream import StreamExecutionEnvironment
@@ -30,7 +29,10 @@ from pyflink.datastream import StreamExecutionEnvironment
 from flinkjob.job import StopAt, build, configuration, prepare_python_environment, sink, source, user_key
 from flinkjob.settings import RuleEngineSettings
 from server.domain.bench import RULES
+from server.domain.events import UserEvent
+from server.domain.segment import SegmentDefinition
 from server.stores.kafka import create_topics
+from server.stores.records import encode
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_MEMBERSHIP, USER_EVENTS
 
 WARMUP_PER_PARTITION = 25
@@ -63,7 +65,7 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> di
 
 def _events(count: int, users: int) -> list[tuple[str, bytes]]:
     """A purchase-heavy mix over `users` users, as the Ingestion API would have written it."""
-    rng, now = random.Random(7), datetime.now(UTC).isoformat()
+    rng, now = random.Random(7), datetime.now(UTC)
     records = []
     for _ in range(count):
         user, kind = f"bench-user-{rng.randrange(users)}", rng.choice(("purchase", "page_view", "page_view"))
@@ -71,16 +73,15 @@ def _events(count: int, users: int) -> list[tuple[str, bytes]]:
                                       "country": rng.choice(("DE", "FR", "US", "AT"))}
         if kind == "purchase":
             properties["amount"] = round(rng.uniform(5, 500), 2)
-        event = {"userId": user, "eventType": kind, "properties": properties, "eventId": str(uuid.uuid4()),
-                 "timestamp": now, "receivedAt": now}
-        records.append((user, orjson.dumps(event)))
+        event = UserEvent(user, kind, str(uuid.uuid4()), now, properties, received_at=now)
+        records.append((user, encode(event)))
     return records
 
 
 def _definitions(segments: int) -> list[tuple[str, bytes]]:
-    return [(f"bench-{i}", orjson.dumps({"id": f"bench-{i}", "version": 1, "type": "DYNAMIC", "status": "ACTIVE",
-                                         "rules": RULES[i % len(RULES)]}))
-            for i in range(segments)]
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-{i}")) for i in range(segments)]  # segment ids are UUIDs
+    return [(sid, encode(SegmentDefinition(sid, 1, f"bench {i}", rules=RULES[i % len(RULES)])))
+            for i, sid in enumerate(ids)]
 
 
 def _passthrough(settings: RuleEngineSettings, stop_at: StopAt) -> StreamExecutionEnvironment:

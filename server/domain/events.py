@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from server.domain.records import InvalidRecord
 from server.domain.timeutil import format_timestamp, parse_timestamp
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(InvalidRecord):
     """An event whose JSON cannot be read; the message names the field."""
 
 
