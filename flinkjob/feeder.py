@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from flinkjob.outage import Outage
 from server.domain.pipeline import ReevaluationRequest
+from server.domain.records import InvalidRecord
 from server.domain.segment import SegmentDefinition
 from server.runtime.metrics import register_metric_name
 from server.stores.kafka import AsyncProducer
@@ -38,17 +39,13 @@ RECORDS_REJECTED = register_metric_name("am_rule_feeder_records_rejected_total")
 
 def definition_of(msg: Message) -> SegmentDefinition:
     """The definition a `segment-rules` record carries (a tombstone: the segment was deleted), or UnreadableRecord."""
-    value = msg.value()
+    value, key = msg.value(), msg.key()
     if value is not None:
         return decode(value, SegmentDefinition.from_json)
-    key = msg.key()
-    try:
-        segment_id = key.decode() if isinstance(key, bytes) else str(key or "")
-    except UnicodeDecodeError:
-        segment_id = ""
-    if not segment_id:
-        raise UnreadableRecord("a tombstone without a segment id as its key")
-    return SegmentDefinition.tombstone(segment_id)
+    try:  # the segment's id is the key
+        return SegmentDefinition.from_json({"id": key.decode() if isinstance(key, bytes) else key, "deleted": True})
+    except (UnicodeDecodeError, InvalidRecord) as exc:
+        raise UnreadableRecord(f"a tombstone whose key is no segment id: {exc}") from None
 
 
 class RuleFeeder:

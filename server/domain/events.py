@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from server.domain.records import InvalidRecord
+from server.domain.records import MAX_USER_ID_CHARS, InvalidRecord
 from server.domain.timeutil import format_timestamp, parse_timestamp
 
 
@@ -41,6 +41,8 @@ class UserEvent:
         for name in ("userId", "eventType", "eventId", "timestamp"):
             if not isinstance(data.get(name), str) or not data[name]:
                 raise InvalidEvent(f"{name}: required, a non-empty string")
+        if len(data["userId"]) > MAX_USER_ID_CHARS:
+            raise InvalidEvent(f"userId: at most {MAX_USER_ID_CHARS} characters")
         properties = data.get("properties") or {}
         if not isinstance(properties, Mapping):
             raise InvalidEvent("properties: expected a JSON object")

@@ -14,8 +14,8 @@ from server.domain.records import (
     integer,
     json_object,
     optional_timestamp,
-    text,
     timestamp,
+    user_id,
     uuid_text,
 )
 from server.domain.rules import Predicate, Rule, Window, compile_rule, windows
@@ -101,7 +101,7 @@ class MembershipChange:
         if change not in ("entered", "exited"):
             raise InvalidRecord(f"change: expected entered or exited, got {change!r}")
         return cls(
-            user_id=text(record, "userId"),
+            user_id=user_id(record),
             segment_id=uuid_text(record, "segmentId"),
             change=change,
             at=timestamp(record, "at"),

@@ -25,6 +25,7 @@ from server.domain.records import (
     number,
     optional_timestamp,
     text,
+    user_id,
     whole,
 )
 from server.domain.segment import SegmentDefinition
@@ -49,7 +50,7 @@ class ReevaluationRequest:
         segments = record.get("segments")
         if not isinstance(segments, Sequence) or isinstance(segments, str):
             raise InvalidRecord("segments: expected a list of segment definitions")
-        return cls(user_id=text(record, "userId"), segments=tuple(SegmentDefinition.from_json(d) for d in segments))
+        return cls(user_id=user_id(record), segments=tuple(SegmentDefinition.from_json(d) for d in segments))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,7 @@ def profile_from_json(data: Any) -> Profile:
     """A profile snapshot (on `user-profiles`, or inside a change), checked field by field: unlike the
     job's own state, which `Profile.from_json` reads as it wrote it, a snapshot crossed a topic."""
     record = json_object(data, "profile")
-    text(record, "userId")
+    user_id(record)
     integer(record, "purchaseCount", MAX_COUNT, default=0)
     integer(record, "eventCount", MAX_COUNT, default=0)
     if not number(record.get("totalSpent", 0.0)):

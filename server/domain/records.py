@@ -17,6 +17,7 @@ from server.domain.timeutil import parse_timestamp
 
 MAX_VERSION = 2**31 - 1  # segment versions are PostgreSQL integers
 MAX_COUNT = 2**63 - 1  # counters are PostgreSQL bigints
+MAX_USER_ID_CHARS = 128  # what the APIs accept; the stores index user ids, and an index entry is bounded
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -35,6 +36,14 @@ def text(data: Mapping[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
         raise InvalidRecord(f"{name}: required, a non-empty string")
+    return value
+
+
+def user_id(data: Mapping[str, Any], name: str = "userId") -> str:
+    """A required user id, at most MAX_USER_ID_CHARS long."""
+    value = text(data, name)
+    if len(value) > MAX_USER_ID_CHARS:
+        raise InvalidRecord(f"{name}: at most {MAX_USER_ID_CHARS} characters")
     return value
 
 

@@ -15,6 +15,7 @@ from confluent_kafka import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flinkjob.feeder import definition_of
 from flinkjob.logic import compile_definition
 from server.domain.events import UserEvent
 from server.domain.membership import MembershipChange, SegmentRule
@@ -164,6 +165,7 @@ NOT_THIS_TOPICS_MESSAGE = [  # valid JSON, but not what the topic carries: a mis
     ("keyed input", b'{"kind":"merge","userId":"u1"}'),
     ("keyed input", b'{"kind":"probe","userId":"__probe__"}'),
     ("keyed input", b'{"userId":7,' + EVENT_JSON + b"}"),
+    ("keyed input", b'{"userId":"' + b"u" * 129 + b'",' + EVENT_JSON + b"}"),  # longer than any API accepts
     ("keyed input", b'{"userId":"u",' + EVENT_JSON.replace(b"2026-01-01T00:00:00Z", b"soon") + b"}"),
     ("rules input", b"{" + DEFINITION_JSON.replace(b'"version":1', b'"version":"1"') + b"}"),
     ("rules input", b"{" + DEFINITION_JSON.replace(b"ACTIVE", b"ARCHIVED") + b"}"),
@@ -182,6 +184,7 @@ NOT_THIS_TOPICS_MESSAGE = [  # valid JSON, but not what the topic carries: a mis
     ("segment-membership", b'{"probe":null}'),
     ("segment-membership", b"{" + CHANGE_JSON.replace(b'"segmentVersion":1', b'"segmentVersion":1.0') + b"}"),
     ("user-profiles", b'{"traits":{}}'),
+    ("user-profiles", b'{"userId":"' + b"u" * 129 + b'"}'),
     ("user-profiles", b'{"userId":"u","traits":7}'),
     ("user-profiles", b'{"userId":"u","history":{"purchase":[[1]]}}'),
     ("user-profiles", b'{"userId":"u","firstSeen":"never"}'),
@@ -254,6 +257,19 @@ def test_rejected_records_are_skipped_counted_and_logged_with_where_they_were(
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "skipped a record (segment-membership[2]@1)",
         "skipped a record (segment-membership[2]@3)"]
+
+
+def test_the_feeder_reads_definitions_and_tombstones_and_rejects_the_rest() -> None:
+    def record(key: bytes | None, value: bytes | None) -> Message:
+        return Message(topic="segment-rules", partition=0, offset=0, key=key, value=value)
+
+    assert definition_of(record(SEG.encode(), encode(V1))) == V1
+    assert definition_of(record(SEG.encode(), None)) == DELETED
+    for key in (None, b"", b"high-value", b"\xff"):
+        with pytest.raises(UnreadableRecord, match="tombstone"):
+            definition_of(record(key, None))
+    with pytest.raises(UnreadableRecord):
+        definition_of(record(SEG.encode(), b"{"))
 
 
 def test_profile_snapshots_need_a_user() -> None:
