@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from confluent_kafka import Consumer, Message, TopicPartition
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from flinkjob.outage import Outage
 from server.domain.pipeline import ReevaluationRequest
@@ -55,9 +55,8 @@ class RuleFeeder:
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}rule-engine-feeder",
                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
         self.consumer.assign([TopicPartition(prefix + SEGMENT_RULES, 0, 0)])
-        self.rejected = RejectedRecords(log, Counter(RECORDS_REJECTED.removesuffix("_total"),
-                                                     "segment-rules records the feeder could not read, skipped",
-                                                     registry=registry).inc)
+        self.rejected = RejectedRecords.counted(log, registry, RECORDS_REJECTED,
+                                                "segment-rules records the feeder could not read, skipped")
         self.latest: dict[str, SegmentDefinition] = {}  # per segment, the newest definition read
         self.backfilled_users = 0
         self.last_backfill_rate: float | None = None

@@ -5,6 +5,8 @@ A change carries the profile snapshot that caused it, so a membership is never v
 Offsets are committed only after a batch is written; the store ignores repeated changes, so a
 crash between the two replays a batch harmlessly. While the store is unavailable the writer keeps
 retrying the batch in hand (and reads nothing new), so an outage delays memberships but loses none.
+A record it cannot read is skipped and counted, once, before the batch is written: retrying it could
+never succeed.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ RECORDS_REJECTED = register_metric_name("am_profile_writer_records_rejected_tota
 
 @dataclass
 class Batch:
-    """What one read of the job's output holds for the store, in the order it was read."""
+    """What one read of the job's output holds for the store."""
 
     profiles: list[Profile] = field(default_factory=list)
     changes: list[MembershipChange] = field(default_factory=list)
@@ -63,9 +65,8 @@ class StoreWriter:
                                 registry=registry)
         self.latency = Histogram(ASSIGNMENT_LATENCY, "Event received → membership written",
                                  buckets=LATENCY_BUCKETS, registry=registry)
-        self.rejected = RejectedRecords(log, Counter(RECORDS_REJECTED.removesuffix("_total"),
-                                                     "Output records of the job the writer could not read, skipped",
-                                                     registry=registry).inc)
+        self.rejected = RejectedRecords.counted(log, registry, RECORDS_REJECTED,
+                                                "Output records of the job the writer could not read, skipped")
         self.last_poll = time.monotonic()
         self.probe_seen: str | None = None
         self.outage = Outage(log)

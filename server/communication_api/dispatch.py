@@ -155,9 +155,8 @@ class OnEnterTrigger:
                  store: ProfileStore, recipients: Recipients, registry: CollectorRegistry,
                  refresh_s: float = 1.0) -> None:
         self.campaigns, self.store, self.recipients, self.refresh_s = campaigns, store, recipients, refresh_s
-        self.rejected = RejectedRecords(log, Counter(RECORDS_REJECTED.removesuffix("_total"),
-                                                     "segment-membership records the trigger could not read, skipped",
-                                                     registry=registry).inc)
+        self.rejected = RejectedRecords.counted(log, registry, RECORDS_REJECTED,
+                                                "segment-membership records the trigger could not read, skipped")
         self.consumer = Consumer(group_consumer_config(bootstrap, group))
         self.topic = topic
         self._active: dict[str, list[CampaignRow]] = {}

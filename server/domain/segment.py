@@ -78,9 +78,7 @@ class SegmentDefinition:
         body: dict[str, Any] = {"id": self.id, "name": self.name, "type": self.type.value,
                                 "status": self.status.value, "version": self.version,
                                 "rules": dict(self.rules) if self.rules is not None else None}
-        if self.updated_at is not None:
-            body["updatedAt"] = format_timestamp(self.updated_at)
-        return body
+        return body if self.updated_at is None else {**body, "updatedAt": format_timestamp(self.updated_at)}
 
     @classmethod
     def from_json(cls, data: Any) -> SegmentDefinition:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 import orjson
+from prometheus_client import CollectorRegistry, Counter
 
 from server.domain.records import InvalidRecord
 from server.runtime.storable import UnstorableValue
@@ -53,6 +54,11 @@ class RejectedRecords:
 
     def __init__(self, log: logging.Logger, count: Callable[[], None]) -> None:
         self.log, self.count = log, count
+
+    @classmethod
+    def counted(cls, log: logging.Logger, registry: CollectorRegistry, name: str, help_text: str) -> RejectedRecords:
+        """Rejections counted by a Prometheus counter `name` (ending in _total) in `registry`."""
+        return cls(log, Counter(name.removesuffix("_total"), help_text, registry=registry).inc)
 
     def reject(self, where: str, reason: UnreadableRecord | str) -> None:
         self.count()
