@@ -39,6 +39,8 @@ class Versioned(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SegmentDefinition:
+    """One version of a segment's definition, or (with `deleted`) the mark that the segment is gone."""
+
     id: str
     version: int = 0  # a delete carries none: it always wins
     name: str = ""
