@@ -107,7 +107,8 @@ def create_app(settings: RuleEngineSettings) -> FastAPI:
         await asyncio.to_thread(job.submit)
         writer = StoreWriter(settings.kafka_bootstrap, settings.topic_prefix, store, settings.writer_batch,
                              app.state.metrics_registry)
-        feeder = RuleFeeder(settings.kafka_bootstrap, settings.topic_prefix, producer, store, settings.backfill_page)
+        feeder = RuleFeeder(settings.kafka_bootstrap, settings.topic_prefix, producer, store, settings.backfill_page,
+                            app.state.metrics_registry)
         probe = PipelineProbe(producer, settings.topic_prefix)
         app.state.writer, app.state.feeder, app.state.probe = writer, feeder, probe
         job_metrics = FlinkJobMetrics(job.rest, job.job_id)
@@ -140,7 +141,7 @@ def create_app(settings: RuleEngineSettings) -> FastAPI:
             return ComponentHealth("DOWN", {"waiting": "; ".join(waiting)})
         if writer.probe_seen != app.state.probe.token:
             return ComponentHealth("DOWN", {"waiting": "for the first probe through the job (sources starting)"})
-        return ComponentHealth("UP", {"segments": len(feeder.versions), "backfilledUsers": feeder.backfilled_users,
+        return ComponentHealth("UP", {"segments": feeder.live_segments, "backfilledUsers": feeder.backfilled_users,
                                       "lastBackfillUsersPerS": feeder.last_backfill_rate})
 
     app.state.health.add("flinkJob", job.health)

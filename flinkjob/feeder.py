@@ -10,18 +10,23 @@ request per user carrying all of them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
 
-import orjson
 from confluent_kafka import Consumer, Message, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from flinkjob.outage import Outage
+from server.domain.pipeline import ReevaluationRequest
+from server.domain.records import InvalidRecord
+from server.domain.segment import SegmentDefinition
+from server.runtime.metrics import register_metric_name
 from server.stores.kafka import AsyncProducer
 from server.stores.profile_store import ProfileStore
+from server.stores.records import RejectedRecords, UnreadableRecord, decode, encode
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_RULES
 
 log = logging.getLogger("rule-engine.feeder")
@@ -29,53 +34,59 @@ log = logging.getLogger("rule-engine.feeder")
 # yet during the first pass, is caught by a second pass over profiles written since then.
 SETTLE_S = 3.0
 SETTLE_MARGIN = timedelta(seconds=5)
+RECORDS_REJECTED = register_metric_name("am_rule_feeder_records_rejected_total")
 
 
-def definition_of(msg: Message) -> dict[str, Any]:
-    raw_key = msg.key()
-    key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key or "")
-    value = msg.value()
-    if value is None:
-        return {"id": key, "deleted": True}
-    definition: dict[str, Any] = json.loads(value)
-    return definition
+def definition_of(msg: Message) -> SegmentDefinition:
+    """The definition a `segment-rules` record carries (a tombstone: the segment was deleted), or UnreadableRecord."""
+    value, key = msg.value(), msg.key()
+    if value is not None:
+        return decode(value, SegmentDefinition.from_json)
+    try:  # the segment's id is the key
+        return SegmentDefinition.from_json({"id": key.decode() if isinstance(key, bytes) else key, "deleted": True})
+    except (UnicodeDecodeError, InvalidRecord) as exc:
+        raise UnreadableRecord(f"a tombstone whose key is no segment id: {exc}") from None
 
 
 class RuleFeeder:
-    def __init__(self, bootstrap: str, prefix: str, producer: AsyncProducer, store: ProfileStore, page: int) -> None:
+    def __init__(self, bootstrap: str, prefix: str, producer: AsyncProducer, store: ProfileStore, page: int,
+                 registry: CollectorRegistry) -> None:
         self.producer, self.store, self.page, self.prefix = producer, store, page, prefix
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}rule-engine-feeder",
                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
         self.consumer.assign([TopicPartition(prefix + SEGMENT_RULES, 0, 0)])
-        self.versions: dict[str, int] = {}
+        self.rejected = RejectedRecords.counted(log, registry, RECORDS_REJECTED,
+                                                "segment-rules records the feeder could not read, skipped")
+        self.latest: dict[str, SegmentDefinition] = {}  # per segment, the newest definition read
         self.backfilled_users = 0
         self.last_backfill_rate: float | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self.outage = Outage(log)
 
+    @property
+    def live_segments(self) -> int:
+        """How many segments the feeder knows that are not deleted."""
+        return sum(not d.deleted for d in self.latest.values())
+
     async def run(self) -> None:
         while True:
             msgs = await asyncio.to_thread(self.consumer.consume, 500, 0.1)
-            definitions = [definition_of(m) for m in msgs if not m.error()]
+            definitions = self.rejected.readable([m for m in msgs if not m.error()], definition_of)
             if definitions:
                 await self.handle(definitions)
 
-    async def handle(self, definitions: list[dict[str, Any]]) -> None:
+    async def handle(self, definitions: list[SegmentDefinition]) -> None:
         """Publish every definition in order; backfill those that are new or changed.
 
         Definitions already read are never dropped: while the broker or the profile store is
         unavailable, publishing and backfilling are retried until they succeed.
         """
         await self.outage.until_done("publishing segment definitions", lambda: self._publish(definitions))
-        changed: dict[str, dict[str, Any]] = {}
+        changed: dict[str, SegmentDefinition] = {}
         for definition in definitions:
-            segment_id = str(definition["id"])
-            version, deleted = int(definition.get("version") or 0), bool(definition.get("deleted"))
-            seen = self.versions.get(segment_id)
-            if not deleted and seen is not None and version <= seen:
+            if not definition.supersedes(self.latest.get(definition.id)):
                 continue  # a repeat (e.g. the Segment API's start-up snapshot): nothing new to backfill
-            self.versions[segment_id] = max(version, seen or 0)
-            changed[segment_id] = definition  # the newest definition of each segment wins
+            self.latest[definition.id] = changed[definition.id] = definition
         if not changed:
             return
         fed_at = datetime.now(UTC)
@@ -84,25 +95,23 @@ class RuleFeeder:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _publish(self, definitions: list[dict[str, Any]]) -> None:
+    async def _publish(self, definitions: list[SegmentDefinition]) -> None:
         for definition in definitions:  # in order; a repeat after a retry is harmless (versions decide)
-            await self.producer.send(self.prefix + RULE_DEFINITIONS, str(definition["id"]), orjson.dumps(definition))
+            await self.producer.send(self.prefix + RULE_DEFINITIONS, definition.id, encode(definition))
 
-    async def _settle_pass(self, definitions: list[dict[str, Any]], fed_at: datetime) -> None:
+    async def _settle_pass(self, definitions: list[SegmentDefinition], fed_at: datetime) -> None:
         await asyncio.sleep(SETTLE_S)
         await self.outage.until_done("backfilling changed segments",
                                      lambda: self.backfill(definitions, updated_since=fed_at - SETTLE_MARGIN))
 
-    async def backfill(self, definitions: list[dict[str, Any]], updated_since: datetime | None = None) -> None:
+    async def backfill(self, definitions: list[SegmentDefinition], updated_since: datetime | None = None) -> None:
         """One re-evaluation request per user who may be affected, in pages."""
         started, sent = time.perf_counter(), 0
-        live = [d for d in definitions if not d.get("deleted")]
-        if live:  # every known user; deletes ride along (non-members are unaffected)
+        if any(not d.deleted for d in definitions):  # every known user; deletes ride along (non-members: no change)
             sent += await self._requests(definitions, lambda after: self._profile_ids(after, updated_since))
         else:
             for definition in definitions:
-                segment_id = str(definition["id"])
-                sent += await self._requests([definition], lambda after, s=segment_id: self._member_ids(s, after))
+                sent += await self._requests([definition], partial(self._member_ids, definition.id))
         self.backfilled_users += sent
         if sent:
             self.last_backfill_rate = sent / (time.perf_counter() - started)
@@ -114,15 +123,15 @@ class RuleFeeder:
     async def _member_ids(self, segment_id: str, after: str | None) -> list[str]:
         return [m.user_id for m in await self.store.segment_members(segment_id, after, self.page)]
 
-    async def _requests(self, definitions: list[dict[str, Any]], users_after: Any) -> int:
-        sent, after = 0, None
+    async def _requests(self, definitions: list[SegmentDefinition],
+                        users_after: Callable[[str | None], Awaitable[list[str]]]) -> int:
+        sent, after, segments = 0, None, tuple(definitions)
         while True:
-            users: list[str] = await users_after(after)
+            users = await users_after(after)
             if not users:
                 return sent
             await asyncio.gather(*(
-                self.producer.send(self.prefix + REEVALUATIONS, user,
-                                   orjson.dumps({"kind": "reevaluate", "userId": user, "segments": definitions}))
+                self.producer.send(self.prefix + REEVALUATIONS, user, encode(ReevaluationRequest(user, segments)))
                 for user in users
             ))
             sent, after = sent + len(users), users[-1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import site
@@ -10,6 +9,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import orjson
 from pyflink.common import Configuration, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import StreamExecutionEnvironment
@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Where a bounded run stops: topic -> partition -> offset (exclusive). The live job is unbounded.
 StopAt = Mapping[str, Mapping[int, int]]
 log = logging.getLogger("rule-engine")
+UNREADABLE = ""  # the key of keyed-input records without a user id
 
 
 def prepare_python_environment() -> None:
@@ -142,7 +143,12 @@ def sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
 
 
 def user_key(value: str) -> str:
-    return str(json.loads(value)["userId"])
+    """The user a keyed-input record is for; a record without one is keyed `UNREADABLE` (the operator skips it)."""
+    try:
+        user = orjson.loads(value).get("userId")
+    except (orjson.JSONDecodeError, AttributeError):  # not JSON, or not an object
+        return UNREADABLE
+    return user if isinstance(user, str) else UNREADABLE
 
 
 def build(settings: RuleEngineSettings, stop_at: StopAt | None = None) -> StreamExecutionEnvironment:

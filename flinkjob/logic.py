@@ -7,7 +7,8 @@ segments the user is in (id -> version entered at), and the ids of the user's la
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,8 +17,10 @@ import orjson
 
 from server.domain.events import UserEvent
 from server.domain.membership import MembershipChange, SegmentRule, evaluate_memberships
+from server.domain.pipeline import ReevaluationRequest
 from server.domain.profile import Profile, apply_event, prune_history
 from server.domain.rules import RuleValidationError, parse_rule, window_expiry
+from server.domain.segment import SegmentDefinition
 
 # A record can reach the topic twice: a producer that gets no ack retries, and without idempotence (the
 # local durable broker) the broker stores the retry too. The copy follows the original closely (same key,
@@ -54,21 +57,16 @@ class Outcome:
     changes: list[MembershipChange]
     profile_changed: bool
     next_timer: datetime | None
+    refused: str | None = None  # why the input was not applied, when it could not be
 
 
-def active_definition(definition: Mapping[str, Any]) -> bool:
-    """Only ACTIVE DYNAMIC segments are evaluated; anything else makes its members exit."""
-    return (not definition.get("deleted") and definition.get("type") == "DYNAMIC"
-            and definition.get("status") == "ACTIVE" and definition.get("rules") is not None)
-
-
-def compile_definition(definition: Mapping[str, Any]) -> SegmentRule | None:
+def compile_definition(definition: SegmentDefinition) -> SegmentRule | None:
     """The compiled rule of an active definition; None if inactive or (defensively) invalid."""
-    if not active_definition(definition):
+    if not definition.active or definition.rules is None:
         return None
     try:
-        return SegmentRule.build(str(definition["id"]), int(definition["version"]), parse_rule(definition["rules"]))
-    except (RuleValidationError, KeyError, ValueError):
+        return SegmentRule.build(definition.id, definition.version, parse_rule(definition.rules))
+    except RuleValidationError:
         return None
 
 
@@ -97,16 +95,20 @@ def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule
     """A user event: update the profile, evaluate every active rule, report what changed.
 
     An event whose id is among the user's latest is a second copy of one already applied: nothing changes.
+    Nor does an event that would take the profile beyond what can be stored (totalSpent past the largest
+    float): that profile could not be written, in Flink's state or in the store.
     """
     if event.event_id in state.recent_events:
         return Outcome(state, [], False, None)
     profile = apply_event(state.profile, event, retention_for(rules))
+    if not math.isfinite(profile.total_spent):
+        return Outcome(state, [], False, None, refused=f"event {event.event_id}: totalSpent would overflow")
     memberships, changes = _diff(state, profile, rules, now, event.received_at)
     recent = [*state.recent_events[-(RECENT_EVENT_IDS - 1):], event.event_id]
     return Outcome(UserState(profile, memberships, recent), changes, True, _next_timer(profile, rules, now))
 
 
-def on_reevaluate(state: UserState, definitions: Sequence[Mapping[str, Any]], rules: Mapping[str, SegmentRule],
+def on_reevaluate(state: UserState, request: ReevaluationRequest, rules: Mapping[str, SegmentRule],
                   now: datetime) -> Outcome:
     """Backfill of changed segments for this user, using the definitions the request carries (the
     broadcast side may not have them yet) unless the broadcast side already has a newer one."""
@@ -115,18 +117,14 @@ def on_reevaluate(state: UserState, definitions: Sequence[Mapping[str, Any]], ru
         return Outcome(state, [], False, None)
     changes: list[MembershipChange] = []
     merged = dict(rules)
-    for definition in definitions:
-        segment_id = str(definition["id"])
-        rule = compile_definition(definition)
-        known = rules.get(segment_id)
-        version = definition.get("version")  # a delete carries none: it always wins
-        newest_known = known is not None and version is not None and int(version) < known.version
-        effective = known if newest_known else rule
-        scope = {segment_id: effective} if effective is not None else {}
-        memberships, found = _diff(state, profile, scope, now, None, only=segment_id)
+    for definition in request.segments:
+        known = rules.get(definition.id)
+        effective = compile_definition(definition) if definition.supersedes(known) else known
+        scope = {definition.id: effective} if effective is not None else {}
+        memberships, found = _diff(state, profile, scope, now, None, only=definition.id)
         state = replace(state, memberships=memberships)
         changes += found
-        merged.pop(segment_id, None)
+        merged.pop(definition.id, None)
         merged.update(scope)
     return Outcome(state, changes, False, _next_timer(profile, merged, now))
 

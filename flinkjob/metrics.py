@@ -24,6 +24,7 @@ OPERATOR = "evaluate-rules"  # the operator's name in `job.build`
 EVENTS_PROCESSED = register_metric_name("am_rule_engine_events_processed_total")
 RULE_EVALUATIONS = register_metric_name("am_rule_engine_rule_evaluations_total")
 CHANGES_EMITTED = register_metric_name("am_rule_engine_membership_changes_emitted_total")
+RECORDS_REJECTED = register_metric_name("am_rule_engine_records_rejected_total")
 EVALUATION_SECONDS = register_metric_name("am_rule_engine_evaluation_seconds")
 BUSY_RATIO = register_metric_name("am_rule_engine_busy_ratio")
 JOB_RUNNING = register_metric_name("am_rule_engine_job_running")
@@ -33,6 +34,7 @@ _COUNTERS = {  # Flink metric of the operator -> (exported counter, help)
     "eventsProcessed": (EVENTS_PROCESSED, "User events the job applied to profiles"),
     "ruleEvaluations": (RULE_EVALUATIONS, "Segment rules evaluated against a profile"),
     "membershipChanges": (CHANGES_EMITTED, "Membership changes the job emitted (entered and exited)"),
+    "recordsRejected": (RECORDS_REJECTED, "Input records the job could not read and skipped"),
 }
 _WANTED = [*_COUNTERS, "recordsEvaluated", "evaluationMicros"]
 

@@ -1,7 +1,13 @@
-"""The Flink operator: keyed user state + broadcast segment rules, delegating to `flinkjob.logic`."""
+"""The Flink operator: keyed user state + broadcast segment rules, delegating to `flinkjob.logic`.
+
+Each input record is decoded once into its message (`server.domain.pipeline`). One that cannot be
+read is skipped, counted (`recordsRejected`) and logged with its key: raising would fail the job, and
+the restarted job would read the same record again.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,12 +20,22 @@ from pyflink.datastream.functions import KeyedBroadcastProcessFunction
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from flinkjob.logic import Outcome, UserState, compile_definition, on_event, on_reevaluate, on_timer, utc_from_millis
-from server.domain.events import UserEvent
 from server.domain.membership import SegmentRule
+from server.domain.pipeline import (
+    PROBE_ID,
+    MembershipOutput,
+    ProbeEcho,
+    ProbeRecord,
+    ReevaluationRequest,
+    keyed_input,
+    rules_input,
+)
+from server.domain.segment import SegmentDefinition
+from server.stores.records import RejectedRecords, UnreadableRecord, decode
 
 RULES = MapStateDescriptor("segment-rules", Types.STRING(), Types.STRING())
 PROFILES = OutputTag("profiles", Types.STRING())
-PROBE_ID = "__probe__"
+log = logging.getLogger("rule-engine.job")
 
 
 class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
@@ -36,6 +52,7 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         self.changes = group.counter("membershipChanges")
         self.evaluated = group.counter("recordsEvaluated")  # events and backfill requests
         self.eval_micros = group.counter("evaluationMicros")  # summed: mean = evaluationMicros / recordsEvaluated
+        self.rejected = RejectedRecords(log, group.counter("recordsRejected").inc)
 
     def _rules(self, ctx: Any) -> dict[str, SegmentRule]:
         """The active rules, compiled; rebuilt only after the broadcast side changed (or a restore)."""
@@ -50,7 +67,10 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
                 continue
             cached = self.compiled.get(segment_id)
             if cached is None or cached[0] != raw:
-                rule = compile_definition(orjson.loads(raw))
+                try:  # state restored from a checkpoint holds what an earlier run accepted
+                    rule = compile_definition(decode(raw, SegmentDefinition.from_json))
+                except UnreadableRecord:
+                    rule = None
                 if rule is None:
                     continue
                 cached = (raw, rule)
@@ -59,15 +79,14 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         return rules
 
     def _emit(self, outcome: Outcome, ctx: Any) -> Iterator[Any]:
-        profile = outcome.state.profile.to_json() if outcome.profile_changed and outcome.state.profile else None
-        self.user.update(outcome.state.to_json(profile))
+        profile = outcome.state.profile if outcome.profile_changed else None
+        profile_json = profile.to_json() if profile is not None else None  # encoded once: state, changes, side
+        self.user.update(outcome.state.to_json(profile_json))
         for change in outcome.changes:
-            # the profile that caused a change travels with it: the store never shows a membership
-            # before the profile behind it, whatever order the writer reads the two topics in
-            yield orjson.dumps({**change.to_json(), **({"profile": profile} if profile else {})}).decode()
+            yield orjson.dumps(MembershipOutput(change, profile).to_json(profile_json)).decode()
         self.changes.inc(len(outcome.changes))
-        if profile is not None:
-            yield PROFILES, orjson.dumps(profile).decode()
+        if profile_json is not None:
+            yield PROFILES, orjson.dumps(profile_json).decode()
         if outcome.next_timer is not None:
             millis = int(outcome.next_timer.timestamp() * 1000) + 1
             if self.timer.value() != millis:
@@ -75,19 +94,26 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
                 self.timer.update(millis)
 
     def process_element(self, value: str, ctx: Any) -> Iterator[Any]:
-        record = orjson.loads(value)
-        if record.get("kind") == "probe":  # readiness: both inputs flow once the probe's token is known
-            if ctx.get_broadcast_state(RULES).get(PROBE_ID) == record["token"]:
-                yield orjson.dumps({"probe": record["token"]}).decode()
+        try:
+            record = decode(value, keyed_input)
+        except UnreadableRecord as exc:
+            self.rejected.reject(f"keyed input, key {ctx.get_current_key()!r}", exc)
+            return
+        if isinstance(record, ProbeRecord):  # readiness: both inputs flow once the probe's token is known
+            if ctx.get_broadcast_state(RULES).get(PROBE_ID) == record.token:
+                yield orjson.dumps(ProbeEcho(record.token).to_json()).decode()
             return
         rules = self._rules(ctx)
         state = UserState.from_json(self.user.value())
         now = datetime.now(UTC)
         started = time.perf_counter()
-        if record.get("kind") == "reevaluate":
-            outcome = on_reevaluate(state, record["segments"], rules, now)
+        if isinstance(record, ReevaluationRequest):
+            outcome = on_reevaluate(state, record, rules, now)
         else:
-            outcome = on_event(state, UserEvent.from_json(record), rules, now)
+            outcome = on_event(state, record, rules, now)
+            if outcome.refused is not None:  # the state stays as it was
+                self.rejected.reject(f"keyed input, key {ctx.get_current_key()!r}", outcome.refused)
+                return
             self.events.inc()
         self.evaluations.inc(len(rules))
         self.evaluated.inc()
@@ -95,21 +121,24 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         yield from self._emit(outcome, ctx)
 
     def process_broadcast_element(self, value: str, ctx: Any) -> None:
-        definition = orjson.loads(value)
-        state = ctx.get_broadcast_state(RULES)
-        self.active = None
-        if definition.get("kind") == "probe":
-            state.put(PROBE_ID, definition["token"])
+        try:
+            record = decode(value, rules_input)
+        except UnreadableRecord as exc:
+            self.rejected.reject("rules input", exc)  # once per subtask: each one reads every definition
             return
-        segment_id = str(definition["id"])
-        current = state.get(segment_id)
-        if current is not None and int(orjson.loads(current).get("version", 0)) > int(definition.get("version") or 0) \
-                and not definition.get("deleted"):
-            return  # an older definition arriving late
-        if compile_definition(definition) is None:
-            state.remove(segment_id)
+        state = ctx.get_broadcast_state(RULES)
+        if isinstance(record, ProbeRecord):
+            state.put(PROBE_ID, record.token)
+            return
+        if not record.supersedes(self._rules(ctx).get(record.id)):
+            return  # an older definition arriving late, or a repeat of the one held
+        self.active = None
+        rule = compile_definition(record)
+        if rule is None:  # deleted, paused, static (or, defensively, invalid): its members exit when evaluated
+            state.remove(record.id)
         else:
-            state.put(segment_id, value)
+            state.put(record.id, value)
+            self.compiled[record.id] = (value, rule)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         self.timer.clear()

@@ -10,12 +10,10 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
-import orjson
-
+from server.domain.pipeline import PROBE_ID, ProbeRecord
 from server.stores.kafka import AsyncProducer
+from server.stores.records import encode
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS
-
-PROBE_USER = "__probe__"
 
 
 class PipelineProbe:
@@ -25,9 +23,8 @@ class PipelineProbe:
 
     async def run(self, seen: Callable[[], str | None], interval_s: float = 0.25) -> None:
         """Publish the token on both inputs until `seen()` returns it."""
-        definition = {"kind": "probe", "id": "__probe__", "token": self.token}
-        await self.producer.send(self.prefix + RULE_DEFINITIONS, "__probe__", orjson.dumps(definition))
-        record = orjson.dumps({"kind": "probe", "userId": PROBE_USER, "token": self.token})
+        record = encode(ProbeRecord(self.token))
+        await self.producer.send(self.prefix + RULE_DEFINITIONS, PROBE_ID, record)
         while seen() != self.token:
-            await self.producer.send(self.prefix + REEVALUATIONS, PROBE_USER, record)
+            await self.producer.send(self.prefix + REEVALUATIONS, PROBE_ID, record)
             await asyncio.sleep(interval_s)

@@ -54,7 +54,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.fanout = FanOut(repository, store, recipients)
     app.state.trigger = OnEnterTrigger(settings.kafka_bootstrap, settings.topic(SEGMENT_MEMBERSHIP),
                                        f"{settings.topic_prefix}communication-api-on-enter", repository, store,
-                                       recipients)
+                                       recipients, app.state.metrics_registry)
     app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
     app.state.health.add("fanOut", app.state.fanout.health)

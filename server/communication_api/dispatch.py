@@ -22,13 +22,14 @@ from prometheus_client import CollectorRegistry, Counter
 from server.communication_api.repository import CampaignRepository, CampaignRow
 from server.communication_api.templates import MessageTemplate, RenderError
 from server.domain.email import EmailJob
-from server.domain.membership import MembershipChange
+from server.domain.pipeline import MembershipOutput, membership_record
 from server.runtime.health import ComponentHealth
 from server.runtime.metrics import register_metric_name
 from server.stores.deliveries import DeliveryEntry, DeliveryLedger, DeliveryStatus
 from server.stores.kafka import AsyncProducer, group_consumer_config
 from server.stores.outages import DEPENDENCY_OUTAGES
 from server.stores.profile_store import ProfileStore
+from server.stores.records import RejectedRecords, value_read_by
 
 log = logging.getLogger("campaigns")
 AUDIENCE_PAGE = 500
@@ -36,6 +37,7 @@ OPT_OUT_TRAIT = "emailOptOut"
 EMAIL_TRAIT = "email"
 JOBS_QUEUED = register_metric_name("am_campaign_jobs_queued_total")
 RECIPIENTS_SKIPPED = register_metric_name("am_campaign_recipients_skipped_total")
+RECORDS_REJECTED = register_metric_name("am_on_enter_records_rejected_total")
 
 
 def _opted_out(value: Any) -> bool:
@@ -147,8 +149,11 @@ class OnEnterTrigger:
     segment to the user (once per user and campaign), if the change happened after the campaign began."""
 
     def __init__(self, bootstrap: str, topic: str, group: str, campaigns: CampaignRepository,
-                 store: ProfileStore, recipients: Recipients, refresh_s: float = 1.0) -> None:
+                 store: ProfileStore, recipients: Recipients, registry: CollectorRegistry,
+                 refresh_s: float = 1.0) -> None:
         self.campaigns, self.store, self.recipients, self.refresh_s = campaigns, store, recipients, refresh_s
+        self.rejected = RejectedRecords.counted(log, registry, RECORDS_REJECTED,
+                                                "segment-membership records the trigger could not read, skipped")
         self.consumer_config = group_consumer_config(bootstrap, group)  # a consumer exists only while `run` does
         self.topic = topic
         self._active: dict[str, list[CampaignRow]] = {}
@@ -165,7 +170,7 @@ class OnEnterTrigger:
         try:
             while True:
                 messages = await asyncio.to_thread(consumer.consume, 200, 0.2)
-                batch = [m for m in messages if not m.error() and m.value()]
+                batch = self.read([m for m in messages if not m.error() and m.value()])
                 while True:  # a batch is retried until it is handled: offsets only move past handled records
                     try:
                         await self.handle(batch)
@@ -181,25 +186,23 @@ class OnEnterTrigger:
         finally:
             await asyncio.to_thread(consumer.close)
 
-    async def handle(self, messages: list[Message]) -> None:
+    def read(self, messages: list[Message]) -> list[MembershipOutput]:
+        """The changes in `messages`; probe echoes are not for us, unreadable records are skipped (and counted)."""
+        records = self.rejected.readable(messages, value_read_by(membership_record))
+        return [record for record in records if isinstance(record, MembershipOutput)]
+
+    async def handle(self, changes: list[MembershipOutput]) -> None:
         if time.monotonic() - self._loaded_at > self.refresh_s:
             self._active, self._loaded_at = await self.campaigns.active_on_enter(), time.monotonic()
         by_campaign: dict[str, tuple[CampaignRow, dict[str, Mapping[str, Any] | None]]] = {}
-        for message in messages:
-            try:
-                record = json.loads(message.value() or b"{}")
-                if "probe" in record:
-                    continue
-                change = MembershipChange.from_json(record)
-            except (ValueError, KeyError) as exc:
-                log.error("skipping an unreadable segment-membership record at offset %s: %s", message.offset(), exc)
-                continue
+        for output in changes:
+            change = output.change
             if change.change != "entered":
                 continue
             for campaign in self._active.get(change.segment_id, []):
                 if change.at >= campaign.created_at:
                     users = by_campaign.setdefault(campaign.id, (campaign, {}))[1]
-                    users[change.user_id] = record.get("profile")
+                    users[change.user_id] = output.profile.to_json() if output.profile is not None else None
         for campaign, users in by_campaign.values():
             missing = [u for u, p in users.items() if p is None]
             stored = await self.store.get_profiles(missing) if missing else {}

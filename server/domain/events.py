@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from server.domain.records import MAX_USER_ID_CHARS, InvalidRecord
 from server.domain.timeutil import format_timestamp, parse_timestamp
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(InvalidRecord):
     """An event whose JSON cannot be read; the message names the field."""
 
 
@@ -40,6 +41,8 @@ class UserEvent:
         for name in ("userId", "eventType", "eventId", "timestamp"):
             if not isinstance(data.get(name), str) or not data[name]:
                 raise InvalidEvent(f"{name}: required, a non-empty string")
+        if len(data["userId"]) > MAX_USER_ID_CHARS:
+            raise InvalidEvent(f"userId: at most {MAX_USER_ID_CHARS} characters")
         properties = data.get("properties") or {}
         if not isinstance(properties, Mapping):
             raise InvalidEvent("properties: expected a JSON object")

@@ -8,8 +8,18 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from server.domain.profile import Profile
+from server.domain.records import (
+    MAX_VERSION,
+    InvalidRecord,
+    integer,
+    json_object,
+    optional_timestamp,
+    timestamp,
+    user_id,
+    uuid_text,
+)
 from server.domain.rules import Predicate, Rule, Window, compile_rule, windows
-from server.domain.timeutil import format_timestamp, parse_timestamp
+from server.domain.timeutil import format_timestamp
 
 Change = Literal["entered", "exited"]
 
@@ -85,16 +95,16 @@ class MembershipChange:
         return body
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> MembershipChange:
-        change = data["change"]
+    def from_json(cls, data: Any) -> MembershipChange:
+        record = json_object(data, "membership change")
+        change = record.get("change")
         if change not in ("entered", "exited"):
-            raise ValueError(f"change: expected entered or exited, got {change!r}")
-        received = data.get("eventReceivedAt")
+            raise InvalidRecord(f"change: expected entered or exited, got {change!r}")
         return cls(
-            user_id=str(data["userId"]),
-            segment_id=str(data["segmentId"]),
+            user_id=user_id(record),
+            segment_id=uuid_text(record, "segmentId"),
             change=change,
-            at=parse_timestamp(data["at"]),
-            segment_version=int(data["segmentVersion"]),
-            event_received_at=parse_timestamp(received) if received else None,
+            at=timestamp(record, "at"),
+            segment_version=integer(record, "segmentVersion", MAX_VERSION),
+            event_received_at=optional_timestamp(record, "eventReceivedAt"),
         )

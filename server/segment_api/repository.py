@@ -12,8 +12,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from server.domain.timeutil import format_timestamp
+from server.domain.segment import SegmentDefinition, SegmentStatus, SegmentType
 from server.runtime.errors import Conflict, NotFound, PreconditionFailed
+from server.stores.outbox import enqueue
 from server.stores.postgres import Database
 
 _UPDATABLE = frozenset({"name", "description", "status", "rules"})
@@ -38,10 +39,10 @@ class SegmentRow:
     created_at: datetime
     updated_at: datetime
 
-    def definition(self) -> dict[str, Any]:
+    def definition(self) -> SegmentDefinition:
         """The record published on `segment-rules`."""
-        return {"id": self.id, "name": self.name, "type": self.type, "status": self.status,
-                "version": self.version, "rules": self.rules, "updatedAt": format_timestamp(self.updated_at)}
+        return SegmentDefinition(id=self.id, version=self.version, name=self.name, type=SegmentType(self.type),
+                                 status=SegmentStatus(self.status), rules=self.rules, updated_at=self.updated_at)
 
 
 def _duplicate(name: str) -> Conflict:
@@ -62,7 +63,7 @@ class SegmentRepository:
                     (uuid.uuid4(), name, description, type_, status, Jsonb(rules) if rules is not None else None),
                 )
                 row = SegmentRow(**await _one(cur))
-                await _enqueue(cur, row.id, row.definition())
+                await enqueue(cur, row.definition())
         except psycopg.errors.UniqueViolation:
             raise _duplicate(name) from None
         return row
@@ -119,7 +120,7 @@ class SegmentRepository:
                     message = f"segment '{segment_id}' is at version {current.version}, not {expected_version}"
                     raise PreconditionFailed(message) if precondition else Conflict(message)
                 row = SegmentRow(**found)
-                await _enqueue(cur, row.id, row.definition())
+                await enqueue(cur, row.definition())
         except psycopg.errors.UniqueViolation:
             raise _duplicate(str(changes.get("name"))) from None
         return row
@@ -134,7 +135,7 @@ class SegmentRepository:
             await cur.execute(f"SELECT {_COLUMNS} FROM segments WHERE deleted_at IS NULL ORDER BY created_at, id")
             rows = [SegmentRow(**r) for r in await cur.fetchall()]
             for row in rows:
-                await _enqueue(cur, row.id, row.definition())
+                await enqueue(cur, row.definition())
         return len(rows)
 
     async def delete(self, segment_id: str) -> None:
@@ -145,7 +146,7 @@ class SegmentRepository:
             )
             if await cur.fetchone() is None:
                 raise NotFound(f"no segment with id '{segment_id}'")
-            await _enqueue(cur, segment_id, None)
+            await enqueue(cur, SegmentDefinition.tombstone(segment_id))
 
 
 def _uuid(segment_id: str) -> uuid.UUID:
@@ -159,11 +160,3 @@ async def _one(cur: psycopg.AsyncCursor[dict[str, Any]]) -> dict[str, Any]:
     row = await cur.fetchone()
     assert row is not None  # RETURNING / count(*) always yield a row
     return row
-
-
-async def _enqueue(cur: psycopg.AsyncCursor[Any], segment_id: str, payload: dict[str, Any] | None) -> None:
-    await cur.execute(
-        "INSERT INTO segment_outbox (segment_id, payload) VALUES (%s, %s)",
-        (segment_id, Jsonb(payload) if payload is not None else None),
-    )
-    await cur.execute("NOTIFY segment_outbox")

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from server.domain.membership import MembershipChange
 from server.domain.profile import Profile
 from server.domain.rules import RuleValidationError, compile_rule, lint_rule, parse_rule
+from server.domain.segment import SegmentStatus, SegmentType
 from server.runtime.auth import REQUIRED_SCOPE
 from server.runtime.errors import InvalidInput, NotFound
 from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET
@@ -25,8 +26,6 @@ from server.segment_api.schemas import (
     SegmentPage,
     SegmentPublic,
     SegmentStats,
-    SegmentStatus,
-    SegmentType,
     SegmentUpdate,
     StaticMembersChange,
     UserSegment,

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from server.domain.segment import SegmentStatus, SegmentType
 from server.runtime.fields import MAX_VERSION, NO_NUL, ApiModel, Name, UserId
 
 SEED_RULES = {"conditions": [{"field": "totalSpent", "operator": "gt", "value": 1000}]}
-
-
-class SegmentType(StrEnum):
-    DYNAMIC = "DYNAMIC"
-    STATIC = "STATIC"
-
-
-class SegmentStatus(StrEnum):
-    ACTIVE = "ACTIVE"
-    PAUSED = "PAUSED"
 
 
 class SegmentCreate(ApiModel):

@@ -26,7 +26,8 @@ from aerospike import exception as aerospike_errors
 from aerospike import predicates
 
 from server.domain.membership import MembershipChange
-from server.stores.profile_store import ChangeCounts, Membership, event_count, newest_per_user
+from server.domain.profile import Profile
+from server.stores.profile_store import ChangeCounts, Membership, newest_per_user
 
 PROFILES_NS, ANALYTICS_NS = "user_profiles", "analytics"
 CHANGES_TTL_S = 2 * 24 * 3600
@@ -74,19 +75,19 @@ class AerospikeProfileStore:
                 found[user] = dict(json.loads(entry.record[2]["json"]))
         return found
 
-    async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
+    async def put_profiles(self, profiles: Sequence[Profile]) -> None:
         await asyncio.to_thread(self._put_profiles, newest_per_user(profiles))
 
-    def _put_profiles(self, latest: dict[str, dict[str, Any]]) -> None:
+    def _put_profiles(self, latest: dict[str, Profile]) -> None:
         for user_id, profile in latest.items():
             key = (PROFILES_NS, "profiles", user_id)
             try:  # the rule engine's writer is the only writer, so read-compare-write does not race
                 _, _, stored = self.client.select(key, ["events"])
-                if int(stored.get("events") or 0) > event_count(profile):
+                if int(stored.get("events") or 0) > profile.event_count:
                     continue
             except aerospike_errors.RecordNotFound:
                 pass
-            self.client.put(key, {"json": json.dumps(profile), "user": user_id, "events": event_count(profile),
+            self.client.put(key, {"json": json.dumps(profile.to_json()), "user": user_id, "events": profile.event_count,
                                   "updated": int(time.time() * 1000)})
 
     async def scan_profiles(self, after: str | None, limit: int,

@@ -1,4 +1,5 @@
-"""The outbox relay: publishes segment changes to `segment-rules` in the order they were made.
+"""The outbox: segment changes queued with the change itself, and the relay that publishes them to
+`segment-rules` in the order they were made.
 
 A row is marked published only after the broker acknowledged it, and the relay stops at the first
 failure, so a broker outage delays publishing but never loses or reorders a change. (A record the
@@ -14,6 +15,10 @@ import json
 import logging
 from typing import Any
 
+import psycopg
+from psycopg.types.json import Jsonb
+
+from server.domain.segment import SegmentDefinition
 from server.runtime.health import ComponentHealth
 from server.stores.kafka import AsyncProducer
 from server.stores.outages import DEPENDENCY_OUTAGES
@@ -99,5 +104,15 @@ class OutboxRelay:
         return ComponentHealth("UP", details)
 
 
+async def enqueue(cur: psycopg.AsyncCursor[Any], definition: SegmentDefinition) -> None:
+    """Queue `definition` for publishing, in the caller's transaction (a delete as a tombstone)."""
+    await cur.execute(
+        "INSERT INTO segment_outbox (segment_id, payload) VALUES (%s, %s)",
+        (definition.id, None if definition.deleted else Jsonb(definition.to_json())),
+    )
+    await cur.execute("NOTIFY segment_outbox")
+
+
 def _encode(payload: Any) -> bytes | None:
+    """The row's payload as published: `SegmentDefinition.to_json()` as stored, or a tombstone (None)."""
     return None if payload is None else json.dumps(payload, separators=(",", ":")).encode()

@@ -9,6 +9,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from server.domain.membership import MembershipChange
+from server.domain.profile import Profile
 from server.stores.postgres import Database
 from server.stores.profile_store import ChangeCounts, Membership, newest_per_user
 
@@ -52,7 +53,7 @@ class PostgresProfileStore:
                                      (list(user_ids),))
             return {row[0]: dict(row[1]) for row in await cur.fetchall()}
 
-    async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
+    async def put_profiles(self, profiles: Sequence[Profile]) -> None:
         latest = newest_per_user(profiles)  # one row per user: ON CONFLICT cannot hit a row twice
         if not latest:
             return
@@ -62,7 +63,7 @@ class PostgresProfileStore:
                 " ON CONFLICT (user_id) DO UPDATE SET profile = EXCLUDED.profile, updated_at = now()"
                 " WHERE COALESCE((user_profiles.profile->>'eventCount')::bigint, 0)"
                 " <= COALESCE((EXCLUDED.profile->>'eventCount')::bigint, 0)",
-                [(user_id, Jsonb(profile)) for user_id, profile in latest.items()],
+                [(user_id, Jsonb(profile.to_json())) for user_id, profile in latest.items()],
             )
 
     async def scan_profiles(self, after: str | None, limit: int,

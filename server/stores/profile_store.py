@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from server.domain.membership import MembershipChange
+from server.domain.profile import Profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,9 @@ class ProfileStore(Protocol):
     async def get_profiles(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The profiles of those users that have one, by user id (one round trip)."""
 
-    async def put_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
-        """Upsert profiles (each with its `userId`). Per user the one with the most events wins, the
-        later one on a tie, so a snapshot arriving late never replaces a newer one."""
+    async def put_profiles(self, profiles: Sequence[Profile]) -> None:
+        """Upsert profiles, stored as `Profile.to_json()`. Per user the one with the most events wins,
+        the later one on a tie, so a snapshot arriving late never replaces a newer one."""
 
     async def scan_profiles(self, after: str | None, limit: int,
                             updated_since: datetime | None = None) -> list[dict[str, Any]]:
@@ -67,15 +68,11 @@ class ProfileStore(Protocol):
         """Drop every membership of a deleted segment; returns how many there were."""
 
 
-def event_count(profile: dict[str, Any]) -> int:
-    return int(profile.get("eventCount") or 0)
-
-
-def newest_per_user(profiles: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def newest_per_user(profiles: Sequence[Profile]) -> dict[str, Profile]:
     """One profile per user: the one with the most events, the later one on a tie."""
-    latest: dict[str, dict[str, Any]] = {}
+    latest: dict[str, Profile] = {}
     for profile in profiles:
-        current = latest.get(profile["userId"])
-        if current is None or event_count(profile) >= event_count(current):
-            latest[profile["userId"]] = profile
+        current = latest.get(profile.user_id)
+        if current is None or profile.event_count >= current.event_count:
+            latest[profile.user_id] = profile
     return latest

@@ -211,7 +211,10 @@ def test_on_enter_campaign_mails_each_entering_user_once(
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     topic = settings.topic(SEGMENT_MEMBERSHIP)
     now = datetime.now(UTC)
-    for value in (entered("new", now), entered("new", now),  # a replayed change
+    # records that cannot be read come first: each is skipped and counted, and the trigger goes on
+    unreadable = ("not json", entered("new", now).replace('"new"', '"n\\ud800w"'), '{"probe": 1}')
+    for value in (*unreadable, '{"probe": "a-token"}',  # the rule engine's probe echo: not for this consumer
+                  entered("new", now), entered("new", now),  # a replayed change
                   entered("old", before, profile=False),  # entered before the campaign began
                   entered("late", now, profile=False)):  # no profile in the record nor in the store
         producer.produce(topic, value=value)
@@ -221,6 +224,9 @@ def test_on_enter_campaign_mails_each_entering_user_once(
     eventually(lambda: counts(api, cid)["sent"] == 1 and counts(api, cid)["skipped"] == 1, "one welcome mail")
     mails = sink.mails(cid)
     assert [(m.rcpt_to, m.subject) for m in mails] == [(["new@example.com"], "Welcome new")]
+    rejected = [line for line in api.get("/metrics").text.splitlines()
+                if line.startswith("am_on_enter_records_rejected_total ")]
+    assert rejected == [f"am_on_enter_records_rejected_total {len(unreadable)}.0"]
 
 
 def test_cancel_stops_a_scheduled_campaign(api: TestClient, segments: TestClient) -> None:

@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from server.domain.events import UserEvent
 from server.domain.membership import MembershipChange
+from server.domain.profile import Profile, apply_event
 from server.stores.postgres import Database
 from server.stores.postgres_profiles import PostgresProfileStore
 from server.stores.profile_store import ProfileStore
@@ -70,23 +72,33 @@ def change(user: str, segment: str, kind: str, version: int = 1, at: datetime = 
     return MembershipChange(user, segment, kind, at, version)  # type: ignore[arg-type]
 
 
+def profile(user: str, events: int = 0, **traits: Any) -> Profile:
+    return Profile(user, traits=traits, event_count=events)
+
+
 async def _profiles_roundtrip(store: ProfileStore, p: str) -> None:
-    """Profiles are upserted (the one with most events wins, the later on a tie) and paged in user-id order."""
-    await store.put_profiles([{"userId": f"{p}-b", "n": 1}, {"userId": f"{p}-a", "n": 1}, {"userId": f"{p}-b", "n": 2}])
-    assert await store.get_profile(f"{p}-b") == {"userId": f"{p}-b", "n": 2}
+    """Profiles are upserted (the one with most events wins, the later on a tie), read back as their JSON
+    and paged in user-id order."""
+    await store.put_profiles([profile(f"{p}-b", n=1), profile(f"{p}-a", n=1), profile(f"{p}-b", n=2)])
+    assert await store.get_profile(f"{p}-b") == profile(f"{p}-b", n=2).to_json()
     # a snapshot arriving late (fewer events) never replaces a newer one, in one batch or across batches
-    await store.put_profiles([{"userId": f"{p}-c", "eventCount": 3}, {"userId": f"{p}-c", "eventCount": 2}])
-    await store.put_profiles([{"userId": f"{p}-c", "eventCount": 1}])
-    assert await store.get_profile(f"{p}-c") == {"userId": f"{p}-c", "eventCount": 3}
-    await store.put_profiles([{"userId": f"{p}-c", "eventCount": 4}])
-    assert await store.get_profile(f"{p}-c") == {"userId": f"{p}-c", "eventCount": 4}
+    await store.put_profiles([profile(f"{p}-c", 3), profile(f"{p}-c", 2)])
+    await store.put_profiles([profile(f"{p}-c", 1)])
+    assert await store.get_profile(f"{p}-c") == profile(f"{p}-c", 3).to_json()
+    await store.put_profiles([profile(f"{p}-c", 4)])
+    assert await store.get_profile(f"{p}-c") == profile(f"{p}-c", 4).to_json()
     assert await store.get_profile(f"{p}-missing") is None
     many = await store.get_profiles([f"{p}-a", f"{p}-missing", f"{p}-b"])
-    assert many == {f"{p}-a": {"userId": f"{p}-a", "n": 1}, f"{p}-b": {"userId": f"{p}-b", "n": 2}}
+    assert many == {f"{p}-a": profile(f"{p}-a", n=1).to_json(), f"{p}-b": profile(f"{p}-b", n=2).to_json()}
     assert await store.get_profiles([]) == {}
     page = await store.scan_profiles(f"{p}-", 10)
     assert [x["userId"] for x in page if x["userId"].startswith(p)] == [f"{p}-a", f"{p}-b", f"{p}-c"]
     assert [x["userId"] for x in await store.scan_profiles(f"{p}-a", 1)] == [f"{p}-b"]
+    rich = apply_event(None, UserEvent(f"{p}-d", "purchase", "e1", NOW, {"amount": 12.5, "plan": "pro"}),
+                       timedelta(days=1))
+    await store.put_profiles([rich])
+    stored = await store.get_profile(f"{p}-d")
+    assert stored is not None and Profile.from_json(stored) == rich  # what the job wrote is what it reads
 
 
 async def _memberships(store: ProfileStore, p: str) -> None:

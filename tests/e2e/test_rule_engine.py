@@ -6,8 +6,18 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import pytest
+from confluent_kafka import Producer
 
+from server.stores.topics import (
+    REEVALUATIONS,
+    RULE_DEFINITIONS,
+    SEGMENT_MEMBERSHIP,
+    SEGMENT_RULES,
+    USER_EVENTS,
+    USER_PROFILES,
+)
 from tests.e2e.stack import Stack, eventually
 
 pytestmark = pytest.mark.e2e
@@ -127,3 +137,44 @@ def test_the_jobs_own_counters_are_served_on_the_rule_engines_metrics(running_st
     assert job_metric(running_stack, "am_rule_engine_job_running") == 1.0
     assert job_metric(running_stack, "am_rule_engine_evaluation_seconds_sum") > 0
     assert job_metric(running_stack, "am_rule_engine_last_checkpoint_timestamp_seconds") > time.time() - 600
+
+
+# Unreadable on every topic: not JSON, a lone surrogate, NaN, not an object, a field of the wrong type.
+GARBAGE = [b"not json", b'{"userId": "u\\ud800", "eventType": "purchase"}', b'{"userId": "x", "amount": NaN}',
+           b"[1]", b'{"userId": "x", "eventCount": "many"}']
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_records_that_cannot_be_read_are_skipped_and_counted_and_the_pipeline_goes_on(running_stack: Stack) -> None:
+    job = running_stack.rule_engine.get("/actuator/health").json()["components"]["flinkJob"]["details"]["jobId"]
+    counters = {(running_stack.rule_engine, "am_rule_engine_records_rejected_total"): 3 * len(GARBAGE),
+                (running_stack.rule_engine, "am_profile_writer_records_rejected_total"): 2 * len(GARBAGE),
+                (running_stack.rule_engine, "am_rule_feeder_records_rejected_total"): len(GARBAGE) + 1,
+                (running_stack.campaigns, "am_on_enter_records_rejected_total"): len(GARBAGE)}
+    before = {key: metric(*key) for key in counters}
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{running_stack.env['AMCTL_PORT_KAFKA']}", "linger.ms": 5})
+    for topic in (USER_EVENTS, REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_RULES, SEGMENT_MEMBERSHIP, USER_PROFILES):
+        for value in GARBAGE:
+            producer.produce(topic, value, key=b"garbage")
+    producer.produce(SEGMENT_RULES, None, key=b"not-a-segment")  # a tombstone of no segment
+    assert producer.flush(10) == 0
+    for (client, name), added in counters.items():
+        eventually(lambda c=client, n=name, a=added: metric(c, n) == before[(c, n)] + a, timeout_s=30,
+                   what=f"{name} counted {added} more")
+
+    segment = create(running_stack, HIGH_VALUE)
+    time.sleep(0.5)
+    user = f"after-garbage-{uuid.uuid4().hex[:8]}"
+    send(running_stack, user, "purchase", amount=1500)
+    eventually(lambda: segment in segment_ids(running_stack, user), what="a membership after the garbage")
+    health = running_stack.rule_engine.get("/actuator/health").json()
+    assert health["status"] == "UP" and health["components"]["flinkJob"]["details"]["jobId"] == job
+    flink = httpx.get(f"http://127.0.0.1:{running_stack.env['AMCTL_PORT_FLINK_UI']}/jobs/{job}/exceptions").json()
+    assert flink["exceptionHistory"]["entries"] == []  # the job never failed (and restarted) on any of it
+    assert running_stack.campaigns.get("/actuator/health").json()["status"] == "UP"

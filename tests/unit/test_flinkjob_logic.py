@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,23 +11,29 @@ import pytest
 from flinkjob.logic import UserState, compile_definition, on_event, on_reevaluate, on_timer
 from server.domain.events import UserEvent
 from server.domain.membership import SegmentRule
+from server.domain.pipeline import ReevaluationRequest
+from server.domain.segment import SegmentDefinition, SegmentStatus, SegmentType
 
 pytestmark = pytest.mark.unit
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
 
-def definition(segment_id: str, rules: dict[str, Any], version: int = 1, **extra: Any) -> dict[str, Any]:
-    return {"id": segment_id, "type": "DYNAMIC", "status": "ACTIVE", "version": version, "rules": rules, **extra}
+def definition(segment_id: str, rules: dict[str, Any], version: int = 1) -> SegmentDefinition:
+    return SegmentDefinition(segment_id, version, rules=rules)
 
 
 HIGH = definition("high", {"conditions": [{"field": "totalSpent", "operator": "gt", "value": 1000}]})
 BURST = definition("burst", {"event": "purchase", "count": {"gte": 2}, "within": "PT10S"})
 
 
-def rules(*definitions: dict[str, Any]) -> dict[str, SegmentRule]:
-    compiled = {d["id"]: compile_definition(d) for d in definitions}
+def rules(*definitions: SegmentDefinition) -> dict[str, SegmentRule]:
+    compiled = {d.id: compile_definition(d) for d in definitions}
     return {k: v for k, v in compiled.items() if v is not None}
+
+
+def backfill(*definitions: SegmentDefinition) -> ReevaluationRequest:
+    return ReevaluationRequest("u1", definitions)
 
 
 def purchase(amount: float, at: datetime = NOW, user: str = "u1") -> UserEvent:
@@ -50,36 +57,40 @@ def test_state_survives_json() -> None:
 
 
 def test_inactive_or_static_definitions_are_not_evaluated() -> None:
-    assert compile_definition({**HIGH, "status": "PAUSED"}) is None
-    assert compile_definition({**HIGH, "type": "STATIC"}) is None
-    assert compile_definition({"id": "high", "deleted": True}) is None
+    assert compile_definition(HIGH) is not None
+    assert compile_definition(replace(HIGH, status=SegmentStatus.PAUSED)) is None
+    assert compile_definition(replace(HIGH, type=SegmentType.STATIC)) is None
+    assert compile_definition(SegmentDefinition.tombstone("high")) is None
+    assert compile_definition(replace(HIGH, rules={"field": "x", "operator": "gtt", "value": 1})) is None
 
 
 def test_backfill_applies_a_new_definition_only_to_its_segment() -> None:
     state = on_event(UserState(), purchase(1500), {}, NOW).state  # no rules yet
     assert state.memberships == {}
-    outcome = on_reevaluate(state, [HIGH], {}, NOW)
+    outcome = on_reevaluate(state, backfill(HIGH), {}, NOW)
     assert [(c.segment_id, c.change) for c in outcome.changes] == [("high", "entered")]
     assert not outcome.profile_changed
     tightened = definition("high", {"field": "totalSpent", "operator": "gt", "value": 5000}, version=2)
-    exited = on_reevaluate(outcome.state, [tightened], rules(HIGH), NOW)
+    exited = on_reevaluate(outcome.state, backfill(tightened), rules(HIGH), NOW)
     assert [(c.change, c.segment_version) for c in exited.changes] == [("exited", 2)]
-    deleted = on_reevaluate(outcome.state, [{"id": "high", "deleted": True}], rules(HIGH), NOW)
+    deleted = on_reevaluate(outcome.state, backfill(SegmentDefinition.tombstone("high")), rules(HIGH), NOW)
     assert [c.change for c in deleted.changes] == ["exited"]
-    stale = on_reevaluate(outcome.state, [tightened | {"version": 0}], rules(HIGH), NOW)
+    stale = on_reevaluate(outcome.state, backfill(replace(tightened, version=0)), rules(HIGH), NOW)
     assert stale.changes == []  # the job already knows a newer version: keep it
+    held = on_reevaluate(outcome.state, backfill(tightened), rules(tightened), NOW)
+    assert [(c.change, c.segment_version) for c in held.changes] == [("exited", 2)]  # the same version as held
 
 
 def test_one_request_backfills_several_segments() -> None:
     state = on_event(UserState(), purchase(1500), {}, NOW).state
     other = definition("spender", {"field": "purchaseCount", "operator": "gte", "value": 1})
-    outcome = on_reevaluate(state, [HIGH, other, BURST], {}, NOW)
+    outcome = on_reevaluate(state, backfill(HIGH, other, BURST), {}, NOW)
     assert sorted(c.segment_id for c in outcome.changes) == ["high", "spender"]
     assert outcome.state.memberships == {"high": 1, "spender": 1}
 
 
 def test_backfill_of_an_unknown_user_does_nothing() -> None:
-    outcome = on_reevaluate(UserState(), [HIGH], {}, NOW)
+    outcome = on_reevaluate(UserState(), backfill(HIGH), {}, NOW)
     assert outcome.changes == [] and outcome.state == UserState()
 
 
@@ -113,3 +124,12 @@ def test_only_the_latest_event_ids_are_kept() -> None:
     for i in range(40):
         state = on_event(state, purchase(i + 1), {}, NOW).state
     assert len(state.recent_events) == 16 and state.recent_events[-1] == purchase(40).event_id
+
+
+def test_an_event_that_would_overflow_the_profile_is_refused_and_changes_nothing() -> None:
+    rich = on_event(UserState(), purchase(1e308), rules(HIGH), NOW)
+    assert rich.refused is None and rich.state.profile is not None
+    overflow = on_event(rich.state, purchase(1e308, NOW + timedelta(seconds=1)), rules(HIGH), NOW)
+    assert overflow.refused is not None and "totalSpent" in overflow.refused
+    assert overflow.state == rich.state and overflow.changes == [] and not overflow.profile_changed
+    assert UserState.from_json(rich.state.to_json()) == rich.state  # what is kept can be read back

@@ -82,7 +82,7 @@ def test_memberships_enter_stay_across_versions_and_exit() -> None:
 
 
 def test_membership_change_json() -> None:
-    change = MembershipChange("u1", "s1", "entered", T0, 3, event_received_at=T0)
+    change = MembershipChange("u1", "1d1f0e2c-3b4a-4c5d-8e6f-7a8b9c0d1e2f", "entered", T0, 3, event_received_at=T0)
     assert MembershipChange.from_json(change.to_json()) == change
     assert change.to_json()["change"] == "entered"
     with pytest.raises(ValueError, match="change"):
