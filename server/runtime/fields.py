@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from server.domain.records import MAX_USER_ID_CHARS
+
 
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are refused."""
@@ -20,10 +22,9 @@ class ApiModel(BaseModel):
 
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@+\-]+$"
-MAX_ID_CHARS = 128
+MAX_ID_CHARS = MAX_USER_ID_CHARS  # the readers behind the topics hold ids to the same bound
 ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
 NO_NUL = r"^[^\x00]*$"
-MAX_VERSION = 2**31 - 1  # versions are PostgreSQL integers
 MAX_OFFSET = 1_000_000_000
 
 

@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from server.domain.records import MAX_VERSION
 from server.domain.segment import SegmentStatus, SegmentType
-from server.runtime.fields import MAX_VERSION, NO_NUL, ApiModel, Name, UserId
+from server.runtime.fields import NO_NUL, ApiModel, Name, UserId
 
 SEED_RULES = {"conditions": [{"field": "totalSpent", "operator": "gt", "value": 1000}]}
 
