@@ -48,6 +48,21 @@ class ServiceSettings(BaseSettings):
     email_retry_base_s: float = Field(default=0.5, description="First retry delay; doubles on every try")
     email_concurrency: int = Field(default=8, description="Mails sent at the same time")
     email_claim_lease_s: float = Field(default=120.0, description="A mail claimed longer ago is failed as in doubt")
+    # Destinations (webhooks): the Communication API stores them, the delivery worker calls them
+    secrets_key: SecretStr = Field(default=SecretStr(""), description="Key that seals destination secrets and "
+                                   "headers in the database (Fernet, urlsafe base64 of 32 bytes); amctl sets it")
+    destination_timeout_s: float = Field(default=10.0, description="One webhook call, connect to last byte")
+    destination_retry_base_s: float = Field(default=1.0, description="First retry delay; doubles, with jitter")
+    destination_retry_max_s: float = Field(default=600.0, description="The longest wait between two tries")
+    destination_give_up_s: float = Field(default=86400.0, description="A change still undelivered this long "
+                                         "after it was first tried is failed (replay resends it)")
+    destination_pause_after: int = Field(default=20, description="Consecutive failed calls that pause a "
+                                         "destination until it is resumed")
+    destination_concurrency: int = Field(default=8, description="Calls in flight per destination")
+    destination_block_private: bool | None = Field(default=None, description="Refuse targets on private, loopback "
+                                                   "or link-local addresses; default: on Kubernetes only")
+    destination_allow: str = Field(default="", description="host, IP or CIDR,… allowed despite "
+                                   "destination_block_private")
     log_level: str = "info"
     # API keys: off while both are empty (the local default; the APIs refuse that on Kubernetes);
     # see server/runtime/auth.py
@@ -70,6 +85,13 @@ class ServiceSettings(BaseSettings):
             raise ValueError("AM_DATABASE_PASSWORD is unset or a placeholder; set it from the Kubernetes Secret")
         read_api_keys(self.api_keys.get_secret_value(), self.api_keys_file)  # refuse to start with a bad entry
         return self
+
+    @property
+    def blocks_private_destinations(self) -> bool:
+        """Whether webhook targets on private addresses are refused (unless allow-listed)."""
+        if self.destination_block_private is not None:
+            return self.destination_block_private
+        return self.environment is Environment.K8S
 
     def topic(self, name: str) -> str:
         """The concrete topic name for one of the names in `server.stores.topics.TOPICS`."""
