@@ -123,7 +123,8 @@ def test_prometheus_scrapes_services_flink_kube_metrics_and_exporters_where_they
         "prometheus", "pods", "cadvisor", "kube-state-metrics"}
     scraped = {m["metadata"]["name"]: m["spec"]["template"]["metadata"].get("annotations", {})
                for m in demo if m["kind"] in ("Deployment", "StatefulSet")}
-    for name in ("segment-api", "ingestion-api", "communication-api", "email-worker", "rule-engine"):
+    for name in ("segment-api", "ingestion-api", "communication-api", "email-worker", "delivery-worker",
+                 "rule-engine"):
         assert scraped[name]["prometheus.io/port"] == "8080"
     assert scraped["flink-jobmanager"]["prometheus.io/port"] == scraped["flink-taskmanager"]["prometheus.io/port"] \
         == "9249"
@@ -139,7 +140,7 @@ def test_alert_rules_pass_promtool_check(promtool: str, rendered: dict[str, list
     assert rendered_rules.strip() == ALERTS_FILE.read_text().strip()
     result = subprocess.run([promtool, "check", "rules", str(ALERTS_FILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_alert_rules_unit_tests_pass(promtool: str) -> None:
