@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from amctl.local import processes
 from server.communication_api.app import create_app as communication_app
+from server.runtime.errors import ConfigurationError
 from server.runtime.secrets import new_key
 from server.runtime.settings import ServiceSettings
 
@@ -432,3 +433,7 @@ def test_without_a_secrets_key_destinations_say_what_to_set_and_the_rest_works(
         assert api.get("/api/destinations").json()["total"] == 0
         assert api.get("/api/campaigns").status_code == 200
     assert stored(database_url, "SELECT count(*) FROM destinations") == [(0,)]
+    malformed = "not-a-fernet-key-0123456789"
+    with pytest.raises(ConfigurationError, match="AM_SECRETS_KEY") as refused:
+        communication_app(service_settings.model_copy(update={"secrets_key": SecretStr(malformed)}))
+    assert malformed not in str(refused.value)
