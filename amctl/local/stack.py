@@ -356,7 +356,7 @@ class LocalStack:
             Endpoint("Segment API", f"{s.url(s.ports.segment_api)}/docs"),
             Endpoint("Ingestion API", f"{s.url(s.ports.ingestion_api)}/docs"),
             Endpoint("Communication API", f"{s.url(s.ports.communication_api)}/docs"),
-            Endpoint("Webhook receiver", f"{s.url(s.ports.webhook_sink)}/hooks/<name> (amctl destination received)"),
+            Endpoint("Webhook receiver", f"{s.url(s.ports.webhook_sink)}/hooks/<name>"),
             Endpoint("PostgreSQL", f"postgresql://postgres@{s.host}:{s.ports.postgres}/{DATABASE_NAME}"),
             Endpoint("Kafka", kafka),
             *([Endpoint("Prometheus", f"{s.url(s.ports.prometheus)}/targets")] if self.options.monitoring else []),

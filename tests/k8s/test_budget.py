@@ -46,8 +46,8 @@ def test_demo_fits_eight_gib_of_limits() -> None:
     assert all(limits[name] == 512 for name in ("segment-api", "ingestion-api", "communication-api", "postgres",
                                                 "flink-jobmanager", "prometheus"))
     assert limits["kafka-ui"] == 256
-    # the delivery worker's 96 MiB come out of Grafana's 512, the one seed limit far above what it uses
-    assert limits["delivery-worker"] == limits["email-worker"] == 96 and limits["grafana"] == 416
+    # the delivery worker's 160 MiB come out of Grafana's 512, the one seed limit far above what it uses
+    assert limits["delivery-worker"] == 160 and limits["grafana"] == 352 and limits["email-worker"] == 96
 
 
 def test_the_table_shows_components_and_checks() -> None:
