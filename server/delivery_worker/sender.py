@@ -103,7 +103,7 @@ class DestinationSender:
             try:
                 pick = await self.store.due(self.destination.id, free, self.in_flight)
             except DEPENDENCY_OUTAGES as exc:
-                self.last_error = str(exc)
+                self.last_error = f"cannot read its deliveries: {exc}"
                 log.warning("destination %s waits for the store: %s", self.destination.id, exc)
                 self._due_at = time.monotonic() + STORE_RETRY_S
                 continue
@@ -140,9 +140,11 @@ class DestinationSender:
                 log.warning("destination %s (%s) paused after %d consecutive failed calls; last: %s",
                             destination.id, destination.name, self.limits.pause_after, answer.error)
                 self.destination = dataclasses.replace(self.destination, status=DestinationStatus.PAUSED)
-        except Exception:  # a bug in one call must not stop the destination: the delivery is called again
+        except Exception as exc:  # a bug in one call must not stop the destination: the delivery is called again
             log.exception("delivery %s to destination %s failed unexpectedly", delivery.message_id,
                           self.destination.id)
+            self.last_error = f"a call failed unexpectedly: {type(exc).__name__}: {exc}"
+            await asyncio.sleep(STORE_RETRY_S)  # its slot stays taken a while: no loop of instant retries
         finally:
             self.in_flight.pop(delivery.seq, None)
             self.wake()
@@ -156,7 +158,7 @@ class DestinationSender:
                 return await self.store.finish(self.destination.id, delivery, picked_at, attempt,
                                                self.limits.pause_after, reason)
             except DEPENDENCY_OUTAGES as exc:
-                self.last_error = str(exc)
+                self.last_error = f"cannot record a call: {exc}"
                 if self._stopping:
                     log.warning("could not record delivery %s while stopping: %s", delivery.message_id, exc)
                     return None

@@ -122,7 +122,7 @@ class DeliveryWorker:
                 self.errors.pop("records", None)
                 return True
             except DEPENDENCY_OUTAGES as exc:
-                self.errors["records"] = str(exc)
+                self.errors["records"] = f"cannot record changes: {exc}"
                 log.warning("recording changes paused: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 1.0)
@@ -192,7 +192,7 @@ class DeliveryWorker:
                 await self.refresh()
                 self.errors.pop("destinations", None)
             except DEPENDENCY_OUTAGES as exc:
-                self.errors["destinations"] = str(exc)
+                self.errors["destinations"] = f"cannot load the destinations: {exc}"
                 log.warning("cannot reload the destinations: %s", exc)
             await asyncio.sleep(REFRESH_S)
 

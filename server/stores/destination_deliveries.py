@@ -16,12 +16,15 @@ All times are the database's, so that rows written by the API and by the worker 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+import psycopg
 
 from server.domain.membership import MembershipChange
 from server.runtime.secrets import SecretBox, SecretsUnavailable
@@ -31,6 +34,8 @@ from server.stores.webhooks import Answer
 
 # A destination committed this long after the API's transaction began still counts as new (see `created_since`).
 CREATION_SLACK = timedelta(seconds=5)
+# A destination deleted after the INSERT's snapshot fails its foreign key; tried again, the INSERT skips it.
+RECORD_TRIES = 3
 
 _LOAD = """
 SELECT d.id::text, d.name, d.url, d.segment_ids::text[], d.events, d.headers_sealed, d.secret_sealed,
@@ -285,6 +290,12 @@ class DestinationDeliveries:
                                                change.change, change.segment_version, change.at, d.body),
                                      strict=True):
                 column.append(value)
+        for _ in range(RECORD_TRIES - 1):
+            with contextlib.suppress(psycopg.errors.ForeignKeyViolation):  # see RECORD_TRIES
+                return await self._insert(columns)
+        return await self._insert(columns)
+
+    async def _insert(self, columns: list[list[Any]]) -> set[str]:
         async with self.db.connection() as conn:
             cur = await conn.execute(_RECORD, columns)
             return {row[0] for row in await cur.fetchall()}
