@@ -35,6 +35,7 @@ from server.stores.webhooks import WebhookClient
 log = logging.getLogger("delivery-worker")
 POLL_S = 0.2  # the wait for a first record; the rest of a batch is what has already arrived
 BATCH = 500
+FETCH_WAIT_MS = 10  # the broker holds an empty fetch this long: on the path from a change to its call
 REFRESH_S = 1.0  # how stale the destinations may be: a new, changed, paused or deleted one is seen this soon
 BROKER_ERROR_SHOWN_S = 15.0  # the client reports an unreachable broker on each failed reconnect (≤ 10 s apart)
 EMAIL_TRAIT = "email"
@@ -54,7 +55,7 @@ class DeliveryWorker:
         # a consumer exists only while `run` does
         self.consumer_config = {**group_consumer_config(settings.kafka_bootstrap,
                                                         f"{settings.topic_prefix}delivery-worker"),
-                                "error_cb": self._broker_error}
+                                "fetch.wait.max.ms": FETCH_WAIT_MS, "error_cb": self._broker_error}
         self.policy = RetryPolicy(settings.destination_retry_base_s, settings.destination_retry_max_s,
                                   settings.destination_give_up_s)
         self.limits = SenderLimits(settings.destination_concurrency, settings.destination_pause_after)

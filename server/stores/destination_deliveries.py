@@ -60,50 +60,74 @@ SELECT r.destination_id, r.message_id, r.user_id, r.segment_id, r.change, r.segm
 RETURNING destination_id::text
 """
 
-# The head of each user's queue, due and not in flight, oldest first; and when the next head falls due.
+# The oldest open deliveries that are due, not in flight, and have no older open one of the same user
+# (so each user's go in order), in seq order: pending and retrying ones each read from the
+# (destination, status, seq) index, so delivered history is never scanned. And when the next retry
+# falls due (only retrying rows wait for a time: pending ones are due from the start).
 _DUE = """
-WITH heads AS (
-    SELECT DISTINCT ON (user_id) seq, next_attempt_at
-      FROM destination_deliveries
-     WHERE destination_id = %(destination)s AND status IN ('pending', 'retrying')
-     ORDER BY user_id, seq
-), picked AS (
-    SELECT seq FROM heads
-     WHERE next_attempt_at <= now() AND seq <> ALL(%(busy)s::bigint[])
-     ORDER BY seq LIMIT %(limit)s
+WITH picked AS (
+    SELECT seq FROM (
+        (SELECT seq FROM destination_deliveries d
+          WHERE destination_id = %(destination)s AND status = 'pending' AND next_attempt_at <= now()
+            AND seq <> ALL(%(busy)s::bigint[]) AND NOT EXISTS (SELECT 1 FROM destination_deliveries o
+                WHERE o.destination_id = d.destination_id AND o.user_id = d.user_id
+                  AND o.status IN ('pending', 'retrying') AND o.seq < d.seq)
+          ORDER BY seq LIMIT %(limit)s)
+        UNION ALL
+        (SELECT seq FROM destination_deliveries d
+          WHERE destination_id = %(destination)s AND status = 'retrying' AND next_attempt_at <= now()
+            AND seq <> ALL(%(busy)s::bigint[]) AND NOT EXISTS (SELECT 1 FROM destination_deliveries o
+                WHERE o.destination_id = d.destination_id AND o.user_id = d.user_id
+                  AND o.status IN ('pending', 'retrying') AND o.seq < d.seq)
+          ORDER BY seq LIMIT %(limit)s)
+    ) AS heads ORDER BY seq LIMIT %(limit)s
 )
-SELECT now(), (SELECT min(next_attempt_at) FROM heads WHERE next_attempt_at > now()),
+SELECT now(),
+       (SELECT min(next_attempt_at) FROM destination_deliveries
+         WHERE destination_id = %(destination)s AND status = 'retrying' AND next_attempt_at > now()),
        q.seq, q.message_id::text, q.user_id, q.body, q.attempts, q.first_attempt_at, q.changed_at
   FROM (SELECT 1) AS one
   LEFT JOIN (picked JOIN destination_deliveries q USING (seq)) ON true
  ORDER BY q.seq
 """
 
+# One statement per finished call (the delivery, then its destination), so a call costs one round trip.
 _FINISH_DELIVERY = """
-UPDATE destination_deliveries
-   SET status = %(status)s, attempts = attempts + 1,
-       first_attempt_at = coalesce(first_attempt_at, %(started)s),
-       next_attempt_at = coalesce(now() + make_interval(secs => %(delay)s::float8), next_attempt_at),
-       last_status_code = %(code)s, last_answer = %(answer)s, last_error = %(error)s,
-       delivered_at = CASE WHEN %(delivered)s THEN now() END, updated_at = now()
- WHERE seq = %(seq)s AND status IN ('pending', 'retrying')
+WITH delivery AS (
+    UPDATE destination_deliveries
+       SET status = %(status)s, attempts = attempts + 1,
+           first_attempt_at = coalesce(first_attempt_at, %(started)s),
+           next_attempt_at = coalesce(now() + make_interval(secs => %(delay)s::float8), next_attempt_at),
+           last_status_code = %(code)s, last_answer = %(answer)s, last_error = %(error)s,
+           delivered_at = CASE WHEN %(delivered)s THEN now() END, updated_at = now()
+     WHERE seq = %(seq)s AND status IN ('pending', 'retrying')
+), touched AS (
 """
 
+# Written only when it changes something a reader sees: every delivery rewriting the one destination row
+# would make a destination's calls queue for its lock.
 _DELIVERED = """
-UPDATE destinations SET consecutive_failures = 0, last_delivery_at = now()
- WHERE id = %(destination)s RETURNING status
+    UPDATE destinations SET consecutive_failures = 0, last_delivery_at = now()
+     WHERE id = %(destination)s AND (consecutive_failures > 0 OR last_delivery_at IS NULL
+                                     OR last_delivery_at < now() - interval '1 second')
+    RETURNING status
+)
+SELECT coalesce((SELECT status FROM touched), (SELECT status FROM destinations WHERE id = %(destination)s))
 """
 
 # Old values on the right of SET: the destination pauses on the call that reaches the limit.
 _NOT_DELIVERED = """
-UPDATE destinations
-   SET consecutive_failures = consecutive_failures + 1, last_error = %(error)s,
-       status = CASE WHEN consecutive_failures + 1 >= %(limit)s THEN 'PAUSED' ELSE status END,
-       paused_reason = CASE WHEN status = 'ACTIVE' AND consecutive_failures + 1 >= %(limit)s
-                            THEN %(reason)s ELSE paused_reason END,
-       updated_at = CASE WHEN status = 'ACTIVE' AND consecutive_failures + 1 >= %(limit)s
-                         THEN now() ELSE updated_at END
- WHERE id = %(destination)s RETURNING status
+    UPDATE destinations
+       SET consecutive_failures = consecutive_failures + 1, last_error = %(failure)s,
+           status = CASE WHEN consecutive_failures + 1 >= %(limit)s THEN 'PAUSED' ELSE status END,
+           paused_reason = CASE WHEN status = 'ACTIVE' AND consecutive_failures + 1 >= %(limit)s
+                                THEN %(reason)s ELSE paused_reason END,
+           updated_at = CASE WHEN status = 'ACTIVE' AND consecutive_failures + 1 >= %(limit)s
+                             THEN now() ELSE updated_at END
+     WHERE id = %(destination)s
+    RETURNING status
+)
+SELECT (SELECT status FROM touched)
 """
 
 
@@ -314,17 +338,16 @@ class DestinationDeliveries:
         (None when the destination is gone)."""
         answer = attempt.answer
         delivered = attempt.status is DeliveryStatus.DELIVERED
-        async with self.db.connection() as conn, conn.transaction():
-            await conn.execute(_FINISH_DELIVERY, {
-                "seq": delivery.seq, "status": attempt.status.value, "started": started_at, "delay": attempt.delay_s,
-                "code": answer.status_code, "answer": printable(answer.body) if answer.body else None,
-                "error": printable(attempt.error) if attempt.error else None,
-                "delivered": delivered})
+        params = {"destination": destination_id, "seq": delivery.seq, "status": attempt.status.value,
+                  "started": started_at, "delay": attempt.delay_s, "code": answer.status_code,
+                  "answer": printable(answer.body) if answer.body else None,
+                  "error": printable(attempt.error) if attempt.error else None, "delivered": delivered}
+        async with self.db.connection() as conn:
             if delivered:
-                cur = await conn.execute(_DELIVERED, {"destination": destination_id})
+                cur = await conn.execute(_FINISH_DELIVERY + _DELIVERED, params)
             else:
-                cur = await conn.execute(_NOT_DELIVERED, {
-                    "destination": destination_id, "error": printable(answer.error or ""), "limit": pause_after,
+                cur = await conn.execute(_FINISH_DELIVERY + _NOT_DELIVERED, {
+                    **params, "failure": printable(answer.error or ""), "limit": pause_after,
                     "reason": printable(pause_reason)})
             row = await cur.fetchone()
-        return DestinationStatus(row[0]) if row else None
+        return DestinationStatus(row[0]) if row and row[0] else None
