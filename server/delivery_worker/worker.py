@@ -98,22 +98,21 @@ class DeliveryWorker:
         try:
             while not self.stopping.is_set():
                 messages = await asyncio.to_thread(_next_batch, consumer)
-                for message in messages:
-                    if (error := message.error()) is not None:
-                        self._broker_error(error)
-                batch = self.read([m for m in messages if m.error() is None and m.value()])
-                if not await self._record_until_stored(batch):
+                if not await self._record_until_stored(self.read(messages)):
                     return  # stopping with the batch unstored: its offsets stay, the next worker reads it
                 if messages:
-                    with contextlib.suppress(KafkaException):  # a rebalance took the partition: replayed safely
-                        await asyncio.to_thread(consumer.commit, asynchronous=False)
+                    await _commit(consumer)
         finally:
             await asyncio.to_thread(consumer.close)
 
     def read(self, messages: list[Message]) -> list[MembershipOutput]:
-        """The changes in `messages`; probe echoes are not for us, unreadable records are skipped (and counted)."""
-        records = self.rejected.readable(messages, value_read_by(membership_record))
-        return [record for record in records if isinstance(record, MembershipOutput)]
+        """The changes in `messages`: error records tell of the broker, probe echoes are not for us, and
+        unreadable records are skipped (and counted)."""
+        for error in filter(None, (message.error() for message in messages)):
+            self._broker_error(error)
+        records = [message for message in messages if message.error() is None and message.value()]
+        return [record for record in self.rejected.readable(records, value_read_by(membership_record))
+                if isinstance(record, MembershipOutput)]
 
     async def _record_until_stored(self, batch: list[MembershipOutput]) -> bool:
         """Record `batch`, waiting out an outage of the store; False if stopping came first."""
@@ -222,3 +221,10 @@ def _next_batch(consumer: Consumer) -> list[Message]:
     if first is None:
         return []
     return [first, *consumer.consume(BATCH - 1, 0)]
+
+
+async def _commit(consumer: Consumer) -> None:
+    """Move the offsets past what was read; a rebalance that took a partition makes that a no-op (whoever
+    reads it next records its changes again, which stores nothing twice)."""
+    with contextlib.suppress(KafkaException):
+        await asyncio.to_thread(consumer.commit, asynchronous=False)

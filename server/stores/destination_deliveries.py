@@ -11,7 +11,8 @@ Contract:
   until the previous one is delivered or failed, while other users go on.
 - `finish` records an attempt and its answer on the delivery and on the destination (consecutive
   failures, last delivery, last error), pausing the destination after too many failures in a row.
-All times are the database's, so that rows written by the API and by the worker compare.
+When a delivery is due is decided on the database's clock, so that rows the API writes (replay, resume) and
+rows the worker writes compare.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ RETURNING destination_id::text
 """
 
 # The oldest open deliveries that are due, not in flight, and have no older open one of the same user
-# (so each user's go in order), in seq order: pending and retrying ones each read from the
-# (destination, status, seq) index, so delivered history is never scanned. And when the next retry
-# falls due (only retrying rows wait for a time: pending ones are due from the start).
+# (so each user's go in order), in seq order; and when the next retry falls due (only retrying rows
+# wait for a time: pending ones are due from the start). One branch per status, each written out with
+# its literal status and its own LIMIT: so each walks the (destination, status, seq) index and stops
+# early, never the delivered history (a status taken from a list or a parameter plans a scan of it).
 _DUE = """
 WITH picked AS (
     SELECT seq FROM (

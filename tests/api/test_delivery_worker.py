@@ -28,7 +28,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from server.delivery_worker.app import create_app as delivery_app
 from server.domain.membership import Change, MembershipChange
-from server.domain.pipeline import MembershipOutput
+from server.domain.pipeline import MembershipOutput, ProbeEcho
 from server.domain.profile import Profile
 from server.domain.webhooks import message_id
 from server.runtime.secrets import SecretBox, new_key, new_signing_secret, secret_hint
@@ -387,6 +387,10 @@ def test_calls_are_signed_with_both_secrets_during_a_rotation_and_only_matching_
     exits_of_trial = add_destination(database_url, box, receiver.url("/exits"), segment_ids=[trial],
                                      events=["exited"])
     outputs = [*changes_for(["ann"], 2, trial), *changes_for(["bob"], 1, vip)]
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for value in (b"{not json", json.dumps(ProbeEcho("token").to_json()).encode()):  # skipped; the echo silently
+        producer.produce(settings.topic(SEGMENT_MEMBERSHIP), key="ann", value=value)
+    producer.flush(10)
     produce(settings, outputs)
     eventually(lambda: len(receiver.received("/rotating")) == 3 and len(receiver.received("/rotated")) == 3
                and len(receiver.received("/exits")) == 1, "every destination's calls")
@@ -403,6 +407,7 @@ def test_calls_are_signed_with_both_secrets_during_a_rotation_and_only_matching_
         Webhook(rotated.secret).verify(tampered.body.replace('"track"', '"page"'), tampered.headers)
     assert [r.id for r in receiver.received("/exits")] == ids(exits_of_trial, outputs[1:2])
     assert len(deliveries(database_url, exits_of_trial)) == 1
+    assert "am_delivery_worker_records_rejected_total 1.0" in worker.get("/metrics").text
 
 
 def test_changes_wait_out_a_database_outage_and_health_says_so(
