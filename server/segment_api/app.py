@@ -11,13 +11,14 @@ from fastapi import FastAPI
 
 from server.runtime.app import build_app
 from server.runtime.settings import ServiceSettings
+from server.segment_api.membership import MembershipPublisher
 from server.segment_api.repository import SegmentRepository
 from server.segment_api.routes import segments, users
 from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.outbox import OutboxRelay
 from server.stores.postgres import Database
 from server.stores.selection import profile_store
-from server.stores.topics import SEGMENT_RULES
+from server.stores.topics import SEGMENT_MEMBERSHIP, SEGMENT_RULES
 
 # 10,000 static members of up to 128 characters fit; a rule tree needs far less
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -54,6 +55,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.segments = repository
     app.state.profiles = profile_store(settings, db)
     app.state.relay = relay
+    app.state.membership = MembershipPublisher(producer, settings.topic(SEGMENT_MEMBERSHIP))
     app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
     app.state.health.add("outbox", relay.health)
