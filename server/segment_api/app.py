@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from server.runtime.app import build_app
 from server.runtime.settings import ServiceSettings
+from server.segment_api.export import export
 from server.segment_api.membership import MembershipPublisher
 from server.segment_api.repository import SegmentRepository
 from server.segment_api.routes import segments, users
@@ -60,5 +61,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
     app.state.health.add("outbox", relay.health)
     app.include_router(segments)
+    app.include_router(export)
     app.include_router(users)
     return app
