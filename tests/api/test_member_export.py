@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
+from pydantic import SecretStr
 
 from server.runtime.settings import ServiceSettings
 from server.segment_api.app import create_app
@@ -135,3 +136,14 @@ def test_bad_parameters_are_a_422_naming_them(client: TestClient) -> None:
 def test_an_unknown_segment_is_a_404(client: TestClient) -> None:
     assert client.get(f"/api/segments/{uuid.uuid4()}/members/export").status_code == 404
     assert client.get("/api/segments/not-a-uuid/members/export").status_code == 404
+
+
+def test_the_export_needs_the_read_scope(service_settings: ServiceSettings) -> None:
+    read, write = "read-key-3f9a1c7e5b20", "write-key-8d2e6b0a4c91"
+    keyed = service_settings.model_copy(update={"api_keys": SecretStr(f"{read}:read,{write}:write")})
+    with TestClient(create_app(keyed)) as client:
+        sid = client.post("/api/segments", json={"name": "keyed", "type": "STATIC"},
+                          headers={"X-API-Key": write}).json()["id"]
+        path = f"/api/segments/{sid}/members/export"
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers={"X-API-Key": read}).status_code == 200
