@@ -38,7 +38,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         task = asyncio.create_task(relay.run(), name="outbox-relay")
         yield
         relay.stop()
-        with contextlib.suppress(asyncio.CancelledError):
+        # a relay waiting on a broker that is down is cancelled: its rows stay queued for the next start
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, timeout=5)
         producer.close()
         await db.close()
