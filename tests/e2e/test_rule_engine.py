@@ -86,6 +86,11 @@ def test_new_and_changed_rules_apply_to_existing_users(running_stack: Stack) -> 
     eventually(lambda: segment not in segment_ids(running_stack, user), what="exit after the rule changed")
     stats = running_stack.segments.get(f"/api/segments/{segment}/stats").json()
     assert stats["size"] == 0 and stats["entered"]["lastHour"] == 1 and stats["exited"]["lastHour"] == 1
+    # a user's changes share one partition, so every consumer reads them in the order they happened
+    records = read_topic(running_stack, SEGMENT_MEMBERSHIP, expected=2,
+                         keep=lambda m: user.encode() in (m.value() or b""))
+    assert len({m.partition() for m in records}) == 1
+    assert [orjson.loads(m.value())["change"] for m in records] == ["entered", "exited"]
 
 
 def test_deleted_segment_members_exit(running_stack: Stack) -> None:
