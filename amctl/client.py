@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -45,27 +48,54 @@ class ServiceClient:
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers or {})
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, stream=False, **kwargs)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """An answer whose body is read as it arrives (a refusal is an ApiError before it is yielded)."""
+        response = self._send(method, path, stream=True, **kwargs)
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            raise ApiError(f"cannot reach the {self.name} at {self.base_url} — is the stack up? (amctl up)") from None
-        except httpx.TimeoutException:
-            raise ApiError(f"the {self.name} at {self.base_url} did not answer in time") from None
-        except httpx.HTTPError as exc:  # the connection broke mid-answer, or the answer was not HTTP
-            reason = str(exc) or type(exc).__name__
-            raise ApiError(f"the {self.name} at {self.base_url} failed to answer: {reason}") from None
+            yield response
+        finally:
+            response.close()
+
+    def _send(self, method: str, path: str, stream: bool, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.send(self._http.build_request(method, path, **kwargs), stream=stream)
+        except httpx.HTTPError as exc:
+            raise self._unanswered(exc) from None
         if response.status_code >= 400:
+            response.read()
+            response.close()
             try:
                 message, details = _problems(response.json())
             except ValueError:
                 message, details = response.text or response.reason_phrase, []
             raise ApiError(f"{self.name}: {message} (HTTP {response.status_code})", response.status_code, details)
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
+        return response
+
+    def _unanswered(self, exc: httpx.HTTPError) -> ApiError:
+        if isinstance(exc, httpx.ConnectError):
+            return ApiError(f"cannot reach the {self.name} at {self.base_url} — is the stack up? (amctl up)")
+        if isinstance(exc, httpx.TimeoutException):
+            return ApiError(f"the {self.name} at {self.base_url} did not answer in time")
+        reason = str(exc) or type(exc).__name__  # the connection broke mid-answer, or the answer was not HTTP
+        return ApiError(f"the {self.name} at {self.base_url} failed to answer: {reason}")
 
     def close(self) -> None:
         self._http.close()
+
+
+@dataclass(frozen=True)
+class MemberExport:
+    """A segment export as it arrives: the member count the service gave when it started (None if it
+    gave none) and the body's lines, each with its line end."""
+
+    total: int | None
+    lines: Iterator[bytes]
 
 
 class SegmentClient(ServiceClient):
@@ -101,6 +131,27 @@ class SegmentClient(ServiceClient):
     def change_members(self, segment_id: str, add: list[str], remove: list[str]) -> dict[str, Any]:
         return self.request("POST", f"/api/segments/{segment_id}/members",  # type: ignore[no-any-return]
                             json={"add": add, "remove": remove})
+
+    @contextmanager
+    def export_members(self, segment_id: str, fmt: str, traits: Sequence[str]) -> Iterator[MemberExport]:
+        """`GET /api/segments/{id}/members/export`, streamed; a body that breaks off is an ApiError."""
+        params = {"format": fmt, **({"traits": ",".join(traits)} if traits else {})}
+        with self.stream("GET", f"/api/segments/{segment_id}/members/export", params=params) as response:
+            total = response.headers.get("X-Total-Count", "")
+            yield MemberExport(int(total) if total.isdigit() else None, self._lines(response))
+
+    def _lines(self, response: httpx.Response) -> Iterator[bytes]:
+        pending = b""
+        try:
+            for chunk in response.iter_bytes():
+                pending += chunk
+                end = pending.rfind(b"\n") + 1
+                yield from (line + b"\n" for line in pending[:end].split(b"\n")[:-1])
+                pending = pending[end:]
+        except httpx.HTTPError as exc:
+            raise self._unanswered(exc) from None
+        if pending:
+            yield pending
 
     def stats(self, segment_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/segments/{segment_id}/stats")  # type: ignore[no-any-return]

@@ -127,13 +127,17 @@ def _offsets(at: StopAt) -> KafkaOffsetsInitializer:
 
 
 def sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
+    records = KafkaRecordSerializationSchema.builder().set_topic(topic) \
+        .set_value_serialization_schema(SimpleStringSchema())
+    # Records carry no key, so without this the producer would spread one user's records over every
+    # partition and consumers could read them out of order. Each sink subtask writes to one partition
+    # instead, and a user's records all come from the subtask that owns the user (keyBy, then forward).
+    records._j_builder.setPartitioner(get_gateway().jvm.org.apache.flink.streaming.connectors.kafka.partitioner
+                                      .FlinkFixedPartitioner())
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap)
-        .set_record_serializer(
-            KafkaRecordSerializationSchema.builder().set_topic(topic)
-            .set_value_serialization_schema(SimpleStringSchema()).build()
-        )
+        .set_record_serializer(records.build())
         .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
         .set_property("linger.ms", "5")
     )

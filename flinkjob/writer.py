@@ -6,7 +6,8 @@ Offsets are committed only after a batch is written; the store ignores repeated 
 crash between the two replays a batch harmlessly. While the store is unavailable the writer keeps
 retrying the batch in hand (and reads nothing new), so an outage delays memberships but loses none.
 A record it cannot read is skipped and counted, once, before the batch is written: retrying it could
-never succeed.
+never succeed. A change with `source: "static"` is skipped too, uncounted: the Segment API applied it
+before publishing it, and applying it again here could undo a later remove.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class StoreWriter:
         for record in self.rejected.readable(outputs, value_read_by(membership_record)):
             if isinstance(record, ProbeEcho):
                 self.probe_seen = record.token
+                continue
+            if record.change.source == "static":  # the Segment API's own, already in the store
                 continue
             batch.changes.append(record.change)
             if record.profile is not None:  # the store keeps the newest per user

@@ -30,6 +30,8 @@ def measurements(quick: bool) -> list[Measurement]:
         Measurement("user_segments_api", "amctl.load.measures:measure_user_segments_latency",
                     {"rate": 500, "seconds": seconds}),
         Measurement("ingestion", "amctl.load.measures:measure_ingestion", {"seconds": seconds / 2}),
+        Measurement("member_export", "amctl.load.export_measure:measure_member_export",
+                    {"members": 20_000 if quick else 100_000}),
         Measurement("job_throughput", "flinkjob.bench:measure_job_throughput", {"events": 20_000 if quick else 60_000}),
         Measurement("assignment_latency", "amctl.load.measures:measure_assignment_latency",
                     {"seconds": seconds, "rates": [100, 500, 1000],

@@ -22,6 +22,9 @@ from server.domain.rules import Predicate, Rule, Window, compile_rule, windows
 from server.domain.timeutil import format_timestamp
 
 Change = Literal["entered", "exited"]
+# Who decided the change: the rule engine (a DYNAMIC segment's rule) or the Segment API (a STATIC
+# segment's explicit members, already applied to the store when the record is published).
+Source = Literal["rule", "static"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class MembershipChange:
     at: datetime
     segment_version: int
     event_received_at: datetime | None = None  # for end-to-end latency; None for timers and backfill
+    source: Source = "rule"
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -92,6 +96,8 @@ class MembershipChange:
         }
         if self.event_received_at is not None:
             body["eventReceivedAt"] = format_timestamp(self.event_received_at)
+        if self.source != "rule":  # left out for the rule engine's changes: records as they were before
+            body["source"] = self.source
         return body
 
     @classmethod
@@ -100,6 +106,9 @@ class MembershipChange:
         change = record.get("change")
         if change not in ("entered", "exited"):
             raise InvalidRecord(f"change: expected entered or exited, got {change!r}")
+        source = record.get("source", "rule")
+        if source not in ("rule", "static"):
+            raise InvalidRecord(f"source: expected rule or static, got {source!r}")
         return cls(
             user_id=user_id(record),
             segment_id=uuid_text(record, "segmentId"),
@@ -107,4 +116,5 @@ class MembershipChange:
             at=timestamp(record, "at"),
             segment_version=integer(record, "segmentVersion", MAX_VERSION),
             event_received_at=optional_timestamp(record, "eventReceivedAt"),
+            source=source,
         )

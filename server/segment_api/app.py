@@ -11,13 +11,15 @@ from fastapi import FastAPI
 
 from server.runtime.app import build_app
 from server.runtime.settings import ServiceSettings
+from server.segment_api.export import export
+from server.segment_api.membership import MembershipPublisher
 from server.segment_api.repository import SegmentRepository
 from server.segment_api.routes import segments, users
 from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.outbox import OutboxRelay
 from server.stores.postgres import Database
 from server.stores.selection import profile_store
-from server.stores.topics import SEGMENT_RULES
+from server.stores.topics import SEGMENT_MEMBERSHIP, SEGMENT_RULES
 
 # 10,000 static members of up to 128 characters fit; a rule tree needs far less
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -36,7 +38,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         task = asyncio.create_task(relay.run(), name="outbox-relay")
         yield
         relay.stop()
-        with contextlib.suppress(asyncio.CancelledError):
+        # a relay waiting on a broker that is down is cancelled: its rows stay queued for the next start
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, timeout=5)
         producer.close()
         await db.close()
@@ -54,9 +57,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.segments = repository
     app.state.profiles = profile_store(settings, db)
     app.state.relay = relay
+    app.state.membership = MembershipPublisher(producer, settings.topic(SEGMENT_MEMBERSHIP))
     app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
     app.state.health.add("outbox", relay.health)
     app.include_router(segments)
+    app.include_router(export)
     app.include_router(users)
     return app

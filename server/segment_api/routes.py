@@ -13,9 +13,10 @@ from server.domain.profile import Profile
 from server.domain.rules import RuleValidationError, compile_rule, lint_rule, parse_rule
 from server.domain.segment import SegmentStatus, SegmentType
 from server.runtime.auth import REQUIRED_SCOPE
-from server.runtime.errors import InvalidInput, NotFound
+from server.runtime.errors import DependencyUnavailable, InvalidInput, NotFound
 from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET
 from server.runtime.routing import StorableRoute
+from server.segment_api.membership import MembershipPublisher
 from server.segment_api.repository import SegmentRepository, SegmentRow
 from server.segment_api.schemas import (
     MemberPage,
@@ -54,9 +55,14 @@ def get_relay(request: Request) -> OutboxRelay:
     return request.app.state.relay  # type: ignore[no-any-return]
 
 
+def get_membership(request: Request) -> MembershipPublisher:
+    return request.app.state.membership  # type: ignore[no-any-return]
+
+
 Repository = Annotated[SegmentRepository, Depends(get_repository)]
 Store = Annotated[ProfileStore, Depends(get_store)]
 Relay = Annotated[OutboxRelay, Depends(get_relay)]
+Membership = Annotated[MembershipPublisher, Depends(get_membership)]
 
 segments = APIRouter(prefix="/api/segments", tags=["segments"], route_class=StorableRoute)
 users = APIRouter(prefix="/api/users", tags=["users"], route_class=StorableRoute)
@@ -181,18 +187,40 @@ async def delete_segment(segment_id: str, repo: Repository, store: Store, relay:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@segments.post("/{segment_id}/members", response_model=SegmentStats, summary="Add or remove STATIC members")
-async def change_static_members(segment_id: str, body: StaticMembersChange, repo: Repository,
-                                store: Store) -> SegmentStats:
+@segments.post("/{segment_id}/members", response_model=SegmentStats, summary="Add or remove STATIC members",
+               responses={503: {"description": "The broker did not acknowledge the changes; nothing unheard applied"}})
+async def change_static_members(segment_id: str, body: StaticMembersChange, repo: Repository, store: Store,
+                                membership: Membership) -> SegmentStats:
+    """Only real changes (adds of non-members, removes of members) are published on `segment-membership`,
+    acknowledged, and then applied, so every consumer of the topic hears what the store shows."""
     row = await repo.get(segment_id)
     if row.type != SegmentType.STATIC:
         raise InvalidInput("only STATIC segments take explicit members; DYNAMIC ones follow their rules",
                            [(["path", "segment_id"], "segment is DYNAMIC")])
-    now = datetime.now(UTC)
-    changes = [MembershipChange(u, segment_id, "entered", now, row.version) for u in body.add]
-    changes += [MembershipChange(u, segment_id, "exited", now, row.version) for u in body.remove]
-    await store.apply_changes(changes, source="static")
+    members = await store.members_among(segment_id, [*body.add, *body.remove])
+    changes = static_changes(segment_id, row.version, body, members, datetime.now(UTC))
+    heard = await membership.publish(changes)
+    await store.apply_changes(heard, source="static")
+    if len(heard) < len(changes):
+        raise DependencyUnavailable("kafka", f"{len(changes) - len(heard)} of {len(changes)} member changes were not"
+                                             " acknowledged and not applied; repeat the request")
     return await stats(segment_id, repo, store)
+
+
+def static_changes(segment_id: str, version: int, body: StaticMembersChange, members: set[str],
+                   now: datetime) -> list[MembershipChange]:
+    """The changes `body` makes to a segment whose current members among its users are `members`:
+    adds first, then removes, each only where it changes something."""
+    current, changes = set(members), []
+    for user in body.add:
+        if user not in current:
+            current.add(user)
+            changes.append(MembershipChange(user, segment_id, "entered", now, version, source="static"))
+    for user in body.remove:
+        if user in current:
+            current.discard(user)
+            changes.append(MembershipChange(user, segment_id, "exited", now, version, source="static"))
+    return changes
 
 
 @segments.get("/{segment_id}/members", response_model=MemberPage, summary="A segment's members, paged by cursor")

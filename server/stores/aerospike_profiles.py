@@ -156,6 +156,17 @@ class AerospikeProfileStore:
         rows = [m for m in self._members(segment_id) if m.user_id > after]
         return sorted(rows, key=lambda m: m.user_id)[:limit]
 
+    async def members_among(self, segment_id: str, user_ids: Sequence[str]) -> set[str]:
+        return await asyncio.to_thread(self._members_among, segment_id, list(user_ids))
+
+    def _members_among(self, segment_id: str, user_ids: list[str]) -> set[str]:
+        if not user_ids:
+            return set()
+        keys = [(PROFILES_NS, "members", f"{segment_id}|{u}") for u in user_ids]
+        batch = self.client.batch_read(keys, ["user"])
+        return {user for user, entry in zip(user_ids, batch.batch_records, strict=True)
+                if entry.result == 0 and entry.record is not None}
+
     async def segment_size(self, segment_id: str) -> int:
         return len(await asyncio.to_thread(self._members, segment_id))
 

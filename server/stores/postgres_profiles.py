@@ -109,6 +109,16 @@ class PostgresProfileStore:
             )
             return [_membership(row) for row in await cur.fetchall()]
 
+    async def members_among(self, segment_id: str, user_ids: Sequence[str]) -> set[str]:
+        if not user_ids:
+            return set()
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT user_id FROM segment_memberships WHERE segment_id = %s AND user_id = ANY(%s)",
+                (segment_id, list(user_ids)),
+            )
+            return {row[0] for row in await cur.fetchall()}
+
     async def segment_size(self, segment_id: str) -> int:
         async with self.db.connection() as conn:
             cur = await conn.execute("SELECT count(*) FROM segment_memberships WHERE segment_id = %s", (segment_id,))

@@ -58,6 +58,9 @@ class ProfileStore(Protocol):
     async def segment_members(self, segment_id: str, after: str | None, limit: int) -> list[Membership]:
         """A segment's members ordered by user id, strictly after `after`."""
 
+    async def members_among(self, segment_id: str, user_ids: Sequence[str]) -> set[str]:
+        """Which of `user_ids` are in the segment now (one round trip)."""
+
     async def segment_size(self, segment_id: str) -> int:
         """How many users are in the segment now."""
 

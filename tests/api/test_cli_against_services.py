@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from typer.testing import Result
 
 from amctl.local import processes
@@ -41,15 +42,17 @@ def services(postgres_server: EmbeddedPostgres, template_database: str, kafka_br
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(database),
                                                                       sql.Identifier(template_database)))
     create_topics(kafka_broker.bootstrap, prefix)
-    env = {**os.environ, "AMCTL_STATE_DIR": str(logs / "state"), "COLUMNS": "200", "NO_COLOR": "1"}
+    database_url = f"postgresql://postgres@{postgres_server.host}:{postgres_server.port}/{database}"
+    env = {**os.environ, "AMCTL_STATE_DIR": str(logs / "state"), "COLUMNS": "200", "NO_COLOR": "1",
+           "AM_DATABASE_URL": database_url}  # the services' setting; amctl ignores it, tests may seed the store
     env.pop("AMCTL_API_KEY", None)
     started: list[int] = []
     try:
         for setting, module in SERVICES.items():
             port, log = processes.free_port(), logs / f"{module}.log"
             service_env = {**os.environ, "AM_PORT": str(port), "AM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-                           "AM_DATABASE_URL": f"postgresql://postgres@{postgres_server.host}:{postgres_server.port}/"
-                                              f"{database}", "AM_TOPIC_PREFIX": prefix, "AM_SECRETS_KEY": new_key()}
+                           "AM_DATABASE_URL": database_url, "AM_TOPIC_PREFIX": prefix,
+                           "AM_SECRETS_KEY": new_key()}
             started.append(processes.spawn([sys.executable, "-m", module], service_env, log))
             env[f"AMCTL_PORT_{setting.upper()}"] = str(port)
             deadline = time.monotonic() + 30
@@ -121,6 +124,56 @@ def test_a_stale_version_is_one_line(services: dict[str, str]) -> None:
     stale = invoke("segment", "update", segment_id, "--description", "x", "--if-version", "7", env=services)
     assert stale.exit_code == 1
     assert "(HTTP 412)" in one_error(stale.stderr)
+
+
+def _static_segment(env: dict[str, str], name: str, members: list[str], broken: str | None = None) -> str:
+    """A STATIC segment with `members` written straight into the store; `broken` gets an entry time the
+    store cannot read back (PostgreSQL's 'infinity'), so a page of an export fails when it reaches it."""
+    created = invoke("segment", "create", name, "--static", "--json", env=env)
+    assert created.exit_code == 0, created.output
+    segment_id = str(json.loads(created.stdout)["id"])
+    with psycopg.connect(env["AM_DATABASE_URL"], autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO segment_memberships (segment_id, user_id, segment_version, entered_at, source)"
+                        " VALUES (%s, %s, 1, CASE WHEN %s THEN 'infinity' ELSE now() END, 'static')",
+                        [(segment_id, user, user == broken) for user in members])
+        cur.execute("INSERT INTO user_profiles (user_id, profile) VALUES (%s, %s)",
+                    (members[0], Jsonb({"userId": members[0], "traits": {"plan": "=1+1", "seats": 3}})))
+    return segment_id
+
+
+def test_export_writes_the_file_whole_and_says_how_many(services: dict[str, str], tmp_path: Path) -> None:
+    members = [f"exp-{i:04d}" for i in range(1100)]  # past one page of the export
+    segment_id = _static_segment(services, "Export Me", members)
+    out = tmp_path / "members.csv"
+    done = run("segment", "export", segment_id, "--traits", "plan,seats", "--output", str(out), env=services)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"exported 1,100 members to {out}"
+    lines = out.read_text().splitlines()
+    assert lines[0] == "userId,enteredAt,segmentVersion,source,traits.plan,traits.seats"
+    assert len(lines) == 1 + 1100 and [line.split(",")[0] for line in lines[1:]] == members
+    assert lines[1].endswith(",static,'=1+1,3") and lines[2].endswith(",static,,")
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~_umask()
+    jsonl = invoke("segment", "export", segment_id, "--format", "jsonl", "-o", "-", env=services)
+    assert jsonl.exit_code == 0 and jsonl.stderr.strip() == "exported 1,100 members"
+    assert [json.loads(line)["userId"] for line in jsonl.stdout.splitlines()] == members
+
+
+def test_an_export_that_breaks_off_leaves_no_file(services: dict[str, str], tmp_path: Path) -> None:
+    members = [f"brk-{i:04d}" for i in range(1100)]
+    segment_id = _static_segment(services, "Breaks Off", members, broken=members[1050])  # on the second page
+    out = tmp_path / "members.csv"
+    failed = run("segment", "export", segment_id, "--output", str(out), env=services)
+    assert failed.returncode == 1
+    assert "error: the Segment API at " in one_error(failed.stderr) and "failed to answer" in failed.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary part
+    unknown = invoke("segment", "export", "00000000-0000-0000-0000-000000000000", "-o", str(out), env=services)
+    assert unknown.exit_code == 1 and "(HTTP 404)" in one_error(unknown.stderr) and not out.exists()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _json(result: Result) -> dict[str, Any]:

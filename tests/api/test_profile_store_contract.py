@@ -113,6 +113,9 @@ async def _memberships(store: ProfileStore, p: str) -> None:
     assert [m.user_id for m in await store.segment_members(seg, first[-1].user_id, 10)] == [f"{p}-2"]
     mine = await store.user_memberships(f"{p}-1")
     assert [(m.segment_id, m.segment_version, m.entered_at) for m in mine] == [(seg, 1, NOW)]
+    assert await store.members_among(seg, [f"{p}-1", f"{p}-3", f"{p}-2", f"{p}-1"]) == {f"{p}-1", f"{p}-2"}
+    assert await store.members_among(str(uuid.uuid4()), [f"{p}-1"]) == set()
+    assert await store.members_among(seg, []) == set()
     assert await store.apply_changes([change(f"{p}-1", seg, "exited"), change(f"{p}-1", seg, "exited")]) == 1
     assert await store.user_memberships(f"{p}-1") == []
     counts = await store.change_counts(seg, NOW - timedelta(hours=1))

@@ -13,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from amctl.local import processes
 from server.communication_api.app import create_app as communication_app
+from server.delivery_worker.app import create_app as delivery_app
 from server.email_worker.app import create_app as worker_app
 from server.ingestion_api.app import create_app as ingestion_app
 from server.runtime.settings import ServiceSettings
@@ -25,6 +26,7 @@ APPS: dict[str, tuple[Callable[[ServiceSettings], FastAPI], set[str]]] = {
     "ingestion-api": (ingestion_app, {"kafka"}),
     "communication-api": (communication_app, {"db", "kafka", "fanOut", "onEnterTrigger"}),
     "email-worker": (worker_app, {"db", "kafka", "worker"}),
+    "delivery-worker": (delivery_app, {"db", "kafka", "worker"}),
 }
 
 

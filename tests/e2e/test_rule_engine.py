@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from confluent_kafka import Producer
 
@@ -18,7 +19,8 @@ from server.stores.topics import (
     USER_EVENTS,
     USER_PROFILES,
 )
-from tests.e2e.stack import Stack, eventually
+from tests.contracts import membership_validator
+from tests.e2e.stack import Stack, eventually, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -57,6 +59,18 @@ def test_seed_flow_high_value_user(running_stack: Stack) -> None:
     send(running_stack, small, "purchase", amount=20)
     eventually(lambda: running_stack.segments.get(f"/api/users/{small}/profile").status_code == 200)
     assert segment not in segment_ids(running_stack, small)
+    # what the rule engine wrote on segment-membership, its readiness probes' echoes included, is what the
+    # published contract describes
+    mine = lambda m: user.encode() in (m.value() or b"")  # noqa: E731
+    records = read_topic(running_stack, SEGMENT_MEMBERSHIP, expected=2,
+                         keep=lambda m: mine(m) or (m.value() or b"").startswith(b'{"probe"'))
+    values = [orjson.loads(m.value()) for m in records]
+    for value in values:
+        membership_validator().validate(value)
+    assert [(v["userId"], v["segmentId"], v["change"]) for v in values if "probe" not in v] == [
+        (user, segment, "entered")]
+    assert any("probe" in v for v in values)
+    assert all(m.key() in (None, user.encode()) for m in records if mine(m))  # no key yet, or the user's
 
 
 def test_new_and_changed_rules_apply_to_existing_users(running_stack: Stack) -> None:
@@ -72,6 +86,11 @@ def test_new_and_changed_rules_apply_to_existing_users(running_stack: Stack) -> 
     eventually(lambda: segment not in segment_ids(running_stack, user), what="exit after the rule changed")
     stats = running_stack.segments.get(f"/api/segments/{segment}/stats").json()
     assert stats["size"] == 0 and stats["entered"]["lastHour"] == 1 and stats["exited"]["lastHour"] == 1
+    # a user's changes share one partition, so every consumer reads them in the order they happened
+    records = read_topic(running_stack, SEGMENT_MEMBERSHIP, expected=2,
+                         keep=lambda m: user.encode() in (m.value() or b""))
+    assert len({m.partition() for m in records}) == 1
+    assert [orjson.loads(m.value())["change"] for m in records] == ["entered", "exited"]
 
 
 def test_deleted_segment_members_exit(running_stack: Stack) -> None:

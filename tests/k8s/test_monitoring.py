@@ -20,6 +20,7 @@ from amctl.k8s.dashboards import DATASOURCE, THIRD_PARTY_METRICS, dashboard_file
 from amctl.k8s.render import Manifest
 from amctl.prometheus import ALERTS_FILE
 from server.communication_api.dispatch import Recipients
+from server.delivery_worker.metrics import DeliveryMetrics
 from server.ingestion_api.metrics import IngestionMetrics
 from server.runtime.metrics import METRIC_NAMES, HttpMetrics
 from tests.k8s.conftest import by_kind
@@ -80,6 +81,10 @@ def test_metric_names_of_the_code_match_its_registries() -> None:
     HttpMetrics("probe", registry)
     IngestionMetrics(registry)
     Recipients(None, None, "email-jobs", registry)  # type: ignore[arg-type]  # only its counters are used
+    metrics = DeliveryMetrics(registry)
+    metrics.outcome("d1", "delivered")
+    metrics.queue_depth.labels("d1").set(3)
+    metrics.paused.labels("d1").set(0)
     exposed = {s.name for family in registry.collect() for s in family.samples if not s.name.endswith("_created")}
     assert exposed and exposed <= exported_by_the_code()
 
