@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 
 from amctl import __version__
-from amctl.commands import bench, campaign, events, k8s, scenario, segment, smoke, stack, top
+from amctl.commands import bench, campaign, destination, events, k8s, scenario, segment, smoke, stack, top
 from amctl.console import print_error, stderr_console
 from amctl.context import AppContext
 from amctl.errors import AmctlError, UsageError
@@ -63,6 +63,7 @@ bench.register(app)
 smoke.register(app)
 top.register(app)
 app.add_typer(campaign.app, name="campaign")
+app.add_typer(destination.app, name="destination")
 app.add_typer(events.app, name="events")
 app.add_typer(scenario.app, name="scenario")
 app.add_typer(segment.segment_app, name="segment")

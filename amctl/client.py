@@ -196,6 +196,47 @@ class CommunicationClient(ServiceClient):
                             params=params)
 
 
+class DestinationClient(ServiceClient):
+    """The destinations of the Communication API (every call needs the write scope)."""
+
+    name = "Communication API"
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/api/destinations", json=body)  # type: ignore[no-any-return]
+
+    def list_destinations(self, limit: int, offset: int) -> dict[str, Any]:
+        return self.request("GET", "/api/destinations",  # type: ignore[no-any-return]
+                            params={"limit": limit, "offset": offset})
+
+    def get(self, destination_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/destinations/{destination_id}")  # type: ignore[no-any-return]
+
+    def update(self, destination_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", f"/api/destinations/{destination_id}", json=body)  # type: ignore[no-any-return]
+
+    def delete(self, destination_id: str) -> None:
+        self.request("DELETE", f"/api/destinations/{destination_id}")
+
+    def rotate_secret(self, destination_id: str, grace_s: int) -> dict[str, Any]:
+        return self.request("POST", f"/api/destinations/{destination_id}/rotate-secret",  # type: ignore[no-any-return]
+                            json={"graceSeconds": grace_s})
+
+    def test(self, destination_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/destinations/{destination_id}/test")  # type: ignore[no-any-return]
+
+    def deliveries(self, destination_id: str, status: str | None, user_id: str | None, limit: int,
+                   cursor: str | None) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "userId": user_id, "limit": limit, "cursor": cursor}.items()
+                  if v is not None}
+        return self.request("GET", f"/api/destinations/{destination_id}/deliveries",  # type: ignore[no-any-return]
+                            params=params)
+
+    def replay(self, destination_id: str, since: str, until: str | None, failed_only: bool) -> dict[str, Any]:
+        body = {"from": since, "failedOnly": failed_only, **({"to": until} if until else {})}
+        return self.request("POST", f"/api/destinations/{destination_id}/replay",  # type: ignore[no-any-return]
+                            json=body)
+
+
 def segment_client(settings: AmctlSettings) -> SegmentClient:
     return SegmentClient(settings.url(settings.ports.segment_api), headers=settings.auth_headers())
 
@@ -206,3 +247,7 @@ def ingestion_client(settings: AmctlSettings) -> IngestionClient:
 
 def communication_client(settings: AmctlSettings) -> CommunicationClient:
     return CommunicationClient(settings.url(settings.ports.communication_api), headers=settings.auth_headers())
+
+
+def destination_client(settings: AmctlSettings) -> DestinationClient:
+    return DestinationClient(settings.url(settings.ports.communication_api), headers=settings.auth_headers())

@@ -23,6 +23,7 @@ SERVICES = {
     "communication-api": "communication_api",
     "rule-engine": "rule_engine",
     "email-worker": "email_worker",
+    "delivery-worker": "delivery_worker",
 }
 
 
@@ -118,8 +119,8 @@ def service_row(before: Sample, after: Sample) -> dict[str, Any]:
 
 
 def pipeline(before: dict[str, Sample], after: dict[str, Sample], first: dict[str, Sample]) -> dict[str, Any]:
-    """The flow of events: accepted, applied by the job, memberships written, mails sent."""
-    ing, rule, mail = "ingestion-api", "rule-engine", "email-worker"
+    """The flow of events: accepted, applied by the job, memberships written, mails and webhooks sent."""
+    ing, rule, mail, hooks = "ingestion-api", "rule-engine", "email-worker", "delivery-worker"
     accepted_since = after[ing].total("am_events_accepted_total") - first[ing].total("am_events_accepted_total")
     applied_since = (after[rule].total("am_rule_engine_events_processed_total")
                      - first[rule].total("am_rule_engine_events_processed_total"))
@@ -142,6 +143,10 @@ def pipeline(before: dict[str, Sample], after: dict[str, Sample], first: dict[st
         "checkpoint_age_s": round(time.time() - checkpoint) if checkpoint else None,
         "emails_sent_per_s": round(rate(before[mail], after[mail], "am_emails_total", outcome="sent"), 1),
         "emails_failed_per_s": round(rate(before[mail], after[mail], "am_emails_total", outcome="failed"), 1),
+        "webhooks_delivered_per_s": round(rate(before[hooks], after[hooks], "am_destination_deliveries_total",
+                                               outcome="delivered"), 1),
+        "webhooks_failed_per_s": round(rate(before[hooks], after[hooks], "am_destination_deliveries_total",
+                                            outcome="failed"), 1),
     }
 
 

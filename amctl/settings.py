@@ -29,6 +29,8 @@ class Ports(BaseSettings):
     communication_api: int = 30083
     rule_engine: int = 30084
     email_worker: int = 30085
+    delivery_worker: int = 30086
+    webhook_sink: int = 30087  # the local webhook receiver destinations deliver to in the demo
     postgres: int = 30432
     kafka: int = 30092
     s3: int = 30093  # the durable broker's S3 server (amctl up --durable-broker)

@@ -25,6 +25,8 @@ def measurements(quick: bool) -> list[Measurement]:
                     {"seconds": 1.0 if quick else 3.0}, needs_stack=False),
         Measurement("seed_flow", "amctl.load.measures:measure_seed_flow", {"trials": 3 if quick else 10}),
         Measurement("rule_propagation", "amctl.load.measures:measure_rule_propagation", {"trials": 2 if quick else 5}),
+        Measurement("destination_latency", "amctl.load.destination_measure:measure_destination_latency",
+                    {"users": 100}),
         Measurement("user_segments_api", "amctl.load.measures:measure_user_segments_latency",
                     {"rate": 500, "seconds": seconds}),
         Measurement("ingestion", "amctl.load.measures:measure_ingestion", {"seconds": seconds / 2}),
@@ -54,7 +56,8 @@ def bench(
     json_output: JsonOption = False,
 ) -> None:
     """Cold start, memory, rule evaluations/s, ingestion events/s (vs bare FastAPI and a raw producer),
-    end-to-end assignment latency at 100/500/1,000 ev/s, sustained rate, rule propagation, API p50/p99."""
+    end-to-end assignment latency at 100/500/1,000 ev/s, sustained rate, rule propagation, API p50/p99,
+    event → signed webhook delivered p50/p99."""
     app = get_context(ctx)
     with app.err.status("benchmarking") as status:
         report = run_bench(measurements(quick), lambda text: status.update(escape(text))).as_json()

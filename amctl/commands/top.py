@@ -87,6 +87,8 @@ def render(snapshot: dict[str, Any]) -> Group:
         ("event → membership written, p99", _value(p["assignment_p99_ms"], " ms")),
         ("rule job", f"{job}, busy {p['job_busy']:.0%}, checkpoint {_value(p['checkpoint_age_s'], ' s')} ago"),
         ("emails sent / failed / s", f"{_value(p['emails_sent_per_s'])} / {_value(p['emails_failed_per_s'])}"),
+        ("webhooks delivered / failed / s",
+         f"{_value(p['webhooks_delivered_per_s'])} / {_value(p['webhooks_failed_per_s'])}"),
     ):
         flow.add_row(label, value)
 

@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 from amctl.k8s.cluster import Cluster
 from amctl.k8s.render import SECRET_NAME, Manifest, describe
+from server.runtime.secrets import new_key
 
 FIELD_MANAGER = "amctl"
 API_KEYS_ENTRY = "api-keys"
+SECRETS_KEY_ENTRY = "secrets-key"  # AM_SECRETS_KEY: seals destination secrets; replacing it loses them
 API_KEY_SCOPES = ("read", "write", "admin")
 
 
@@ -28,6 +30,7 @@ SECRET_VALUES: dict[str, Callable[[], str]] = {
     "postgres-password": _password,
     "grafana-admin-password": _password,
     API_KEYS_ENTRY: _api_keys,
+    SECRETS_KEY_ENTRY: new_key,
 }
 
 

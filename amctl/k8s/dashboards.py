@@ -40,9 +40,13 @@ class PanelSpec:
     width: int = 12
 
 
-def _p95(metric: str, by: str = "", selector: str = "") -> str:
+def _quantile(q: float, metric: str, by: str = "", selector: str = "") -> str:
     labels = f"{by}, le" if by else "le"
-    return f"histogram_quantile(0.95, sum by ({labels}) (rate({metric}_bucket{{{selector}}}[5m])))"
+    return f"histogram_quantile({q}, sum by ({labels}) (rate({metric}_bucket{{{selector}}}[5m])))"
+
+
+def _p95(metric: str, by: str = "", selector: str = "") -> str:
+    return _quantile(0.95, metric, by, selector)
 
 
 DASHBOARDS: dict[str, tuple[str, list[PanelSpec]]] = {
@@ -92,6 +96,14 @@ DASHBOARDS: dict[str, tuple[str, list[PanelSpec]]] = {
                   unit="s"),
         PanelSpec("TaskManager heap used", (
             ("sum by (pod) (flink_taskmanager_Status_JVM_Memory_Heap_Used)", "{{pod}}"),), unit="bytes"),
+        # destinations: what the delivery worker sends, how late, and what waits
+        PanelSpec("Destination deliveries per second", (
+            ("sum by (outcome) (rate(am_destination_deliveries_total[1m]))", "{{outcome}}"),), unit="ops", width=8),
+        PanelSpec("Membership change → delivered p99", (
+            (_quantile(0.99, "am_destination_delivery_seconds"), "p99"),), unit="s", width=8),
+        PanelSpec("Destination queue depth", (
+            ("sum by (destination) (am_destination_queue_depth)", "{{destination}}"),
+            ("sum(am_destination_paused)", "paused destinations"),), width=8),
     ]),
     "business-metrics": ("Business Metrics", [
         PanelSpec("Events accepted (24 h)", (("sum(increase(am_events_accepted_total[24h]))", "events"),),

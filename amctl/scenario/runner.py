@@ -1,7 +1,8 @@
 """Runs a scenario step by step against the services; the first failing step ends it.
 
 Strings in a step may use `{{ … }}`: `run` is a short id unique to this run (so names never
-collide between runs), and every step's `save:` name holds that step's JSON response.
+collide between runs), `webhook_sink_url` the local webhook receiver's base URL, and every step's
+`save:` name holds that step's JSON response.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,13 +62,15 @@ def _expectations(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class ScenarioRunner:
-    def __init__(self, http: HttpCaller, on_step: Callable[[StepResult], None] | None = None) -> None:
+    def __init__(self, http: HttpCaller, on_step: Callable[[StepResult], None] | None = None,
+                 variables: Mapping[str, Any] | None = None) -> None:
         self.http = http
         self.on_step = on_step
+        self.variables = dict(variables or {})  # template variables besides `run` and the saved responses
 
     def run(self, scenario: Scenario) -> ScenarioResult:
         result = ScenarioResult(name=scenario.name)
-        variables: dict[str, Any] = {"run": uuid.uuid4().hex[:8]}
+        variables: dict[str, Any] = {**self.variables, "run": uuid.uuid4().hex[:8]}
         started = time.perf_counter()
         failed = False
         for step in scenario.steps:
@@ -186,7 +189,7 @@ def run_files(settings: AmctlSettings, paths: list[Path], observer: ScenarioObse
         for path in paths:
             scenario = load_scenario(path)
             observer.started(scenario)
-            result = ScenarioRunner(http, on_step=observer.step).run(scenario)
+            result = ScenarioRunner(http, on_step=observer.step, variables=http.template_variables()).run(scenario)
             observer.finished(result)
             results.append(result)
     finally:

@@ -9,16 +9,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from typer.testing import Result
 
 from amctl.local import processes
 from amctl.local.broker import EmbeddedBroker
 from amctl.local.postgres import EmbeddedPostgres
+from amctl.local.webhook_sink import RequestStore, create_app, running, store_path
+from server.runtime.secrets import new_key
 from server.stores.kafka import create_topics
 from tests.cli import invoke, one_error, run
 from tests.conftest import unique_name
@@ -47,7 +51,8 @@ def services(postgres_server: EmbeddedPostgres, template_database: str, kafka_br
         for setting, module in SERVICES.items():
             port, log = processes.free_port(), logs / f"{module}.log"
             service_env = {**os.environ, "AM_PORT": str(port), "AM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-                           "AM_DATABASE_URL": database_url, "AM_TOPIC_PREFIX": prefix}
+                           "AM_DATABASE_URL": database_url, "AM_TOPIC_PREFIX": prefix,
+                           "AM_SECRETS_KEY": new_key()}
             started.append(processes.spawn([sys.executable, "-m", module], service_env, log))
             env[f"AMCTL_PORT_{setting.upper()}"] = str(port)
             deadline = time.monotonic() + 30
@@ -169,3 +174,69 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _json(result: Result) -> dict[str, Any]:
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def test_a_destination_from_create_to_delete_with_the_local_receiver(services: dict[str, str]) -> None:
+    """Created with the default URL (the local receiver), tested with one signed call that the receiver
+    kept and `received --secret` verifies, changed, paused and resumed, rotated, replayed, deleted."""
+    port = processes.free_port()
+    env = {**services, "AMCTL_PORT_WEBHOOK_SINK": str(port)}
+    segment = _json(invoke("segment", "create", "hooked", "--rules", RULES, "--json", env=env))
+    store = RequestStore(store_path(Path(env["AMCTL_STATE_DIR"])))
+    with running(create_app(store.keep), "127.0.0.1", port):
+        created = invoke("destination", "create", "CRM [sync]", "--segment", str(segment["id"]), "--events",
+                         "entered", "--header", "Authorization=Bearer t", "--json", env=env)
+        assert created.exit_code == 0, created.output
+        destination = json.loads(created.stdout)
+        assert destination["url"] == f"http://127.0.0.1:{port}/hooks/crm-sync"
+        assert destination["headers"] == {"Authorization": "•••"} and destination["events"] == ["entered"]
+        assert "will not be shown again" in created.stderr and destination["secret"].startswith("whsec_")
+        did = destination["id"]
+        tested = invoke("destination", "test", did, env=env)
+        assert tested.exit_code == 0, tested.output
+        assert "delivered" in tested.stdout and "True" in tested.stdout
+        received = json.loads(invoke("destination", "received", "--path", "/hooks/crm-sync", "--secret",
+                                     destination["secret"], "--json", env=env).stdout)
+        assert [(r["signature"], r["headers"]["authorization"]) for r in received] == [("verified", "Bearer t")]
+        assert json.loads(received[0]["body"])["properties"]["test"] is True
+    shown = invoke("destination", "get", did, env=env)
+    assert shown.exit_code == 0 and "CRM [sync]" in shown.stdout and "whsec_…" in shown.stdout
+    assert destination["secret"] not in shown.stdout
+    listed = _json(invoke("destination", "list", "--json", env=env))
+    assert did in [d["id"] for d in listed["items"]]
+    paused = _json(invoke("destination", "update", did, "--pause", "--events", "entered,exited", "--json", env=env))
+    assert paused["status"] == "PAUSED" and paused["events"] == ["entered", "exited"]
+    assert paused["headers"] == {"Authorization": "•••"} and paused["segmentIds"] == [segment["id"]]  # kept
+    resumed = _json(invoke("destination", "update", did, "--resume", "--all-segments", "--clear-headers", "--json",
+                           env=env))
+    assert resumed["status"] == "ACTIVE" and resumed["segmentIds"] is None and resumed["headers"] == {}
+    rotated = _json(invoke("destination", "rotate-secret", did, "--grace", "1h", "--json", env=env))
+    assert rotated["secret"] != destination["secret"] and rotated["previousSecretExpiresAt"]
+    deliveries = _json(invoke("destination", "deliveries", did, "--status", "failed", "--json", env=env))
+    assert deliveries == {"items": [], "nextCursor": None}  # no delivery worker runs here
+    replayed = invoke("destination", "replay", did, "--from", "1h", "--failed-only", env=env)
+    assert replayed.exit_code == 0 and f"requeued 0 deliveries of {did}" in replayed.stdout
+    deleted = invoke("destination", "delete", did, env=env)
+    assert deleted.exit_code == 0 and f"deleted destination {did}" in deleted.stdout
+    gone = run("destination", "get", did, env=env)
+    assert gone.returncode == 1 and "(HTTP 404)" in one_error(gone.stderr)
+
+
+def test_a_destination_the_api_refuses_is_one_line(services: dict[str, str]) -> None:
+    url = "--url", "http://127.0.0.1:9/hooks/x"
+    assert invoke("destination", "create", "twice", *url, env=services).exit_code == 0
+    again = run("destination", "create", "TWICE", *url, env=services)
+    assert again.returncode == 1 and "(HTTP 409)" in one_error(again.stderr)
+    missing = invoke("destination", "create", "nowhere", *url, "--segment", "00000000-0000-0000-0000-000000000000",
+                     env=services)
+    assert missing.exit_code == 1 and "00000000-0000-0000-0000-000000000000" in one_error(missing.stderr)
+    bad = invoke("destination", "create", "ftp", "--url", "ftp://example.com/x", env=services)
+    assert bad.exit_code == 1 and "(HTTP 422)" in one_error(bad.stderr)
+    created = _json(invoke("destination", "create", "closed", *url, "--json", env=services))
+    refused = invoke("destination", "test", str(created["id"]), env=services)  # nothing listens on port 9
+    assert refused.exit_code == 1 and "did not accept the test call" in one_error(refused.stderr)

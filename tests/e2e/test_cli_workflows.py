@@ -140,7 +140,7 @@ def test_top_reports_every_service_and_the_rule_job(running_stack: Stack) -> Non
     snapshot = run_json(running_stack, "top", "--interval", "1")
     assert isinstance(snapshot, dict)
     assert {name for name, row in snapshot["services"].items() if row["up"]} == {
-        "segment-api", "ingestion-api", "communication-api", "rule-engine", "email-worker"}
+        "segment-api", "ingestion-api", "communication-api", "rule-engine", "email-worker", "delivery-worker"}
     assert snapshot["pipeline"]["job_running"] is True
     assert all(snapshot["memory_mib"][name] > 0 for name in ("postgres", "kafka", "rule-engine"))
     assert isinstance(snapshot["segments"], list)

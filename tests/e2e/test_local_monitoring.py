@@ -23,7 +23,7 @@ from amctl.prometheus import ALERTS_FILE
 from tests.e2e.stack import Stack, amctl, stack_environment
 
 pytestmark = pytest.mark.e2e
-SCRAPED = {"segment-api", "ingestion-api", "communication-api", "email-worker", "rule-engine"}
+SCRAPED = {"segment-api", "ingestion-api", "communication-api", "email-worker", "delivery-worker", "rule-engine"}
 
 
 @dataclass
@@ -121,7 +121,7 @@ def test_status_shows_prometheus_its_targets_and_rules(monitored: Monitored) -> 
     eventually(lambda: targets_up(monitored), 45, "every scrape target up")
     row = monitored.status()["prometheus"]
     assert row["state"] == "running" and row["port"] == monitored.port and row["rss_bytes"] > 0
-    assert row["detail"] == f"{len(SCRAPED) + 1}/{len(SCRAPED) + 1} targets up, 3 rules"
+    assert row["detail"] == f"{len(SCRAPED) + 1}/{len(SCRAPED) + 1} targets up, 6 rules"
     # run directly from the package's binary: config and data under the state dir, nothing of Debian's
     state_dir = monitored.stack.env["AMCTL_STATE_DIR"]
     command = psutil.Process(row["pid"]).cmdline()

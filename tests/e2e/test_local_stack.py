@@ -43,7 +43,7 @@ def test_up_status_down_leaves_nothing_behind(stack_env: dict[str, str]) -> None
     assert status.returncode == 0, status.stderr
     rows = {row["name"]: row for row in json.loads(status.stdout)}
     assert set(rows) == {"postgres", "kafka", "segment-api", "ingestion-api", "communication-api", "mail-sink",
-                         "email-worker", "rule-engine"}
+                         "email-worker", "webhook-sink", "delivery-worker", "rule-engine"}
     assert all(row["state"] == "running" and row["pid"] and row["rss_bytes"] > 0 for row in rows.values())
 
     again = amctl(stack_env, "up")
@@ -53,7 +53,7 @@ def test_up_status_down_leaves_nothing_behind(stack_env: dict[str, str]) -> None
     down = amctl(stack_env, "down")
     assert down.returncode == 0, down.stderr
     for name in ("segment_api", "ingestion_api", "communication_api", "postgres", "kafka", "smtp", "email_worker",
-                 "rule_engine", "flink_ui"):
+                 "webhook_sink", "delivery_worker", "rule_engine", "flink_ui"):
         assert not processes.port_accepts("127.0.0.1", ports(stack_env, name)), f"{name} still listening"
     for row in rows.values():
         assert not processes.process_alive(row["pid"]), f"{row['name']} still running"

@@ -23,7 +23,8 @@ def test_all_demo_scenarios_pass_with_junit(running_stack: Stack, tmp_path: Path
     result = amctl(running_stack.env, "scenario", "run", "--all", "--junit", str(junit))
     assert result.returncode == 0, result.stdout + result.stderr
     suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
-    assert set(suites) == {"basic-segmentation", "rule-engine-testing", "communication-campaign"}
+    assert set(suites) == {"basic-segmentation", "rule-engine-testing", "communication-campaign",
+                           "destination-delivery"}
     for name, suite in suites.items():
         assert suite.get("failures") == "0" and int(suite.get("tests", "0")) >= 8, name
         assert not list(suite.iter("skipped")), name

@@ -15,10 +15,11 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from amctl.cli import app
-from amctl.k8s.apply import API_KEYS_ENTRY
+from amctl.k8s.apply import API_KEYS_ENTRY, SECRETS_KEY_ENTRY
 from amctl.k8s.profile import load_profile
 from amctl.k8s.render import SECRET_NAME, render
 from server.runtime.api_keys import Scope, parse_api_keys
+from server.runtime.secrets import SecretBox
 from tests.k8s.conftest import FakeCluster
 
 pytestmark = [pytest.mark.k8s, pytest.mark.asyncio]
@@ -61,9 +62,11 @@ async def test_passwords_are_generated_once_and_never_replaced(fake_cluster: Fak
     assert first.exit_code == 0, first.output
     secret = fake_cluster.objects("Secret")[(NAMESPACE, SECRET_NAME)]
     passwords = secret_data(fake_cluster)
-    assert set(passwords) == {"postgres-password", "grafana-admin-password", API_KEYS_ENTRY}
+    assert set(passwords) == {"postgres-password", "grafana-admin-password", API_KEYS_ENTRY, SECRETS_KEY_ENTRY}
     assert all(len(p) >= 24 for p in passwords.values())
     assert passwords["postgres-password"] != passwords["grafana-admin-password"]
+    box = SecretBox(passwords[SECRETS_KEY_ENTRY])  # AM_SECRETS_KEY as the Communication API will read it
+    assert box.open(box.seal("whsec_x")) == "whsec_x"
     again = await amctl(fake_cluster, "up", "--target", "k8s", "--timeout", "30")
     assert again.exit_code == 0, again.output
     assert fake_cluster.objects("Secret")[(NAMESPACE, SECRET_NAME)]["data"] == secret["data"]

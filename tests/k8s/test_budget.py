@@ -40,12 +40,14 @@ def test_demo_fits_eight_gib_of_limits() -> None:
     assert sum(c["totalLimit"] for c in steady) <= 8 * GiB
     assert {c["container"] for c in steady} >= {
         "segment-api", "ingestion-api", "communication-api", "postgres", "aerospike", "kafka", "flink-jobmanager",
-        "flink-taskmanager", "prometheus", "grafana", "kafka-ui", "email-worker", "mailpit"}
+        "flink-taskmanager", "prometheus", "grafana", "kafka-ui", "email-worker", "delivery-worker", "mailpit"}
     limits = {c["container"]: c["limit"] // 2**20 for c in steady}
     assert limits["kafka"] == 1536 and limits["flink-taskmanager"] == 1536 and limits["aerospike"] == 1024
     assert all(limits[name] == 512 for name in ("segment-api", "ingestion-api", "communication-api", "postgres",
-                                                "flink-jobmanager", "prometheus", "grafana"))
+                                                "flink-jobmanager", "prometheus"))
     assert limits["kafka-ui"] == 256
+    # the delivery worker's 160 MiB come out of Grafana's 512, the one seed limit far above what it uses
+    assert limits["delivery-worker"] == 160 and limits["grafana"] == 352 and limits["email-worker"] == 96
 
 
 def test_the_table_shows_components_and_checks() -> None:

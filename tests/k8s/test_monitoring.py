@@ -20,6 +20,7 @@ from amctl.k8s.dashboards import DATASOURCE, THIRD_PARTY_METRICS, dashboard_file
 from amctl.k8s.render import Manifest
 from amctl.prometheus import ALERTS_FILE
 from server.communication_api.dispatch import Recipients
+from server.delivery_worker.metrics import DeliveryMetrics
 from server.ingestion_api.metrics import IngestionMetrics
 from server.runtime.metrics import METRIC_NAMES, HttpMetrics
 from tests.k8s.conftest import by_kind
@@ -47,8 +48,8 @@ def exported_by_the_code() -> set[str]:
             if not module.name.endswith("__main__"):
                 importlib.import_module(module.name)
     names: set[str] = set()
-    for name in METRIC_NAMES:
-        names |= {name} if name.endswith("_total") else {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    for name in METRIC_NAMES:  # a counter ends in _total; any other name is a gauge's or a histogram's
+        names |= {name} if name.endswith("_total") else {name, f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     return names
 
 
@@ -80,6 +81,10 @@ def test_metric_names_of_the_code_match_its_registries() -> None:
     HttpMetrics("probe", registry)
     IngestionMetrics(registry)
     Recipients(None, None, "email-jobs", registry)  # type: ignore[arg-type]  # only its counters are used
+    metrics = DeliveryMetrics(registry)
+    metrics.outcome("d1", "delivered")
+    metrics.queue_depth.labels("d1").set(3)
+    metrics.paused.labels("d1").set(0)
     exposed = {s.name for family in registry.collect() for s in family.samples if not s.name.endswith("_created")}
     assert exposed and exposed <= exported_by_the_code()
 
@@ -123,7 +128,8 @@ def test_prometheus_scrapes_services_flink_kube_metrics_and_exporters_where_they
         "prometheus", "pods", "cadvisor", "kube-state-metrics"}
     scraped = {m["metadata"]["name"]: m["spec"]["template"]["metadata"].get("annotations", {})
                for m in demo if m["kind"] in ("Deployment", "StatefulSet")}
-    for name in ("segment-api", "ingestion-api", "communication-api", "email-worker", "rule-engine"):
+    for name in ("segment-api", "ingestion-api", "communication-api", "email-worker", "delivery-worker",
+                 "rule-engine"):
         assert scraped[name]["prometheus.io/port"] == "8080"
     assert scraped["flink-jobmanager"]["prometheus.io/port"] == scraped["flink-taskmanager"]["prometheus.io/port"] \
         == "9249"
@@ -139,7 +145,7 @@ def test_alert_rules_pass_promtool_check(promtool: str, rendered: dict[str, list
     assert rendered_rules.strip() == ALERTS_FILE.read_text().strip()
     result = subprocess.run([promtool, "check", "rules", str(ALERTS_FILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_alert_rules_unit_tests_pass(promtool: str) -> None:

@@ -3,6 +3,7 @@ the code and the rendered manifests say each workload needs (never against a cop
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -79,6 +80,41 @@ def target(manifests: list[Manifest], service: str, port: int) -> tuple[str, int
         workload = next(m for m in manifests if m["metadata"]["name"] == pod and m["kind"] != "Service")
         return pod, _container_ports(workload)[wanted]
     return pod, int(wanted)
+
+
+def egress_isolated(manifests: list[Manifest]) -> set[str]:
+    """The workloads whose outgoing connections some policy limits."""
+    labels = pod_labels(manifests)
+    return {name for name, pod in labels.items() for n in by_kind(manifests, "NetworkPolicy").values()
+            if "Egress" in n["spec"].get("policyTypes", []) and selects(n["spec"]["podSelector"], pod)}
+
+
+def egress_allows(manifests: list[Manifest], pod: str, to: str, port: int, protocol: str = "TCP") -> bool:
+    """Whether `pod`'s pods may connect to `to` (a workload of the namespace, or an IP address) on `port`."""
+    labels = pod_labels(manifests)
+    policies = [n["spec"] for n in by_kind(manifests, "NetworkPolicy").values()
+                if "Egress" in n["spec"].get("policyTypes", []) and selects(n["spec"]["podSelector"], labels[pod])]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy.get("egress") or []:
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports):
+                continue
+            for peer in rule.get("to") or [{}]:
+                if not peer:
+                    return True  # no `to`: any destination
+                if "podSelector" in peer and to in labels and selects(peer["podSelector"], labels[to]):
+                    return True
+                if "ipBlock" in peer and to not in labels:
+                    address = ipaddress.ip_address(to)
+                    block = peer["ipBlock"]
+                    inside = address.version == ipaddress.ip_network(block["cidr"]).version and \
+                        address in ipaddress.ip_network(block["cidr"])
+                    if inside and not any(address in ipaddress.ip_network(e) for e in block.get("except", [])
+                                          if ipaddress.ip_network(e).version == address.version):
+                        return True
+    return False
 
 
 # -- what the code says each process talks to ------------------------------------------------------
@@ -213,6 +249,26 @@ def test_clustered_stores_reach_their_peers_on_every_port(profile: str, rendered
         for entry in service["spec"]["ports"]:
             pod, port = target(manifests, service["metadata"]["name"], entry["port"])
             assert pod in admitted(manifests, pod, port), f"{pod} peers on {port}"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_delivery_worker_reaches_dns_its_stores_and_the_web_but_not_instance_metadata(
+        profile: str, rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered[profile]
+    assert egress_isolated(manifests) == {"delivery-worker"}  # the one pod that calls the internet
+    worker = "delivery-worker"
+    assert egress_allows(manifests, worker, "10.43.0.10", 53, "UDP") and egress_allows(manifests, worker,
+                                                                                         "10.43.0.10", 53)
+    for store, (host, port) in store_addresses(manifests).items():
+        server, container_port = target(manifests, host, port)
+        uses = worker in expected_clients(manifests, profile, store)
+        assert egress_allows(manifests, worker, server, container_port) == uses, store
+    for address in ("93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"):
+        assert egress_allows(manifests, worker, address, 443) and egress_allows(manifests, worker, address, 80)
+        assert not egress_allows(manifests, worker, address, 8080)
+    assert not egress_allows(manifests, worker, "169.254.169.254", 80)
+    assert not egress_allows(manifests, worker, "fe80::1", 443)
+    assert not egress_allows(manifests, worker, "segment-api", 8080)
 
 
 def test_the_evaluator_follows_the_api(rendered: dict[str, list[Manifest]]) -> None:

@@ -15,13 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from amctl.cli import app
-from amctl.k8s.apply import API_KEYS_ENTRY
+from amctl.k8s.apply import API_KEYS_ENTRY, SECRETS_KEY_ENTRY
 from amctl.k8s.images import IMAGES_DIR, locked_version
 from amctl.k8s.profile import available_profiles, load_profile
 from amctl.k8s.render import SECRET_NAME, Manifest, documents
 from flinkjob.settings import RuleEngineSettings
 from tests.k8s.conftest import by_kind, containers_of
-from tests.k8s.sources import build_app_keywords, module_files
+from tests.k8s.sources import build_app_keywords, called, module_files
 
 pytestmark = pytest.mark.k8s
 SEED_NODE_PORTS = {"segment-api": 30081, "ingestion-api": 30082, "communication-api": 30083, "rule-engine": 30084,
@@ -213,6 +213,20 @@ def test_the_apis_read_their_keys_from_the_secret_and_nothing_else_gets_them(
         assert volume["secret"]["secretName"] == SECRET_NAME
         assert volume["secret"]["items"] == [{"key": API_KEYS_ENTRY, "path": path.name}]  # not the passwords
     assert keyed == {"segment-api", "ingestion-api", "communication-api"}
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_only_the_processes_that_seal_destination_secrets_get_the_key(
+        profile: str, rendered: dict[str, list[Manifest]]) -> None:
+    sealers = set()
+    for _, container, module in our_processes(rendered[profile]):
+        env = {e["name"]: e for e in container.get("env", [])}
+        if "SecretBox" not in called(module_files(module)):  # what the code builds, not a copy of the template
+            assert "AM_SECRETS_KEY" not in env, container["name"]
+            continue
+        sealers.add(container["name"])
+        assert env["AM_SECRETS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": SECRETS_KEY_ENTRY}
+    assert sealers == {"communication-api", "delivery-worker"}
 
 
 # The containers that cannot run with a read-only root filesystem, and why (the template says so beside them).

@@ -83,6 +83,25 @@ def test_an_unreadable_template_file_is_a_failure_not_a_usage_error() -> None:
     assert "cannot read the body" in one_error(result.stderr)
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["create", "d", "--events", "entered,left"], "--events: 'entered,left' is not entered, exited"),
+    (["create", "d", "--events", "exited,exited"], "names a change twice"),
+    (["create", "d", "--header", "Authorization"], "--header: 'Authorization' is not NAME=VALUE"),
+    (["--target", "k8s", "create", "d"], "--url is needed on k8s"),
+    (["update", "d1"], "nothing to change"),
+    (["update", "d1", "--segment", "s1", "--all-segments"], "give --segment or --all-segments, not both"),
+    (["rotate-secret", "d1", "--grace", "soon"], "--grace: 'soon' is not a duration"),
+    (["rotate-secret", "d1", "--grace", "200h"], "--grace: 200h is longer than 7 days"),
+    (["replay", "d1", "--from", "yesterday"], "--from: 'yesterday' is neither an ISO time"),
+    (["replay", "d1", "--from", "1h", "--to", "2026-12-01T09:00:00"], "--to: '2026-12-01T09:00:00' has no time zone"),
+])
+def test_destination_commands_refuse_bad_input_before_calling_the_api(args: list[str], message: str) -> None:
+    target = args[:2] if args[0] == "--target" else []
+    result = invoke(*target, "destination", *args[len(target):], env={"AMCTL_PORT_COMMUNICATION_API": "1"})
+    assert result.exit_code == 2  # a usage error: nothing was sent (nothing listens on port 1 either)
+    assert message in one_error(result.stderr)
+
+
 def test_campaign_mails_is_for_the_local_target() -> None:
     result = invoke("--target", "k8s", "campaign", "mails", "c1")
     assert result.exit_code == 1 and "local mail sink" in one_error(result.stderr)

@@ -59,7 +59,7 @@ def test_the_local_config_passes_promtool_with_the_alert_rules(promtool: str, tm
     result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {config} is valid prometheus config file syntax" in result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 6 rules found" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("profile", available_profiles())
@@ -86,7 +86,7 @@ def test_local_and_kubernetes_configs_share_jobs_paths_and_rules(profile: str, t
     annotated = scrape_annotations(manifests)
     local_components = {c.name for c in LocalStack(AmctlSettings(state_dir=tmp_path)).components()}
     assert set(local_targets) == set(annotated) & local_components == {
-        "segment-api", "ingestion-api", "communication-api", "email-worker", "rule-engine"}
+        "segment-api", "ingestion-api", "communication-api", "email-worker", "delivery-worker", "rule-engine"}
     for component, path in local_targets.items():
         assert annotated[component]["prometheus.io/path"] == path, component
 

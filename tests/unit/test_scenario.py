@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from amctl.local.mail_sink import store_path
+from amctl.local.webhook_sink import ReceivedRequest, RequestStore
+from amctl.local.webhook_sink import store_path as webhook_store_path
 from amctl.scenario.expect import ExpectationFailed, check, lookup
-from amctl.scenario.http import MAIL_SINK, ServiceHttp
+from amctl.scenario.http import MAIL_SINK, WEBHOOK_SINK, ServiceHttp
 from amctl.scenario.junit import write_junit
 from amctl.scenario.model import ScenarioError, load_scenario
 from amctl.scenario.runner import ScenarioRunner, render
@@ -136,3 +138,31 @@ def test_the_mail_sink_service_reads_one_campaigns_mails(tmp_path: Path) -> None
     remote = ServiceHttp(AmctlSettings(state_dir=tmp_path, target=Target.K8S))
     status, message = remote.call(MAIL_SINK, "GET", "/campaigns/c1")
     assert status == 0 and "local target only" in message
+
+
+def test_the_webhook_sink_service_lists_one_paths_calls_and_scenarios_know_its_url(tmp_path: Path) -> None:
+    store = RequestStore(webhook_store_path(tmp_path))
+    for path, user in (("/hooks/crm", "ann"), ("/hooks/ads", "ben"), ("/hooks/crm", "cat")):
+        store.keep(ReceivedRequest("2026-01-01T00:00:00+00:00", "POST", path, 200, {"webhook-id": f"m-{user}"},
+                                   {"content-type": "application/json"}, json.dumps({"userId": user})))
+    settings = AmctlSettings(state_dir=tmp_path)
+    http = ServiceHttp(settings)
+    status, calls = http.call(WEBHOOK_SINK, "GET", "/hooks/crm")
+    assert status == 200 and [c["body"]["userId"] for c in calls] == ["ann", "cat"]
+    assert calls[0]["headers"] == {"content-type": "application/json", "webhook-id": "m-ann"}
+    assert http.call(WEBHOOK_SINK, "GET", "/hooks/none") == (200, [])
+    assert http.call(WEBHOOK_SINK, "POST", "/hooks/crm")[0] == 404
+    assert http.call(WEBHOOK_SINK, "GET", "/mails")[0] == 404
+    remote = ServiceHttp(AmctlSettings(state_dir=tmp_path, target=Target.K8S))
+    assert remote.call(WEBHOOK_SINK, "GET", "/hooks/crm") == (0, "the webhook receiver runs on the local target only")
+    scenario = load_scenario(write(tmp_path, """
+name: hook
+steps:
+  - name: a destination to the receiver
+    request: {service: communication, method: POST, path: /api/destinations,
+              json: {url: "{{ webhook_sink_url }}/hooks/crm-{{ run }}"}}
+"""))
+    scripted = ScriptedHttp([(201, {})])
+    ScenarioRunner(scripted, variables=http.template_variables()).run(scenario)
+    url = scripted.calls[0][3]["url"]
+    assert url.startswith(f"http://127.0.0.1:{settings.ports.webhook_sink}/hooks/crm-") and "{{" not in url
