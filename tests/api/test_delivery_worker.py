@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
@@ -34,86 +32,15 @@ from server.domain.webhooks import message_id
 from server.runtime.secrets import SecretBox, new_key, new_signing_secret, secret_hint
 from server.runtime.settings import ServiceSettings
 from server.stores.topics import SEGMENT_MEMBERSHIP
+from tests.receivers import Received, Receiver, Reply, running_receiver
 
 pytestmark = pytest.mark.api
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0  # past the worker's timeout: the destination never answers in time
-    body: str = "ok"
-
-
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: str
-    reply: Reply
-    at: float  # monotonic, on arrival
-
-    @property
-    def id(self) -> str:
-        return self.headers["webhook-id"]
-
-
-class Receiver:
-    """A destination: answers each path as told (`answer`), and records every request it gets."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: list[Received] = []
-        self.replies: dict[str, Callable[[int], Reply]] = {}
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # the name http.server calls
-                body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
-                with receiver.lock:
-                    earlier = sum(1 for r in receiver.requests if r.path == self.path)
-                    reply = receiver.replies.get(self.path, lambda _: Reply())(earlier)
-                    receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                                      body, reply, time.monotonic()))
-                time.sleep(reply.delay_s)
-                try:
-                    self.send_response(reply.status)
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("content-length", str(len(reply.body.encode())))
-                    self.end_headers()
-                    self.wfile.write(reply.body.encode())
-                except OSError:  # the worker gave up waiting and closed the connection
-                    pass
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def answer(self, path: str, reply: Reply | Callable[[int], Reply]) -> None:
-        """How `path` answers from now on: one reply, or one per request (by how many came before)."""
-        with self.lock:
-            self.replies[path] = reply if callable(reply) else (lambda _: reply)
-
-    def received(self, path: str) -> list[Received]:
-        with self.lock:
-            return [r for r in self.requests if r.path == path]
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    receiver.thread.start()
-    yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
+    with running_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture

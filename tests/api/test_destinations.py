@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
@@ -23,62 +20,15 @@ from server.communication_api.app import create_app as communication_app
 from server.runtime.errors import ConfigurationError
 from server.runtime.secrets import new_key
 from server.runtime.settings import ServiceSettings
+from tests.receivers import Received, Receiver, running_receiver
 
 pytestmark = pytest.mark.api
 
 
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: str
-
-
-class Receiver:
-    """A destination: answers POST /status/<code>/… with that code, and keeps every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[Received] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # the name http.server calls
-                body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
-                with receiver.lock:
-                    receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                                      body))
-                code = int(self.path.split("/")[2])
-                answer = f"answer {code} from the receiver".encode()
-                self.send_response(code)
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, code: int = 200) -> str:
-        """A path of its own for each caller, so tests sharing the receiver never see each other's calls."""
-        return f"http://127.0.0.1:{self.port}/status/{code}/{uuid.uuid4().hex}"
-
-    def calls(self, url: str) -> list[Received]:
-        path = url.split(str(self.port), 1)[1]
-        with self.lock:
-            return [r for r in self.requests if r.path == path]
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    receiver.thread.start()
-    yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
+    with running_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture
@@ -136,7 +86,7 @@ def test_the_secret_is_shown_once_and_nothing_secret_is_stored_in_clear(
         api: TestClient, receiver: Receiver, database_url: str) -> None:
     segment_id = add_segment(database_url)
     created = api.post("/api/destinations", json={
-        "name": "CRM sync", "type": "WEBHOOK", "url": receiver.url(), "segmentIds": [segment_id],
+        "name": "CRM sync", "type": "WEBHOOK", "url": receiver.status_url(), "segmentIds": [segment_id],
         "headers": {"Authorization": "Bearer tok-7f3a9c", "X-Tenant": "acme-42"}})
     assert created.status_code == 201, created.text
     body = created.json()
@@ -168,7 +118,7 @@ def test_the_secret_is_shown_once_and_nothing_secret_is_stored_in_clear(
 
 def test_bad_input_is_refused_naming_the_field_and_nothing_is_stored(
         api: TestClient, receiver: Receiver, database_url: str) -> None:
-    good = {"name": "Orders", "url": receiver.url(), "segmentIds": None}
+    good = {"name": "Orders", "url": receiver.status_url(), "segmentIds": None}
     cases: list[tuple[dict[str, Any], list[str | int]]] = [
         ({"url": "ftp://example.com/x"}, ["body", "url"]),
         ({"url": "http:///no-host"}, ["body", "url"]),
@@ -204,7 +154,7 @@ def test_bad_input_is_refused_naming_the_field_and_nothing_is_stored(
         assert response.status_code == 404 and segment_id in response.json()["detail"], response.text
     assert stored(database_url, "SELECT count(*) FROM destinations") == [(0,)]
 
-    create(api, receiver.url(), name="Orders")
+    create(api, receiver.status_url(), name="Orders")
     response = api.post("/api/destinations", json={**good, "name": "oRDERS"})
     assert response.status_code == 409 and "oRDERS" in response.json()["detail"], response.text
     assert stored(database_url, "SELECT count(*) FROM destinations") == [(1,)]
@@ -214,7 +164,7 @@ def test_bad_input_is_refused_naming_the_field_and_nothing_is_stored(
 
 def test_private_targets_are_refused_unless_allowed_and_the_test_call_checks_again(
         settings: ServiceSettings, receiver: Receiver) -> None:
-    url = receiver.url()
+    url = receiver.status_url()
     blocking = settings.model_copy(update={"destination_block_private": True})
     with TestClient(communication_app(blocking.model_copy(update={"destination_allow": "127.0.0.0/8"}))) as api:
         destination = create(api, url, name="internal")
@@ -232,7 +182,7 @@ def test_private_targets_are_refused_unless_allowed_and_the_test_call_checks_aga
 
 def test_the_test_call_is_signed_and_its_answer_reported_whatever_it_is(
         api: TestClient, receiver: Receiver) -> None:
-    destination = create(api, receiver.url())
+    destination = create(api, receiver.status_url())
     result = send_test(api, destination["id"])
     assert result["delivered"] is True and result["statusCode"] == 200 and result["error"] is None
     assert result["answer"] == "answer 200 from the receiver" and result["durationMs"] >= 0
@@ -243,7 +193,7 @@ def test_the_test_call_is_signed_and_its_answer_reported_whatever_it_is(
     assert sent["type"] == "track" and sent["event"] == "Audience Entered" and sent["messageId"] == result["messageId"]
     assert sent["properties"]["test"] is True
 
-    failing = update(api, destination, url=receiver.url(500))
+    failing = update(api, destination, url=receiver.status_url(500))
     result = send_test(api, failing["id"])
     assert result["delivered"] is False and result["statusCode"] == 500
     assert result["answer"] == "answer 500 from the receiver" and result["error"] == "HTTP 500"
@@ -255,7 +205,7 @@ def test_the_test_call_is_signed_and_its_answer_reported_whatever_it_is(
 
 
 def test_a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends(api: TestClient, receiver: Receiver) -> None:
-    destination = create(api, receiver.url())
+    destination = create(api, receiver.status_url())
     old = destination["secret"]
     rotated = api.post(f"/api/destinations/{destination['id']}/rotate-secret")  # no body: a day's grace
     assert rotated.status_code == 200, rotated.text
@@ -292,7 +242,7 @@ def test_every_operation_needs_the_write_scope(service_settings: ServiceSettings
         assert api.get("/api/destinations", headers={"X-API-Key": keys["read"]}).status_code == 403
         assert api.get("/api/destinations").status_code == 401
         assert api.get("/api/destinations", headers={"X-API-Key": keys["write"]}).status_code == 200
-        body = {"name": "keyed", "url": receiver.url()}
+        body = {"name": "keyed", "url": receiver.status_url()}
         assert api.post("/api/destinations", json=body, headers={"X-API-Key": keys["read"]}).status_code == 403
         assert api.post("/api/destinations", json=body, headers={"X-API-Key": keys["write"]}).status_code == 201
         operations = [(path, method, operation) for path, item in api.get("/openapi.json").json()["paths"].items()
@@ -304,8 +254,8 @@ def test_every_operation_needs_the_write_scope(service_settings: ServiceSettings
 def test_update_replaces_the_definition_keeps_or_clears_headers_and_resumes(
         api: TestClient, receiver: Receiver, database_url: str) -> None:
     first, second = add_segment(database_url), add_segment(database_url)
-    destination = create(api, receiver.url(), segmentIds=[first], headers={"X-Token": "t-1"})
-    changed = update(api, destination, url=receiver.url(), segmentIds=[second, first], events=["exited"])
+    destination = create(api, receiver.status_url(), segmentIds=[first], headers={"X-Token": "t-1"})
+    changed = update(api, destination, url=receiver.status_url(), segmentIds=[second, first], events=["exited"])
     assert changed["segmentIds"] == [second, first] and changed["events"] == ["exited"]
     assert changed["url"] != destination["url"] and changed["headers"] == {"X-Token": "•••"}
     send_test(api, destination["id"])
@@ -329,7 +279,7 @@ def test_update_replaces_the_definition_keeps_or_clears_headers_and_resumes(
     ((next_attempt,),) = stored(database_url, "SELECT next_attempt_at FROM destination_deliveries")
     assert next_attempt < due_later - timedelta(minutes=59)
 
-    other = create(api, receiver.url(), name="Taken")
+    other = create(api, receiver.status_url(), name="Taken")
     response = api.put(f"/api/destinations/{destination['id']}",
                        json={**{k: resumed[k] for k in ("url", "segmentIds", "events")}, "name": "TAKEN"})
     assert response.status_code == 409, response.text
@@ -359,8 +309,8 @@ def insert_delivery(conn: psycopg.Connection[Any], destination_id: str, user_id:
 
 def test_deliveries_counts_lag_pages_replay_and_delete(api: TestClient, receiver: Receiver, database_url: str) -> None:
     segment_id = add_segment(database_url)
-    destination = create(api, receiver.url())
-    other = create(api, receiver.url())
+    destination = create(api, receiver.status_url())
+    other = create(api, receiver.status_url())
     url = f"/api/destinations/{destination['id']}"
     now = datetime.now(UTC)
     hours_ago = [now - timedelta(hours=h) for h in range(8)]
@@ -427,7 +377,7 @@ def test_deliveries_counts_lag_pages_replay_and_delete(api: TestClient, receiver
 def test_without_a_secrets_key_destinations_say_what_to_set_and_the_rest_works(
         service_settings: ServiceSettings, receiver: Receiver, database_url: str) -> None:
     with TestClient(communication_app(service_settings)) as api:
-        response = api.post("/api/destinations", json={"name": "no key", "url": receiver.url()})
+        response = api.post("/api/destinations", json={"name": "no key", "url": receiver.status_url()})
         assert response.status_code == 503 and "AM_SECRETS_KEY" in response.json()["detail"], response.text
         assert response.headers["retry-after"]
         assert api.get("/api/destinations").json()["total"] == 0
