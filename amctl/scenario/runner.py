@@ -8,14 +8,14 @@ collide between runs), `webhook_sink_url` the local webhook receiver's base URL,
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.nativetypes import NativeEnvironment
+from jinja2 import Environment, StrictUndefined, TemplateError, Undefined
 
 from amctl.errors import AmctlError
 from amctl.load.profile import EventFactory, parse_mix
@@ -27,7 +27,9 @@ from amctl.scenario.http import ServiceHttp
 from amctl.scenario.model import Scenario, ScenarioResult, Step, StepResult, load_scenario
 from amctl.settings import AmctlSettings
 
-_env = NativeEnvironment(undefined=StrictUndefined)
+_env = Environment(undefined=StrictUndefined)
+# a string that is one `{{ expression }}` and nothing else
+_LONE_EXPRESSION = re.compile(r"\{\{((?:(?!\{\{|\}\}).)*)\}\}", re.DOTALL)
 
 
 class HttpCaller(Protocol):
@@ -43,12 +45,22 @@ class StepFailed(AmctlError):
 
 
 def render(value: Any, variables: dict[str, Any]) -> Any:
-    """Render templates inside strings, lists and mappings; a lone `{{ x }}` keeps x's type."""
+    """Render templates inside strings, lists and mappings; a lone `{{ x }}` keeps x's type.
+
+    A lone expression is evaluated, not rendered and parsed back: a string such as the run id `5e123456`
+    stays a string (read back as a literal it would be a float, infinite at that).
+    """
     if isinstance(value, str) and "{{" in value:
         try:
-            return _env.from_string(value).render(variables)
+            lone = _LONE_EXPRESSION.fullmatch(value)
+            if lone is None:
+                return _env.from_string(value).render(variables)
+            result = _env.compile_expression(lone.group(1), undefined_to_none=False)(variables)
+            if isinstance(result, Undefined):
+                str(result)  # StrictUndefined raises here, naming what is missing
         except TemplateError as exc:
             raise StepFailed(f"template {value!r}: {exc}") from None
+        return result
     if isinstance(value, list):
         return [render(v, variables) for v in value]
     if isinstance(value, dict):

@@ -16,7 +16,7 @@ from amctl.scenario.expect import ExpectationFailed, check, lookup
 from amctl.scenario.http import MAIL_SINK, WEBHOOK_SINK, ServiceHttp
 from amctl.scenario.junit import write_junit
 from amctl.scenario.model import ScenarioError, load_scenario
-from amctl.scenario.runner import ScenarioRunner, render
+from amctl.scenario.runner import ScenarioRunner, StepFailed, render
 from amctl.settings import AmctlSettings, Target
 
 pytestmark = pytest.mark.unit
@@ -54,6 +54,17 @@ def test_render_keeps_native_types() -> None:
     assert render({"name": "vip {{ run }}", "v": "{{ seg.version }}", "l": ["{{ seg.id }}"]}, variables) == {
         "name": "vip r1", "v": 2, "l": ["s-1"],
     }
+
+
+@pytest.mark.parametrize("run", ["5e123456", "12345678", "0x1f", "1_000"])
+def test_a_lone_string_stays_a_string_whatever_it_looks_like(run: str) -> None:
+    # read back as a Python literal, 5e123456 would be an infinite float and 12345678 an int
+    assert render({"v": "{{ run }}", "s": "x-{{ run }}"}, {"run": run}) == {"v": run, "s": f"x-{run}"}
+
+
+def test_an_undefined_name_in_a_lone_expression_fails_the_step_naming_it() -> None:
+    with pytest.raises(StepFailed, match="'missing' is undefined"):
+        render("{{ missing }}", {})
 
 
 class ScriptedHttp:
