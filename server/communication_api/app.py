@@ -70,7 +70,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.fanout = FanOut(repository, store, recipients)
     app.state.trigger = OnEnterTrigger(settings.kafka_bootstrap, settings.topic(SEGMENT_MEMBERSHIP),
                                        f"{settings.topic_prefix}communication-api-on-enter", repository, store,
-                                       recipients, app.state.metrics_registry)
+                                       recipients, app.state.metrics_registry,
+                                       session_timeout_ms=settings.kafka_session_timeout_ms)
     app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
     app.state.health.add("fanOut", app.state.fanout.health)

@@ -150,11 +150,12 @@ class OnEnterTrigger:
 
     def __init__(self, bootstrap: str, topic: str, group: str, campaigns: CampaignRepository,
                  store: ProfileStore, recipients: Recipients, registry: CollectorRegistry,
-                 refresh_s: float = 1.0) -> None:
+                 refresh_s: float = 1.0, session_timeout_ms: int = 6000) -> None:
         self.campaigns, self.store, self.recipients, self.refresh_s = campaigns, store, recipients, refresh_s
         self.rejected = RejectedRecords.counted(log, registry, RECORDS_REJECTED,
                                                 "segment-membership records the trigger could not read, skipped")
-        self.consumer_config = group_consumer_config(bootstrap, group)  # a consumer exists only while `run` does
+        # a consumer exists only while `run` does
+        self.consumer_config = group_consumer_config(bootstrap, group, session_timeout_ms)
         self.topic = topic
         self._active: dict[str, list[CampaignRow]] = {}
         self._loaded_at = 0.0

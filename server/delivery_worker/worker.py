@@ -54,7 +54,8 @@ class DeliveryWorker:
         self.topic = settings.topic(SEGMENT_MEMBERSHIP)
         # a consumer exists only while `run` does
         self.consumer_config = {**group_consumer_config(settings.kafka_bootstrap,
-                                                        f"{settings.topic_prefix}delivery-worker"),
+                                                        f"{settings.topic_prefix}delivery-worker",
+                                                        settings.kafka_session_timeout_ms),
                                 "fetch.wait.max.ms": FETCH_WAIT_MS, "error_cb": self._broker_error}
         self.policy = RetryPolicy(settings.destination_retry_base_s, settings.destination_retry_max_s,
                                   settings.destination_give_up_s)

@@ -43,7 +43,8 @@ class EmailWorker:
         self.dead_letter_topic = settings.topic(EMAIL_DEAD_LETTERS)
         self.topic = settings.topic(EMAIL_JOBS)
         # the consumer is made by `run`: a worker that is built but never run holds no client
-        self.consumer_config = group_consumer_config(settings.kafka_bootstrap, f"{settings.topic_prefix}email-worker")
+        self.consumer_config = group_consumer_config(settings.kafka_bootstrap, f"{settings.topic_prefix}email-worker",
+                                                     settings.kafka_session_timeout_ms)
         self.slots = asyncio.Semaphore(settings.email_concurrency)
         self.outcomes = Counter(EMAILS.removesuffix("_total"), "Email jobs by outcome",
                                 ["outcome"], registry=registry)

@@ -36,6 +36,8 @@ class ServiceSettings(BaseSettings):
                                     "broker, which can acknowledge a lost batch's retry as a duplicate")
     aerospike_hosts: str = Field(default="", description="host:port,… — set on Kubernetes: profiles and caches "
                                                          "then live in Aerospike instead of PostgreSQL/memory")
+    kafka_session_timeout_ms: int = Field(default=6000, ge=1000, le=300000, description="Consumer group session "
+                                          "timeout; the local broker makes a joining member wait half of it")
     topic_prefix: str = Field(default="", description="Prepended to every topic name (tests use one per test)")
     dependency_timeout_s: float = 2.0
     startup_wait_s: float = 30.0

@@ -28,14 +28,16 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 NON_IDEMPOTENT: dict[str, Any] = {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1}
 
 
-def group_consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
+def group_consumer_config(bootstrap: str, group: str, session_timeout_ms: int = 6000) -> dict[str, Any]:
     """A consumer in a group that commits by hand after handling, reading new groups from the start.
 
     session.timeout.ms=6000: the local broker makes a joining member wait half the session timeout,
-    which at the default (45 s) would delay the first record by 22 s.
+    which at the default (45 s) would delay the first record by 22 s; closing a consumer that is still
+    joining waits for the join too. Heartbeats go at a third of it (librdkafka's background thread).
     """
     return {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "fetch.wait.max.ms": 50}
+            "auto.offset.reset": "earliest", "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": max(100, session_timeout_ms // 3), "fetch.wait.max.ms": 50}
 
 
 def create_topics(bootstrap: str, prefix: str = "", timeout_s: float = 10.0) -> list[str]:
