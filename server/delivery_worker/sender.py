@@ -69,10 +69,14 @@ class DestinationSender:
         self._task = asyncio.create_task(self._run(), name=f"destination-{self.destination.id}")
 
     def update(self, destination: Destination) -> None:
-        """Take a fresh copy of the destination; one that may send again (resumed) is called at once."""
-        was_sending, self.destination = self.destination.sends, destination
-        if destination.sends and not was_sending:
+        """Take a fresh copy of the destination; one that may send again (resumed), or is to be called
+        differently (a new URL or headers: the API made its retries due now), is called at once."""
+        previous, self.destination = self.destination, destination
+        if destination.sends and not previous.sends:
             log.info("destination %s (%s) sends again", destination.id, destination.name)
+            self.wake()
+        elif (destination.url, destination.headers) != (previous.url, previous.headers):
+            self._due_at = None
             self.wake()
 
     def wake(self) -> None:

@@ -178,8 +178,9 @@ class DestinationRepository:
         return rows, int(total["n"]) if total else 0
 
     async def update(self, destination_id: str, spec: DestinationSpec, status: str | None) -> DestinationRow:
-        """Replace what `spec` names; `status` ACTIVE resumes a paused destination (its retries are due now),
-        PAUSED stops its calls (the worker still records its changes), None keeps it."""
+        """Replace what `spec` names; `status` ACTIVE resumes a paused destination, PAUSED stops its calls (the
+        worker still records its changes), None keeps it. A resume, or a new URL or headers (a fix, most
+        likely), makes the deliveries waiting for a retry due now."""
         key = _uuid(destination_id, "destination")
         try:
             async with self.db.connection() as conn, conn.transaction():
@@ -193,7 +194,8 @@ class DestinationRepository:
                     "id": key, "name": spec.name, "url": spec.url, "segments": spec.segment_ids,
                     "events": list(spec.events), "header_names": names, "headers_sealed": sealed,
                     "status": status, "reason": _PAUSED_BY_API})
-                if previous.status == "PAUSED" and row.status == "ACTIVE":
+                resumed = previous.status == "PAUSED" and row.status == "ACTIVE"
+                if resumed or row.url != previous.url or spec.headers is not None:
                     await conn.execute("UPDATE destination_deliveries SET next_attempt_at = now(), updated_at = now()"
                                        " WHERE destination_id = %s AND status = 'retrying'", (key,))
         except psycopg.errors.UniqueViolation:

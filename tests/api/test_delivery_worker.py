@@ -307,6 +307,23 @@ def test_a_failing_destination_is_paused_keeps_recording_and_delivers_once_resum
         assert destination_row(database_url, hook)["consecutive_failures"] == 0
 
 
+def test_a_new_url_is_called_at_once_not_after_the_backoff(
+        receiver: Receiver, settings: ServiceSettings, database_url: str, box: SecretBox) -> None:
+    segment_id = add_segment(database_url, "Fixed")
+    hook = add_destination(database_url, box, receiver.url("/broken"))
+    receiver.answer("/broken", Reply(503))
+    slow_retries = settings.model_copy(update={"destination_retry_base_s": 60.0, "destination_retry_max_s": 60.0})
+    with TestClient(delivery_app(slow_retries)):
+        produce(settings, changes_for(["ann"], 1, segment_id))
+        eventually(lambda: statuses(database_url, hook) == ["retrying"], "the first call refused")
+        with psycopg.connect(database_url, autocommit=True) as conn:  # what the API's PUT with a new URL does
+            conn.execute("UPDATE destinations SET url = %s WHERE id = %s", (receiver.url("/fixed"), hook.id))
+            conn.execute("UPDATE destination_deliveries SET next_attempt_at = now()"
+                         " WHERE destination_id = %s AND status = 'retrying'", (hook.id,))
+        eventually(lambda: statuses(database_url, hook) == ["delivered"], "delivered to the new URL", timeout_s=10)
+    assert len(receiver.received("/broken")) == 1 and len(receiver.received("/fixed")) == 1
+
+
 def test_calls_are_signed_with_both_secrets_during_a_rotation_and_only_matching_changes_are_sent(
         worker: TestClient, receiver: Receiver, settings: ServiceSettings, database_url: str, box: SecretBox) -> None:
     vip, trial = add_segment(database_url, "VIP"), add_segment(database_url, "Trial")

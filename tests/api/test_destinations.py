@@ -278,6 +278,15 @@ def test_update_replaces_the_definition_keeps_or_clears_headers_and_resumes(
     assert resumed["status"] == "ACTIVE" and resumed["pausedReason"] is None and resumed["consecutiveFailures"] == 0
     ((next_attempt,),) = stored(database_url, "SELECT next_attempt_at FROM destination_deliveries")
     assert next_attempt < due_later - timedelta(minutes=59)
+    # a new URL (a fix, most likely) makes a waiting retry due now too; a new name alone does not
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE destination_deliveries SET next_attempt_at = %s", (due_later,))
+    update(api, resumed, name=f"{resumed['name']} (renamed)")
+    ((next_attempt,),) = stored(database_url, "SELECT next_attempt_at FROM destination_deliveries")
+    assert next_attempt == due_later
+    update(api, resumed, url=receiver.status_url())
+    ((next_attempt,),) = stored(database_url, "SELECT next_attempt_at FROM destination_deliveries")
+    assert next_attempt < due_later - timedelta(minutes=59)
 
     other = create(api, receiver.status_url(), name="Taken")
     response = api.put(f"/api/destinations/{destination['id']}",
