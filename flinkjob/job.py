@@ -23,8 +23,9 @@ from pyflink.datastream.connectors.kafka import (
 from pyflink.java_gateway import get_gateway
 from pyflink.util.java_utils import get_java_class
 
-from flinkjob.operator import PROFILES, RULES, RuleEngineFunction
+from flinkjob.operator import FEEDBACK, PROFILES, RULES, RuleEngineFunction
 from flinkjob.settings import RuleEngineSettings
+from server.domain.pipeline import record_key
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_MEMBERSHIP, USER_EVENTS, USER_PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -147,12 +148,13 @@ def sink(settings: RuleEngineSettings, topic: str) -> KafkaSink:
 
 
 def user_key(value: str) -> str:
-    """The user a keyed-input record is for; a record without one is keyed `UNREADABLE` (the operator skips it)."""
+    """The user a keyed-input record is for (`record_key`); a record without one is keyed `UNREADABLE`
+    (the operator skips it)."""
     try:
-        user = orjson.loads(value).get("userId")
-    except (orjson.JSONDecodeError, AttributeError):  # not JSON, or not an object
+        user = record_key(orjson.loads(value))
+    except orjson.JSONDecodeError:
         return UNREADABLE
-    return user if isinstance(user, str) else UNREADABLE
+    return user if user is not None else UNREADABLE
 
 
 def build(settings: RuleEngineSettings, stop_at: StopAt | None = None) -> StreamExecutionEnvironment:
@@ -178,4 +180,7 @@ def build(settings: RuleEngineSettings, stop_at: StopAt | None = None) -> Stream
     changes.sink_to(sink(settings, topic(SEGMENT_MEMBERSHIP))).name("segment-membership").uid("membership-sink")
     changes.get_side_output(PROFILES).sink_to(sink(settings, topic(USER_PROFILES))).name("user-profiles") \
         .uid("profile-sink")
+    # merges, events for linked anonymous ids and forgets go to their own keys through the keyed input
+    changes.get_side_output(FEEDBACK).sink_to(sink(settings, topic(REEVALUATIONS))).name("feedback") \
+        .uid("feedback-sink")
     return env

@@ -1,8 +1,20 @@
 """The rule engine's decisions as pure functions; the Flink operator is a thin shell around them.
 
-Inputs on the keyed side are user events and re-evaluation requests (backfill after a segment
-changed); the broadcast side carries segment definitions. State per user: the profile and the
-segments the user is in (id -> version entered at), and the ids of the user's latest events.
+Inputs on the keyed side are user events, re-evaluation requests (backfill after a segment
+changed) and identity's records; the broadcast side carries segment definitions. State per user:
+the profile (with the ids of the user's latest events), the segments the user is in (id -> version
+entered at), and the anonymous ids merged into it. An anonymous id that was linked to a known user
+keeps only `alias_of`: what still arrives for it is sent on to that user.
+
+Identity, step by step (every step keyed, so a restart replays it against restored state):
+1. an `IdentifyRecord` reaches the anonymous id's key, after that id's earlier events: its memberships
+   exit, its profile leaves as a `MergeRecord` for the known user (on the feedback topic), and the key
+   keeps `alias_of`. A second identify to the same user changes nothing.
+2. the `MergeRecord` reaches the known user: the profiles merge once (the anonymous id is then among
+   `aliases`, so a replayed copy is ignored) and every rule is evaluated on the result.
+3. later events for the anonymous id reach its key and go on to the known user, in order, after the merge.
+A `ForgetRecord` empties the key (the operator clears its state), emits its exits and a removal for the
+store, and forgets each alias's key in turn.
 """
 
 from __future__ import annotations
@@ -17,29 +29,42 @@ import orjson
 
 from server.domain.events import UserEvent
 from server.domain.membership import MembershipChange, SegmentRule, evaluate_memberships
-from server.domain.pipeline import ReevaluationRequest
-from server.domain.profile import Profile, apply_event, prune_history
+from server.domain.pipeline import (
+    MAX_ALIASES,
+    ForgetRecord,
+    IdentifyRecord,
+    KeyedInput,
+    MergeRecord,
+    ProfileRemoved,
+    ReevaluationRequest,
+)
+from server.domain.profile import Profile, apply_event, merge_profiles, prune_history
 from server.domain.rules import RuleValidationError, parse_rule, window_expiry
 from server.domain.segment import SegmentDefinition
-
-# A record can reach the topic twice: a producer that gets no ack retries, and without idempotence (the
-# local durable broker) the broker stores the retry too. The copy follows the original closely (same key,
-# same partition), so the last few ids of the user's events are enough to count it once.
-RECENT_EVENT_IDS = 16
 
 
 @dataclass
 class UserState:
     profile: Profile | None = None
     memberships: dict[str, int] = field(default_factory=dict)
-    recent_events: list[str] = field(default_factory=list)  # eventIds, newest last
+    aliases: list[str] = field(default_factory=list)  # anonymous ids merged into this user, oldest first
+    alias_of: str | None = None  # this key is an anonymous id linked to that user
+
+    @property
+    def empty(self) -> bool:
+        """Nothing is left to keep: the operator clears the key's state."""
+        return self.profile is None and not self.memberships and not self.aliases and self.alias_of is None
 
     def to_json(self, profile: dict[str, Any] | None = None) -> str:
         """The state as stored in Flink; `profile` is the profile's JSON when the caller already has it."""
         if profile is None and self.profile is not None:
             profile = self.profile.to_json()
-        return orjson.dumps({"profile": profile, "memberships": self.memberships,
-                             "recentEvents": self.recent_events}).decode()
+        body: dict[str, Any] = {"profile": profile, "memberships": self.memberships}
+        if self.aliases:
+            body["aliases"] = self.aliases
+        if self.alias_of is not None:
+            body["aliasOf"] = self.alias_of
+        return orjson.dumps(body).decode()
 
     @classmethod
     def from_json(cls, text: str | None) -> UserState:
@@ -47,8 +72,10 @@ class UserState:
             return cls()
         data = orjson.loads(text)
         profile = Profile.from_json(data["profile"]) if data.get("profile") else None
+        if profile is not None and "recentEvents" in data:  # state written before the ids moved into the profile
+            profile.recent_events = [str(i) for i in data["recentEvents"]]
         return cls(profile=profile, memberships={k: int(v) for k, v in data.get("memberships", {}).items()},
-                   recent_events=[str(i) for i in data.get("recentEvents", [])])
+                   aliases=[str(a) for a in data.get("aliases", [])], alias_of=data.get("aliasOf"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,12 @@ class Outcome:
     profile_changed: bool
     next_timer: datetime | None
     refused: str | None = None  # why the input was not applied, when it could not be
+    feedback: tuple[KeyedInput, ...] = ()  # records for other keys, sent through the feedback topic
+    removed: ProfileRemoved | None = None  # the store drops this key's rows (after `changes`)
+
+
+def unchanged(state: UserState) -> Outcome:
+    return Outcome(state, [], False, None)
 
 
 def compile_definition(definition: SegmentDefinition) -> SegmentRule | None:
@@ -98,14 +131,70 @@ def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule
     Nor does an event that would take the profile beyond what can be stored (totalSpent past the largest
     float): that profile could not be written, in Flink's state or in the store.
     """
-    if event.event_id in state.recent_events:
-        return Outcome(state, [], False, None)
+    if state.alias_of is not None:  # an anonymous id linked to a known user: the event is theirs
+        return Outcome(state, [], False, None, feedback=(event.routed_to(state.alias_of),))
+    if state.profile is not None and event.event_id in state.profile.recent_events:
+        return unchanged(state)
     profile = apply_event(state.profile, event, retention_for(rules))
     if not math.isfinite(profile.total_spent):
         return Outcome(state, [], False, None, refused=f"event {event.event_id}: totalSpent would overflow")
     memberships, changes = _diff(state, profile, rules, now, event.received_at)
-    recent = [*state.recent_events[-(RECENT_EVENT_IDS - 1):], event.event_id]
-    return Outcome(UserState(profile, memberships, recent), changes, True, _next_timer(profile, rules, now))
+    return Outcome(replace(state, profile=profile, memberships=memberships), changes, True,
+                   _next_timer(profile, rules, now))
+
+
+def on_identify(state: UserState, record: IdentifyRecord, now: datetime) -> Outcome:
+    """At the anonymous id's key: hand its profile to the known user, exit its memberships, keep the link."""
+    if state.alias_of == record.user_id:
+        return unchanged(state)  # the same identify again
+    if state.alias_of is not None:
+        return Outcome(state, [], False, None, refused=f"anonymous id {record.anonymous_id!r} is already "
+                                                       f"linked to another user; it is not moved")
+    if state.aliases or (state.profile is not None and not state.profile.anonymous):
+        return Outcome(state, [], False, None, refused=f"{record.anonymous_id!r} is a known user: two known "
+                                                       "users are never merged")
+    _, exits = _diff(state, state.profile or Profile(record.anonymous_id), {}, now, None)
+    merge = MergeRecord(record.anonymous_id, record.user_id, record.at, state.profile, record.traits)
+    removed = ProfileRemoved(record.anonymous_id, "merged", now, into=record.user_id)
+    return Outcome(UserState(alias_of=record.user_id), exits, False, None, feedback=(merge,), removed=removed)
+
+
+def on_merge(state: UserState, record: MergeRecord, rules: Mapping[str, SegmentRule], now: datetime) -> Outcome:
+    """At the known user's key: fold the anonymous profile in, once, and evaluate every rule on the result."""
+    if record.anonymous_id in state.aliases:
+        return unchanged(state)  # a replayed copy: merged already
+    if state.alias_of is not None:
+        return Outcome(state, [], False, None, refused=f"{record.user_id!r} is itself an alias of another user")
+    if len(state.aliases) >= MAX_ALIASES:
+        return Outcome(state, [], False, None, refused=f"{record.user_id!r} has {MAX_ALIASES} aliases already")
+    profile = merge_profiles(state.profile, record.profile, record.user_id, record.traits)
+    memberships, changes = _diff(state, profile, rules, now, None)
+    return Outcome(replace(state, profile=profile, memberships=memberships,
+                           aliases=[*state.aliases, record.anonymous_id]),
+                   changes, True, _next_timer(profile, rules, now))
+
+
+def on_forget(state: UserState, record: ForgetRecord, now: datetime) -> Outcome:
+    """Delete the user: every membership exits, the store's rows go, then each alias's key is forgotten."""
+    _, exits = _diff(state, state.profile or Profile(record.user_id), {}, now, None)
+    aliases = tuple(ForgetRecord(alias, record.at) for alias in state.aliases)
+    return Outcome(UserState(), exits, False, None, feedback=aliases,
+                   removed=ProfileRemoved(record.user_id, "deleted", now))
+
+
+def on_record(state: UserState, record: KeyedInput, rules: Mapping[str, SegmentRule], now: datetime) -> Outcome:
+    """Any keyed input but a probe (the operator answers those itself)."""
+    if isinstance(record, UserEvent):
+        return on_event(state, record, rules, now)
+    if isinstance(record, ReevaluationRequest):
+        return on_reevaluate(state, record, rules, now)
+    if isinstance(record, IdentifyRecord):
+        return on_identify(state, record, now)
+    if isinstance(record, MergeRecord):
+        return on_merge(state, record, rules, now)
+    if isinstance(record, ForgetRecord):
+        return on_forget(state, record, now)
+    raise TypeError(f"{type(record).__name__}: answered by the operator, not evaluated")
 
 
 def on_reevaluate(state: UserState, request: ReevaluationRequest, rules: Mapping[str, SegmentRule],

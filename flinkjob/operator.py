@@ -19,14 +19,16 @@ from pyflink.datastream import OutputTag, RuntimeContext
 from pyflink.datastream.functions import KeyedBroadcastProcessFunction
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from flinkjob.logic import Outcome, UserState, compile_definition, on_event, on_reevaluate, on_timer, utc_from_millis
+from flinkjob.logic import Outcome, UserState, compile_definition, on_record, on_timer, utc_from_millis
+from server.domain.events import UserEvent
 from server.domain.membership import SegmentRule
 from server.domain.pipeline import (
     PROBE_ID,
+    ForgetRecord,
     MembershipOutput,
+    MergeRecord,
     ProbeEcho,
     ProbeRecord,
-    ReevaluationRequest,
     keyed_input,
     rules_input,
 )
@@ -35,11 +37,12 @@ from server.stores.records import RejectedRecords, UnreadableRecord, decode
 
 RULES = MapStateDescriptor("segment-rules", Types.STRING(), Types.STRING())
 PROFILES = OutputTag("profiles", Types.STRING())
+FEEDBACK = OutputTag("feedback", Types.STRING())  # records for other keys: merges, forwarded events, forgets
 log = logging.getLogger("rule-engine.job")
 
 
 class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
-    """Per user: apply events, evaluate rules, emit membership changes (main) and profiles (side)."""
+    """Per user: apply events, evaluate rules, emit membership changes (main), profiles and feedback (side)."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.user = runtime_context.get_state(ValueStateDescriptor("user", Types.STRING()))
@@ -53,6 +56,8 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         self.evaluated = group.counter("recordsEvaluated")  # events and backfill requests
         self.eval_micros = group.counter("evaluationMicros")  # summed: mean = evaluationMicros / recordsEvaluated
         self.rejected = RejectedRecords(log, group.counter("recordsRejected").inc)
+        self.merges = group.counter("identitiesMerged")
+        self.forgotten = group.counter("usersForgotten")
 
     def _rules(self, ctx: Any) -> dict[str, SegmentRule]:
         """The active rules, compiled; rebuilt only after the broadcast side changed (or a restore)."""
@@ -81,12 +86,22 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
     def _emit(self, outcome: Outcome, ctx: Any) -> Iterator[Any]:
         profile = outcome.state.profile if outcome.profile_changed else None
         profile_json = profile.to_json() if profile is not None else None  # encoded once: state, changes, side
-        self.user.update(outcome.state.to_json(profile_json))
+        if outcome.state.empty:  # deleted, or never anything: no state is kept for the key
+            self.user.clear()
+            self.timer.clear()
+        else:
+            self.user.update(outcome.state.to_json(profile_json))
         for change in outcome.changes:
             yield orjson.dumps(MembershipOutput(change, profile).to_json(profile_json)).decode()
         self.changes.inc(len(outcome.changes))
         if profile_json is not None:
             yield PROFILES, orjson.dumps(profile_json).decode()
+        if outcome.removed is not None:  # after the key's last change and snapshot, on both topics
+            removal = orjson.dumps(outcome.removed.to_json()).decode()
+            yield removal
+            yield PROFILES, removal
+        for record in outcome.feedback:
+            yield FEEDBACK, orjson.dumps(record.to_json()).decode()
         if outcome.next_timer is not None:
             millis = int(outcome.next_timer.timestamp() * 1000) + 1
             if self.timer.value() != millis:
@@ -107,14 +122,16 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         state = UserState.from_json(self.user.value())
         now = datetime.now(UTC)
         started = time.perf_counter()
-        if isinstance(record, ReevaluationRequest):
-            outcome = on_reevaluate(state, record, rules, now)
-        else:
-            outcome = on_event(state, record, rules, now)
-            if outcome.refused is not None:  # the state stays as it was
-                self.rejected.reject(f"keyed input, key {ctx.get_current_key()!r}", outcome.refused)
-                return
+        outcome = on_record(state, record, rules, now)
+        if outcome.refused is not None:  # the state stays as it was
+            self.rejected.reject(f"keyed input, key {ctx.get_current_key()!r}", outcome.refused)
+            return
+        if isinstance(record, UserEvent) and not outcome.feedback:  # applied here, not sent on to its user
             self.events.inc()
+        elif isinstance(record, MergeRecord) and outcome.profile_changed:
+            self.merges.inc()
+        elif isinstance(record, ForgetRecord):
+            self.forgotten.inc()
         self.evaluations.inc(len(rules))
         self.evaluated.inc()
         self.eval_micros.inc(int((time.perf_counter() - started) * 1e6))

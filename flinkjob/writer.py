@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from flinkjob.outage import Outage
 from server.domain.membership import MembershipChange
-from server.domain.pipeline import ProbeEcho, membership_record, profile_from_json
+from server.domain.pipeline import ProbeEcho, ProfileRemoved, membership_record, profile_from_json
 from server.domain.profile import Profile
 from server.runtime.metrics import LATENCY_BUCKETS, register_metric_name
 from server.stores.profile_store import ProfileStore
@@ -95,6 +95,8 @@ class StoreWriter:
         for record in self.rejected.readable(outputs, value_read_by(membership_record)):
             if isinstance(record, ProbeEcho):
                 self.probe_seen = record.token
+                continue
+            if isinstance(record, ProfileRemoved):
                 continue
             if record.change.source == "static":  # the Segment API's own, already in the store
                 continue

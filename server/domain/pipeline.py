@@ -1,18 +1,25 @@
 """The records of the rule job's own topics, and one reader per topic that tells their kinds apart.
 
-- keyed input (`user-events` and the job's re-evaluation topic, read as one stream keyed by user):
-  a `UserEvent`, a `ReevaluationRequest` (backfill) or a `ProbeRecord` (readiness);
+- keyed input (`user-events` and the job's feedback topic, read as one stream keyed by user):
+  a `UserEvent`, a `ReevaluationRequest` (backfill), a `ProbeRecord` (readiness), and identity's
+  records: an `IdentifyRecord` (keyed by the anonymous id), the `MergeRecord` the job sends itself
+  (keyed by the known user) and a `ForgetRecord` (delete the user);
 - rules input (the job's rules topic, broadcast): a `SegmentDefinition` or a `ProbeRecord`;
-- output (`segment-membership`): a `MembershipOutput` (a change with the profile behind it) or the
-  `ProbeEcho` that says both inputs flow.
-The profile snapshots on `user-profiles` are `Profile.to_json()`.
+- output (`segment-membership`): a `MembershipOutput` (a change with the profile behind it), the
+  `ProbeEcho` that says both inputs flow, or a `ProfileRemoved` (the user was deleted or merged:
+  the store drops their rows), which follows that user's exits.
+The profile snapshots on `user-profiles` are `Profile.to_json()`, or the same `ProfileRemoved`
+(after that user's last snapshot).
+
+A record routes to its user by `key` when it has one, else `userId`, else `anonymousId` (`record_key`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
 
 from server.domain.events import UserEvent
 from server.domain.membership import MembershipChange
@@ -25,13 +32,18 @@ from server.domain.records import (
     number,
     optional_timestamp,
     text,
+    timestamp,
     user_id,
     whole,
 )
 from server.domain.segment import SegmentDefinition
+from server.domain.timeutil import format_timestamp
 
 PROBE_ID = "__probe__"  # the probe's key on both inputs, and its entry in the job's broadcast state
 _REEVALUATE, _PROBE = "reevaluate", "probe"  # the `kind` of the records on the re-evaluation topic
+_IDENTIFY, _MERGE, _FORGET = "identify", "merge", "forget"
+MAX_ALIASES = 100  # anonymous ids linked to one user
+Removal = Literal["deleted", "merged"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,21 +118,123 @@ class MembershipOutput:
         return cls(MembershipChange.from_json(record), profile_from_json(profile) if profile is not None else None)
 
 
-KeyedInput = UserEvent | ReevaluationRequest | ProbeRecord
+def _traits(record: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(json_object(record.get("traits") or {}, "traits"))
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyRecord:
+    """`anonymous_id` is `user_id` from now on. Sent keyed by the anonymous id once the store has the link,
+    so it follows that id's earlier events on their partition: each of them is counted before the merge."""
+
+    anonymous_id: str
+    user_id: str
+    at: datetime
+    traits: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": _IDENTIFY, "key": self.anonymous_id, "anonymousId": self.anonymous_id,
+                "userId": self.user_id, "traits": self.traits, "at": format_timestamp(self.at)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> IdentifyRecord:
+        record = json_object(data, "identify")
+        return cls(anonymous_id=user_id(record, "anonymousId"), user_id=user_id(record),
+                   at=timestamp(record, "at"), traits=_traits(record))
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRecord:
+    """The anonymous id's profile (None if it had none), moving to the known user: the job sends it to
+    itself on the feedback topic, keyed by the known user, when it applies an identify."""
+
+    anonymous_id: str
+    user_id: str
+    at: datetime
+    profile: Profile | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": _MERGE, "key": self.user_id, "anonymousId": self.anonymous_id, "userId": self.user_id,
+                "profile": self.profile.to_json() if self.profile is not None else None,
+                "traits": self.traits, "at": format_timestamp(self.at)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> MergeRecord:
+        record = json_object(data, "merge")
+        profile = record.get("profile")
+        return cls(anonymous_id=user_id(record, "anonymousId"), user_id=user_id(record), at=timestamp(record, "at"),
+                   profile=profile_from_json(profile) if profile is not None else None, traits=_traits(record))
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetRecord:
+    """Delete this user: memberships exit, the store's rows and the job's state go (GDPR erasure)."""
+
+    user_id: str
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": _FORGET, "key": self.user_id, "userId": self.user_id, "at": format_timestamp(self.at)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ForgetRecord:
+        record = json_object(data, "forget")
+        return cls(user_id=user_id(record), at=timestamp(record, "at"))
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRemoved:
+    """On both outputs, after the user's last change and snapshot: the store drops the user's profile and
+    memberships; for `deleted` its aliases as well (`merged`: the id lives on as an alias of `into`)."""
+
+    user_id: str
+    reason: Removal
+    at: datetime
+    into: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body = {"removed": self.reason, "userId": self.user_id, "at": format_timestamp(self.at)}
+        return body if self.into is None else {**body, "into": self.into}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProfileRemoved:
+        record = json_object(data, "removal")
+        reason = record.get("removed")
+        if reason not in ("deleted", "merged"):
+            raise InvalidRecord(f"removed: expected deleted or merged, got {reason!r}")
+        into = user_id(record, "into") if reason == "merged" else None
+        return cls(user_id=user_id(record), reason=reason, at=timestamp(record, "at"), into=into)
+
+
+KeyedInput = UserEvent | ReevaluationRequest | ProbeRecord | IdentifyRecord | MergeRecord | ForgetRecord
 RulesInput = SegmentDefinition | ProbeRecord
-MembershipRecord = MembershipOutput | ProbeEcho
+MembershipRecord = MembershipOutput | ProbeEcho | ProfileRemoved
+ProfileRecord = Profile | ProfileRemoved
+_KINDS: dict[str, Any] = {_REEVALUATE: ReevaluationRequest, _PROBE: ProbeRecord, _IDENTIFY: IdentifyRecord,
+                          _MERGE: MergeRecord, _FORGET: ForgetRecord}
+
+
+def record_key(data: Any) -> str | None:
+    """The user a keyed-input record is for: its `key`, else its `userId`, else its `anonymousId`."""
+    if not isinstance(data, Mapping):
+        return None
+    for name in ("key", "userId", "anonymousId"):
+        value = data.get(name)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def keyed_input(data: Any) -> KeyedInput:
-    """A record of the keyed input: events carry no `kind`, the feeder's and the probe's records do."""
+    """A record of the keyed input: events carry no `kind`; the feeder's, the probe's and identity's do."""
     kind = json_object(data, "record").get("kind")
     if kind is None:
         return UserEvent.from_json(data)
-    if kind == _REEVALUATE:
-        return ReevaluationRequest.from_json(data)
-    if kind == _PROBE:
-        return ProbeRecord.from_json(data)
-    raise InvalidRecord(f"kind: expected {_REEVALUATE}, {_PROBE} or none (an event), got {kind!r}")
+    reader = _KINDS.get(kind) if isinstance(kind, str) else None
+    if reader is None:
+        raise InvalidRecord(f"kind: expected one of {', '.join(_KINDS)} or none (an event), got {kind!r}")
+    return reader.from_json(data)  # type: ignore[no-any-return]
 
 
 def rules_input(data: Any) -> RulesInput:
@@ -130,8 +244,17 @@ def rules_input(data: Any) -> RulesInput:
 
 
 def membership_record(data: Any) -> MembershipRecord:
-    """A record of `segment-membership`: a change, or the echo of a probe."""
-    return ProbeEcho.from_json(data) if "probe" in json_object(data, "record") else MembershipOutput.from_json(data)
+    """A record of `segment-membership`: a change, the echo of a probe, or a user's removal."""
+    record = json_object(data, "record")
+    if "probe" in record:
+        return ProbeEcho.from_json(record)
+    return ProfileRemoved.from_json(record) if "removed" in record else MembershipOutput.from_json(record)
+
+
+def profile_record(data: Any) -> ProfileRecord:
+    """A record of `user-profiles`: a snapshot, or a user's removal."""
+    record = json_object(data, "record")
+    return ProfileRemoved.from_json(record) if "removed" in record else profile_from_json(record)
 
 
 def profile_from_json(data: Any) -> Profile:
@@ -153,4 +276,7 @@ def profile_from_json(data: Any) -> Profile:
         if not isinstance(entries, list) or not all(isinstance(e, list) and len(e) == 2 and all(map(number, e))
                                                     for e in entries):
             raise InvalidRecord(f"history.{kind}: expected a list of [time, amount]")
+    recent = record.get("recentEvents") or []
+    if not isinstance(recent, list) or not all(isinstance(i, str) for i in recent):
+        raise InvalidRecord("recentEvents: expected a list of event ids")
     return Profile.from_json(dict(record))

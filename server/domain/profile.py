@@ -5,6 +5,10 @@ trait `plan`), except `amount`, which feeds the aggregates instead. Aggregates: 
 `amount` on `purchase`), purchaseCount, eventCount, firstSeen, lastSeen and per-type eventCounts.
 For windowed rules each event type keeps a short history of (time, amount), pruned to the longest
 window any rule needs and capped at `HISTORY_CAP` entries per type so state stays bounded.
+A profile built only from events without a userId is `anonymous`; `recent_events` holds the ids of
+its latest events (what a read can wait for, and how a second copy of an event is recognised).
+
+`merge_profiles` is how an anonymous visitor's profile joins the known user's when they identify.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from server.domain.timeutil import format_timestamp, parse_timestamp
 PURCHASE = "purchase"
 AMOUNT = "amount"
 HISTORY_CAP = 1000
+# A record can reach the topic twice: a producer that gets no ack retries, and without idempotence (the
+# local durable broker) the broker stores the retry too. The copy follows the original closely (same key,
+# same partition), so the last few ids of the user's events are enough to count it once.
+RECENT_EVENT_IDS = 16
 # Field names that address aggregates; anything else is a trait (see `Profile.lookup`).
 AGGREGATES = ("totalSpent", "purchaseCount", "eventCount", "firstSeen", "lastSeen")
 
@@ -35,6 +43,8 @@ class Profile:
     event_counts: dict[str, int] = field(default_factory=dict)
     # event type -> [(epoch seconds, amount)], oldest first
     history: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    anonymous: bool = False
+    recent_events: list[str] = field(default_factory=list)  # eventIds, newest last
 
     def lookup(self, path: tuple[str, ...]) -> Any:
         """Resolve a rule field: an aggregate name, `eventCounts.<type>`, `traits.<a.b>`, or a bare trait path."""
@@ -61,6 +71,8 @@ class Profile:
             "lastSeen": format_timestamp(self.last_seen) if self.last_seen else None,
             "eventCounts": self.event_counts,
             "history": {k: [list(entry) for entry in v] for k, v in self.history.items()},
+            **({"anonymous": True} if self.anonymous else {}),
+            "recentEvents": self.recent_events,
         }
 
     @classmethod
@@ -75,6 +87,8 @@ class Profile:
             last_seen=parse_timestamp(data["lastSeen"]) if data.get("lastSeen") else None,
             event_counts={k: int(v) for k, v in (data.get("eventCounts") or {}).items()},
             history={k: [(float(t), float(a)) for t, a in v] for k, v in (data.get("history") or {}).items()},
+            anonymous=bool(data.get("anonymous", False)),
+            recent_events=[str(i) for i in data.get("recentEvents") or []],
         )
 
 
@@ -103,7 +117,7 @@ def _amount(event: UserEvent) -> float:
 
 def apply_event(profile: Profile | None, event: UserEvent, retention: timedelta) -> Profile:
     """The profile after `event`; the input is not modified. `retention` bounds the windowed history."""
-    base = profile if profile is not None else Profile(user_id=event.user_id)
+    base = profile if profile is not None else Profile(user_id=event.user_id, anonymous=event.anonymous)
     amount = _amount(event)
     traits = {**base.traits, **{k: v for k, v in event.properties.items() if k != AMOUNT}}
     counts = {**base.event_counts, event.event_type: base.event_counts.get(event.event_type, 0) + 1}
@@ -126,7 +140,41 @@ def apply_event(profile: Profile | None, event: UserEvent, retention: timedelta)
         last_seen=max(base.last_seen, event.timestamp) if base.last_seen else event.timestamp,
         event_counts=counts,
         history=history,
+        anonymous=base.anonymous and event.anonymous,
+        recent_events=[*base.recent_events[-(RECENT_EVENT_IDS - 1):], event.event_id],
     )
+
+
+def merge_profiles(known: Profile | None, visitor: Profile | None, user_id: str,
+                   traits: dict[str, Any] | None = None) -> Profile:
+    """The known user's profile with the visitor's folded in: counts and sums add up, history merges in
+    time order, traits are latest-wins (the profile seen last overrides, then `traits` from the identify
+    call), and the result is not anonymous. Either side may be absent."""
+    sides = sorted((p for p in (known, visitor) if p is not None), key=_last_seen_key)
+    merged = Profile(user_id=user_id)
+    for side in sides:  # least recently seen first, so the latest traits win
+        merged.traits.update(side.traits)
+        merged.total_spent += side.total_spent
+        merged.purchase_count += side.purchase_count
+        merged.event_count += side.event_count
+        merged.first_seen = _earliest(merged.first_seen, side.first_seen)
+        merged.last_seen = max(filter(None, (merged.last_seen, side.last_seen)), default=None)
+        for kind, n in side.event_counts.items():
+            merged.event_counts[kind] = merged.event_counts.get(kind, 0) + n
+        for kind, entries in side.history.items():
+            merged.history[kind] = sorted([*merged.history.get(kind, []), *entries], key=lambda e: e[0])[-HISTORY_CAP:]
+    merged.traits.update(traits or {})
+    recent = [*(visitor.recent_events if visitor else []), *(known.recent_events if known else [])]
+    merged.recent_events = list(dict.fromkeys(recent))[-RECENT_EVENT_IDS:]
+    return merged
+
+
+def _last_seen_key(profile: Profile) -> float:
+    return profile.last_seen.timestamp() if profile.last_seen is not None else float("-inf")
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return min(filter(None, (a, b)), default=None)
 
 
 def prune_history(profile: Profile, now: datetime, retention: timedelta) -> Profile:

@@ -2,13 +2,17 @@
 
 - `user_profiles`: set `profiles` (key user id, bins `json`, `user`), set `memberships` (key user
   id, bin `segs`: map segment id -> [version, entered ms, source]) and set `members` (key
-  `segment|user`, bins `segment`, `user`, `v`, `at`, `src`; a secondary index on `segment`).
+  `segment|user`, bins `segment`, `user`, `v`, `at`, `src`; a secondary index on `segment`), set
+  `aliases` (key anonymous id, bins `user`, `at`: created only, so a link is never moved) and set
+  `alias_lists` (key user id, bin `ids`: the user's anonymous ids in link order).
 - `analytics`: set `changes`, one record per segment and minute counting entries and exits
   (TTL two days), for the stats endpoint.
 The client is synchronous, so every call runs in a worker thread.
 
 Paging by user id (`scan_profiles`, `segment_members`) sorts what a scan or query returns: fine
 for the demo's sizes; a large deployment would keep an ordered index per segment instead.
+The alias limit is checked before the link is made, not in one operation with it: two identifies for
+one user racing at the limit can both pass (PostgreSQL's adapter serialises them per user).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from typing import Any
 import aerospike
 from aerospike import exception as aerospike_errors
 from aerospike import predicates
+from aerospike_helpers.operations import list_operations
 
 from server.domain.membership import MembershipChange
+from server.domain.pipeline import Removal
 from server.domain.profile import Profile
-from server.stores.profile_store import ChangeCounts, Membership, newest_per_user
+from server.stores.profile_store import AliasLink, ChangeCounts, Membership, newest_per_user
 
 PROFILES_NS, ANALYTICS_NS = "user_profiles", "analytics"
 CHANGES_TTL_S = 2 * 24 * 3600
@@ -188,3 +194,72 @@ class AerospikeProfileStore:
         members = await asyncio.to_thread(self._members, segment_id)
         changes = [MembershipChange(m.user_id, segment_id, "exited", now, m.segment_version) for m in members]
         return await self.apply_changes(changes)
+
+    async def link_alias(self, anonymous_id: str, user_id: str, limit: int) -> AliasLink:
+        return await asyncio.to_thread(self._link_alias, anonymous_id, user_id, limit)
+
+    def _bins(self, set_name: str, key: str) -> dict[str, Any] | None:
+        try:
+            _, _, bins = self.client.get((PROFILES_NS, set_name, key))
+        except aerospike_errors.RecordNotFound:
+            return None
+        return dict(bins)
+
+    def _link_alias(self, anonymous_id: str, user_id: str, limit: int) -> AliasLink:
+        owner = (self._bins("aliases", anonymous_id) or {}).get("user")
+        if owner is not None:
+            return AliasLink("already") if owner == user_id else AliasLink("conflict", owner)
+        user_owner = (self._bins("aliases", user_id) or {}).get("user")
+        if user_owner is not None:
+            return AliasLink("alias_user", user_owner)
+        profile = self._get_profile(anonymous_id)
+        if (self._bins("alias_lists", anonymous_id) or {}).get("ids") or \
+                (profile is not None and not profile.get("anonymous", False)):
+            return AliasLink("known_user")
+        if len((self._bins("alias_lists", user_id) or {}).get("ids") or []) >= limit:
+            return AliasLink("limit")
+        try:
+            self.client.put((PROFILES_NS, "aliases", anonymous_id), {"user": user_id, "at": int(time.time() * 1000)},
+                            policy={"exists": aerospike.POLICY_EXISTS_CREATE})
+        except aerospike_errors.RecordExistsError:  # linked by a concurrent call
+            taken = (self._bins("aliases", anonymous_id) or {}).get("user")
+            return AliasLink("already") if taken == user_id else AliasLink("conflict", taken)
+        self.client.operate((PROFILES_NS, "alias_lists", user_id), [list_operations.list_append("ids", anonymous_id)])
+        return AliasLink("linked")
+
+    async def canonical_ids(self, ids: Sequence[str]) -> dict[str, str]:
+        return await asyncio.to_thread(self._canonical_ids, list(ids))
+
+    def _canonical_ids(self, ids: list[str]) -> dict[str, str]:
+        if not ids:
+            return {}
+        batch = self.client.batch_read([(PROFILES_NS, "aliases", i) for i in ids], ["user"])
+        return {i: entry.record[2]["user"] for i, entry in zip(ids, batch.batch_records, strict=True)
+                if entry.result == 0 and entry.record is not None}
+
+    async def aliases_of(self, user_id: str) -> list[str]:
+        return await asyncio.to_thread(lambda: list((self._bins("alias_lists", user_id) or {}).get("ids") or []))
+
+    async def remove_user(self, user_id: str, reason: Removal) -> None:
+        await asyncio.to_thread(self._remove_user, user_id, reason)
+
+    def _remove(self, set_name: str, key: str) -> None:
+        with contextlib.suppress(aerospike_errors.RecordNotFound):
+            self.client.remove((PROFILES_NS, set_name, key))
+
+    def _remove_user(self, user_id: str, reason: Removal) -> None:
+        self._remove("profiles", user_id)
+        for segment_id in (self._bins("memberships", user_id) or {}).get("segs", {}):
+            self._remove("members", f"{segment_id}|{user_id}")
+        self._remove("memberships", user_id)
+        if reason != "deleted":
+            return
+        for alias in (self._bins("alias_lists", user_id) or {}).get("ids") or []:
+            self._remove("aliases", alias)
+        self._remove("alias_lists", user_id)
+        owner = (self._bins("aliases", user_id) or {}).get("user")
+        if owner is not None:  # the id was itself an alias: the owner's list forgets it
+            self._remove("aliases", user_id)
+            with contextlib.suppress(aerospike_errors.RecordNotFound):
+                self.client.operate((PROFILES_NS, "alias_lists", owner), [
+                    list_operations.list_remove_by_value("ids", user_id, aerospike.LIST_RETURN_NONE)])

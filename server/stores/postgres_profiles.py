@@ -9,9 +9,10 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from server.domain.membership import MembershipChange
+from server.domain.pipeline import Removal
 from server.domain.profile import Profile
 from server.stores.postgres import Database
-from server.stores.profile_store import ChangeCounts, Membership, newest_per_user
+from server.stores.profile_store import AliasLink, ChangeCounts, Membership, newest_per_user
 
 _MEMBER_COLUMNS = "segment_id::text, user_id, segment_version, entered_at, source"
 
@@ -150,3 +151,62 @@ class PostgresProfileStore:
                     [(segment_id, user_id, version, now) for user_id, version in rows],
                 )
         return len(rows)
+
+    async def link_alias(self, anonymous_id: str, user_id: str, limit: int) -> AliasLink:
+        async with self.db.connection() as conn, conn.transaction():
+            # one link at a time per user, so two concurrent identifies cannot both take the last place
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", (user_id,))
+            cur = await conn.execute(
+                "SELECT (SELECT user_id FROM user_aliases WHERE anonymous_id = %(anon)s),"
+                " (SELECT user_id FROM user_aliases WHERE anonymous_id = %(user)s),"
+                " EXISTS (SELECT 1 FROM user_aliases WHERE user_id = %(anon)s)"
+                "  OR EXISTS (SELECT 1 FROM user_profiles WHERE user_id = %(anon)s"
+                "             AND NOT COALESCE((profile->>'anonymous')::boolean, false)),"
+                " (SELECT count(*) FROM user_aliases WHERE user_id = %(user)s)",
+                {"anon": anonymous_id, "user": user_id},
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            owner, user_owner, anonymous_is_known, count = row
+            if owner == user_id:
+                return AliasLink("already")
+            if owner is not None:
+                return AliasLink("conflict", owner)
+            if user_owner is not None:
+                return AliasLink("alias_user", user_owner)
+            if anonymous_is_known:
+                return AliasLink("known_user")
+            if count >= limit:
+                return AliasLink("limit")
+            cur = await conn.execute(
+                "INSERT INTO user_aliases (anonymous_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+                " RETURNING 1", (anonymous_id, user_id))
+            if await cur.fetchone() is None:  # linked by a concurrent call for another user
+                cur = await conn.execute("SELECT user_id FROM user_aliases WHERE anonymous_id = %s", (anonymous_id,))
+                taken = await cur.fetchone()
+                owner = taken[0] if taken else None
+                return AliasLink("already") if owner == user_id else AliasLink("conflict", owner)
+            return AliasLink("linked")
+
+    async def canonical_ids(self, ids: Sequence[str]) -> dict[str, str]:
+        if not ids:
+            return {}
+        async with self.db.connection() as conn:
+            cur = await conn.execute("SELECT anonymous_id, user_id FROM user_aliases WHERE anonymous_id = ANY(%s)",
+                                     (list(ids),))
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def aliases_of(self, user_id: str) -> list[str]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute("SELECT anonymous_id FROM user_aliases WHERE user_id = %s"
+                                     " ORDER BY linked_at, anonymous_id", (user_id,))
+            return [row[0] for row in await cur.fetchall()]
+
+    async def remove_user(self, user_id: str, reason: Removal) -> None:
+        async with self.db.connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM user_profiles WHERE user_id = %s", (user_id,))
+            await conn.execute("DELETE FROM segment_memberships WHERE user_id = %s", (user_id,))
+            if reason == "deleted":
+                await conn.execute("DELETE FROM user_aliases WHERE user_id = %s OR anonymous_id = %s",
+                                   (user_id, user_id))
+                await conn.execute("DELETE FROM membership_changes WHERE user_id = %s", (user_id,))

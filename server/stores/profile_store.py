@@ -10,10 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from server.domain.membership import MembershipChange
+from server.domain.pipeline import Removal
 from server.domain.profile import Profile
+
+# What linking an anonymous id to a user did: `linked` (new), `already` (to this user before), or why not:
+# `conflict` (it is another user's: `owner`), `limit` (the user has MAX_ALIASES), `known_user` (the
+# anonymous id is itself a known user, or has aliases of its own), `alias_user` (the userId is an alias of `owner`).
+LinkStatus = Literal["linked", "already", "conflict", "limit", "known_user", "alias_user"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +29,17 @@ class Membership:
     segment_version: int
     entered_at: datetime
     source: str = "rule"
+
+
+@dataclass(frozen=True, slots=True)
+class AliasLink:
+    status: LinkStatus
+    owner: str | None = None  # for `conflict` and `alias_user`: the user the id belongs to
+
+    @property
+    def made(self) -> bool:
+        """The anonymous id belongs to the user now (new, or before)."""
+        return self.status in ("linked", "already")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +86,20 @@ class ProfileStore(Protocol):
 
     async def remove_segment(self, segment_id: str) -> int:
         """Drop every membership of a deleted segment; returns how many there were."""
+
+    async def link_alias(self, anonymous_id: str, user_id: str, limit: int) -> AliasLink:
+        """Link `anonymous_id` to `user_id` once, atomically: never moved to another user, never beyond
+        `limit` aliases per user, never between two known users."""
+
+    async def canonical_ids(self, ids: Sequence[str]) -> dict[str, str]:
+        """For those of `ids` that are linked anonymous ids: the user each belongs to (one round trip)."""
+
+    async def aliases_of(self, user_id: str) -> list[str]:
+        """The anonymous ids linked to `user_id`, oldest link first."""
+
+    async def remove_user(self, user_id: str, reason: Removal) -> None:
+        """Drop the user's profile and memberships; `deleted` also drops its aliases (both ways) and its
+        membership history (erasure), `merged` keeps the id as an alias of the user it merged into."""
 
 
 def newest_per_user(profiles: Sequence[Profile]) -> dict[str, Profile]:

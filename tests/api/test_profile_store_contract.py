@@ -16,7 +16,7 @@ from server.domain.membership import MembershipChange
 from server.domain.profile import Profile, apply_event
 from server.stores.postgres import Database
 from server.stores.postgres_profiles import PostgresProfileStore
-from server.stores.profile_store import ProfileStore
+from server.stores.profile_store import AliasLink, ProfileStore
 
 pytestmark = pytest.mark.api
 T = TypeVar("T")
@@ -136,6 +136,41 @@ async def _changes_in_order(store: ProfileStore, p: str) -> None:
     assert await store.apply_changes([]) == 0
 
 
+async def _aliases(store: ProfileStore, p: str) -> None:
+    """An anonymous id is linked once and never moved; a user takes at most `limit`; known users never merge."""
+    alice, bob = f"{p}-alice", f"{p}-bob"
+    assert (await store.link_alias(f"{p}-v1", alice, 2)).status == "linked"
+    assert (await store.link_alias(f"{p}-v1", alice, 2)).status == "already"
+    assert await store.link_alias(f"{p}-v1", bob, 2) == AliasLink("conflict", alice)
+    assert await store.link_alias(f"{p}-v9", f"{p}-v1", 2) == AliasLink("alias_user", alice)
+    assert (await store.link_alias(alice, bob, 2)).status == "known_user"  # alice has aliases of her own
+    await store.put_profiles([Profile(bob, event_count=1)])
+    assert (await store.link_alias(bob, alice, 2)).status == "known_user"  # bob's profile is a known user's
+    await store.put_profiles([Profile(f"{p}-v2", event_count=1, anonymous=True)])
+    assert (await store.link_alias(f"{p}-v2", alice, 2)).status == "linked"
+    assert (await store.link_alias(f"{p}-v3", alice, 2)).status == "limit"
+    assert await store.aliases_of(alice) == [f"{p}-v1", f"{p}-v2"]
+    assert await store.canonical_ids([f"{p}-v1", alice, f"{p}-v3"]) == {f"{p}-v1": alice}
+    assert await store.canonical_ids([]) == {}
+
+
+async def _remove_user(store: ProfileStore, p: str) -> None:
+    """A merged id loses its profile and memberships but stays an alias; a deleted user loses everything."""
+    seg, alice, visitor = str(uuid.uuid4()), f"{p}-alice", f"{p}-v"
+    await store.put_profiles([Profile(alice, event_count=1), Profile(visitor, event_count=1, anonymous=True)])
+    await store.apply_changes([change(alice, seg, "entered"), change(visitor, seg, "entered")])
+    await store.link_alias(visitor, alice, 100)
+    await store.remove_user(visitor, "merged")
+    assert await store.get_profile(visitor) is None and await store.user_memberships(visitor) == []
+    assert await store.canonical_ids([visitor]) == {visitor: alice}
+    await store.remove_user(alice, "deleted")
+    assert await store.get_profile(alice) is None and await store.user_memberships(alice) == []
+    assert await store.aliases_of(alice) == [] and await store.canonical_ids([visitor]) == {}
+    assert await store.segment_size(seg) == 0
+
+
+test_aliases = contract(_aliases)
+test_remove_user = contract(_remove_user)
 test_profiles_roundtrip = contract(_profiles_roundtrip)
 test_memberships = contract(_memberships)
 test_changes_in_order = contract(_changes_in_order)

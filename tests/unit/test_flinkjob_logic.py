@@ -123,7 +123,8 @@ def test_only_the_latest_event_ids_are_kept() -> None:
     state = UserState()
     for i in range(40):
         state = on_event(state, purchase(i + 1), {}, NOW).state
-    assert len(state.recent_events) == 16 and state.recent_events[-1] == purchase(40).event_id
+    assert state.profile is not None
+    assert len(state.profile.recent_events) == 16 and state.profile.recent_events[-1] == purchase(40).event_id
 
 
 def test_an_event_that_would_overflow_the_profile_is_refused_and_changes_nothing() -> None:

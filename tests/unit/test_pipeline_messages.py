@@ -132,7 +132,7 @@ def test_each_topic_tells_its_kinds_apart() -> None:
     assert decode(seed, rules_input) == SegmentDefinition(SEG, 1)
     assert decode(b'{"probe":"t"}', membership_record) == ProbeEcho("t")
     with pytest.raises(UnreadableRecord, match="kind: expected"):
-        decode(b'{"kind":"merge","userId":"u1"}', keyed_input)
+        decode(b'{"kind":"split","userId":"u1"}', keyed_input)
 
 
 def test_a_definition_is_active_only_when_dynamic_active_and_with_a_rule() -> None:
