@@ -15,6 +15,7 @@ DELIVERY_SECONDS = register_metric_name("am_destination_delivery_seconds")
 QUEUE_DEPTH = register_metric_name("am_destination_queue_depth")
 PAUSED = register_metric_name("am_destination_paused")
 RECORDS_REJECTED = register_metric_name("am_delivery_worker_records_rejected_total")
+ERASED_USERS = register_metric_name("am_delivery_worker_erased_users_total")
 # Changes recorded by this process whose latency reference (eventReceivedAt) is kept until delivered;
 # beyond this many (a destination paused for long) the oldest are forgotten and fall back to `at`.
 KEPT_REFERENCES = 100_000
@@ -28,6 +29,8 @@ class DeliveryMetrics:
                                  "delivery at the destination", buckets=LATENCY_BUCKETS, registry=registry)
         self.queue_depth = Gauge(QUEUE_DEPTH, "Deliveries pending or retrying", ["destination"], registry=registry)
         self.paused = Gauge(PAUSED, "1 while the destination is paused", ["destination"], registry=registry)
+        self.erased = Counter(ERASED_USERS.removesuffix("_total"), "Deleted users taken out of their finished "
+                              "deliveries", registry=registry)
         self._shown: set[str] = set()
         self._references: OrderedDict[tuple[str, str], datetime] = OrderedDict()
 

@@ -5,6 +5,10 @@ waits for a call. Recording wakes the senders of the destinations that got new d
 `server.delivery_worker.sender`), so a change is called within milliseconds. A batch the store
 cannot take (PostgreSQL away) is retried until it can, and its offsets do not move meanwhile: a
 crash then reads it again, and recording it again is a no-op (the message id is the same).
+
+A deleted user's removal (`ProfileRemoved`, reason `deleted`, after that user's exits) takes the user out of
+its delivered and failed deliveries once the batch's changes are recorded; the exits just recorded stay
+pending, and are delivered as they are, so every destination hears that the user left.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
@@ -20,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from server.delivery_worker.metrics import RECORDS_REJECTED, DeliveryMetrics
 from server.delivery_worker.sender import DestinationSender, SenderLimits
-from server.domain.pipeline import MembershipOutput, membership_record
+from server.domain.pipeline import MembershipOutput, ProfileRemoved, membership_record
 from server.domain.retry import RetryPolicy
 from server.domain.webhooks import encode_body, message_id, track_body
 from server.runtime.health import ComponentHealth
@@ -39,6 +44,14 @@ FETCH_WAIT_MS = 10  # the broker holds an empty fetch this long: on the path fro
 REFRESH_S = 1.0  # how stale the destinations may be: a new, changed, paused or deleted one is seen this soon
 BROKER_ERROR_SHOWN_S = 15.0  # the client reports an unreachable broker on each failed reconnect (≤ 10 s apart)
 EMAIL_TRAIT = "email"
+
+
+@dataclass
+class WorkerBatch:
+    """What one read of `segment-membership` holds for the worker: changes to record, users erased after them."""
+
+    changes: list[MembershipOutput] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)
 
 
 def contact_traits(output: MembershipOutput) -> dict[str, Any] | None:
@@ -106,20 +119,27 @@ class DeliveryWorker:
         finally:
             await asyncio.to_thread(consumer.close)
 
-    def read(self, messages: list[Message]) -> list[MembershipOutput]:
-        """The changes in `messages`: error records tell of the broker, probe echoes are not for us, and
-        unreadable records are skipped (and counted)."""
+    def read(self, messages: list[Message]) -> WorkerBatch:
+        """The changes and deleted users in `messages`: error records tell of the broker, probe echoes and
+        merges are not for us, and unreadable records are skipped (and counted)."""
         for error in filter(None, (message.error() for message in messages)):
             self._broker_error(error)
         records = [message for message in messages if message.error() is None and message.value()]
-        return [record for record in self.rejected.readable(records, value_read_by(membership_record))
-                if isinstance(record, MembershipOutput)]
+        batch = WorkerBatch()
+        for record in self.rejected.readable(records, value_read_by(membership_record)):
+            if isinstance(record, MembershipOutput):
+                batch.changes.append(record)
+            elif isinstance(record, ProfileRemoved) and record.reason == "deleted":
+                batch.erased.append(record.user_id)
+        return batch
 
-    async def _record_until_stored(self, batch: list[MembershipOutput]) -> bool:
-        """Record `batch`, waiting out an outage of the store; False if stopping came first."""
+    async def _record_until_stored(self, batch: WorkerBatch) -> bool:
+        """Record `batch` (then erase its deleted users), waiting out an outage of the store; False if stopping
+        came first."""
         while True:
             try:
-                await self.record(batch)
+                await self.record(batch.changes)
+                await self.erase(batch.erased)
                 self.errors.pop("records", None)
                 return True
             except DEPENDENCY_OUTAGES as exc:
@@ -155,6 +175,13 @@ class DeliveryWorker:
         for destination_id in woken:
             if (sender := self.senders.get(destination_id)) is not None:
                 sender.wake()
+
+    async def erase(self, user_ids: list[str]) -> None:
+        """Take deleted users out of their finished deliveries (erasing again finds nothing to change)."""
+        if not user_ids:
+            return
+        await self.store.erase(user_ids)
+        self.metrics.erased.inc(len(user_ids))
 
     async def _destinations_for(self, batch: list[MembershipOutput]) -> LoadedDestinations:
         """The destinations to match `batch` against: reloaded first if one may have been created since the

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from server.runtime.app import build_app
 from server.runtime.settings import ServiceSettings
+from server.segment_api.erasure import erasure
 from server.segment_api.export import export
 from server.segment_api.membership import MembershipPublisher
 from server.segment_api.repository import SegmentRepository
@@ -64,4 +65,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(segments)
     app.include_router(export)
     app.include_router(users)
+    app.include_router(erasure)
     return app

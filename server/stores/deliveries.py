@@ -171,3 +171,33 @@ class DeliveryLedger:
                 (campaign_id, status, status, after or "", limit),
             )
             return [Delivery(*row) for row in await cur.fetchall()]
+
+
+# Each erased user's rows: user_id becomes the SHA-256 hex of the id (as in `user_deletions`; with the row's
+# creation time after it if the campaign already holds a row of that hash, from an earlier erasure), the
+# address goes, also from the reason (an SMTP refusal quotes it), and what was still queued is cancelled.
+# Sent, failed and skipped rows keep their status, so the campaign's counts stay as they were.
+_ERASE = """
+UPDATE campaign_deliveries d
+   SET user_id = e.hashed || CASE WHEN EXISTS (SELECT 1 FROM campaign_deliveries o
+                                                WHERE o.campaign_id = d.campaign_id AND o.user_id = e.hashed)
+                                  THEN ':' || floor(extract(epoch FROM d.created_at) * 1000000)::bigint::text
+                                  ELSE '' END,
+       email = NULL,
+       reason = CASE WHEN d.status = 'queued' THEN 'recipient deleted'
+                     WHEN d.email IS NOT NULL AND d.email <> '' THEN replace(d.reason, d.email, '[erased]')
+                     ELSE d.reason END,
+       status = CASE WHEN d.status = 'queued' THEN 'cancelled' ELSE d.status END,
+       updated_at = now()
+  FROM (SELECT u, encode(sha256(convert_to(u, 'UTF8')), 'hex') FROM unnest(%s::text[]) AS u) AS e (user_id, hashed)
+ WHERE d.user_id = e.user_id
+"""
+
+
+async def erase_recipients(conn: psycopg.AsyncConnection[Any], user_ids: Sequence[str]) -> int:
+    """Take the personal data of `user_ids` out of every campaign's deliveries (see `_ERASE`), in the caller's
+    transaction; returns how many rows. Erasing again finds nothing: the ids are gone."""
+    if not user_ids:
+        return 0
+    cur = await conn.execute(_ERASE, (list(user_ids),))
+    return cur.rowcount

@@ -9,6 +9,7 @@ Contract:
 - `due` picks what a destination's sender may call now: the oldest open delivery of each user,
   if its time has come and it is not already being called. A user's next change therefore waits
   until the previous one is delivered or failed, while other users go on.
+- `erase` takes erased users out of their finished deliveries (open ones are still delivered).
 - `finish` records an attempt and its answer on the delivery and on the destination (consecutive
   failures, last delivery, last error), pausing the destination after too many failures in a row.
 When a delivery is due is decided on the database's clock, so that rows the API writes (replay, resume) and
@@ -326,6 +327,11 @@ class DestinationDeliveries:
             cur = await conn.execute(_RECORD, columns)
             return {row[0] for row in await cur.fetchall()}
 
+    async def erase(self, user_ids: Sequence[str]) -> int:
+        """`erase_finished` in a transaction of its own."""
+        async with self.db.connection() as conn, conn.transaction():
+            return await erase_finished(conn, user_ids)
+
     async def due(self, destination_id: str, limit: int, busy: Iterable[int]) -> DuePick:
         """Up to `limit` deliveries to call now, skipping the `busy` ones (being called)."""
         async with self.db.connection() as conn:
@@ -353,3 +359,26 @@ class DestinationDeliveries:
                     "reason": printable(pause_reason)})
             row = await cur.fetchone()
         return DestinationStatus(row[0]) if row and row[0] else None
+
+
+# A finished delivery of an erased user keeps its place in the destination's history (its status counts),
+# without the user: user_id and the body's userId become the SHA-256 hex of the id (as in `user_deletions`),
+# the traits leave the body, and the start of the receiver's answer (it may echo them) goes. Open ones are
+# left to be delivered as they are: the destination still hears that the user left its audiences.
+_ERASE = """
+UPDATE destination_deliveries d
+   SET user_id = e.hashed,
+       body = jsonb_set(d.body::jsonb #- '{context,traits}', '{userId}', to_jsonb(e.hashed))::text,
+       last_answer = NULL, updated_at = now()
+  FROM (SELECT u, encode(sha256(convert_to(u, 'UTF8')), 'hex') FROM unnest(%s::text[]) AS u) AS e (user_id, hashed)
+ WHERE d.user_id = e.user_id AND d.status IN ('delivered', 'failed')
+"""
+
+
+async def erase_finished(conn: psycopg.AsyncConnection[Any], user_ids: Sequence[str]) -> int:
+    """Take `user_ids` out of their delivered and failed deliveries (see `_ERASE`), in the caller's
+    transaction; returns how many rows."""
+    if not user_ids:
+        return 0
+    cur = await conn.execute(_ERASE, (list(user_ids),))
+    return cur.rowcount

@@ -6,6 +6,7 @@ with the worker's key; changes are records on the test's own `segment-membership
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -27,7 +28,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from server.delivery_worker.app import create_app as delivery_app
 from server.domain.membership import Change, MembershipChange
-from server.domain.pipeline import MembershipOutput, ProbeEcho
+from server.domain.pipeline import MembershipOutput, ProbeEcho, ProfileRemoved
 from server.domain.profile import Profile
 from server.domain.webhooks import message_id
 from server.runtime.secrets import SecretBox, new_key, new_signing_secret, secret_hint
@@ -394,3 +395,32 @@ def test_without_the_secrets_key_no_destination_is_called_and_health_says_why(
         component = worker.get("/actuator/health").json()["components"]["worker"]
     assert component["status"] == "DOWN" and "AM_SECRETS_KEY is not set" in component["details"]["lastError"]
     assert "AM_SECRETS_KEY" in component["details"]["destinations"][hook.id]["lastError"]
+
+
+def test_a_deleted_user_leaves_its_finished_deliveries_and_destinations_still_hear_the_exit(
+        worker: TestClient, receiver: Receiver, settings: ServiceSettings, database_url: str, box: SecretBox) -> None:
+    segment_id = add_segment(database_url, "Newsletter")
+    hook = add_destination(database_url, box, receiver.url("/hook"))
+    entered = changes_for(["ann", "bob"], 1, segment_id, emails={"ann": "ann@example.com", "bob": "bob@example.com"})
+    produce(settings, entered)
+    eventually(lambda: statuses(database_url, hook) == ["delivered"] * 2, "both entries delivered")
+    exit_of_ann = MembershipOutput(MembershipChange("ann", segment_id, "exited", datetime.now(UTC), 1))
+    produce(settings, [exit_of_ann])
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    for removal in (ProfileRemoved("ann", "deleted", datetime.now(UTC)),
+                    ProfileRemoved("anon-1", "merged", datetime.now(UTC), into="bob")):  # a merge keeps deliveries
+        producer.produce(settings.topic(SEGMENT_MEMBERSHIP), key=removal.user_id, value=json.dumps(removal.to_json()))
+    assert producer.flush(10) == 0
+    erased = hashlib.sha256(b"ann").hexdigest()
+    eventually(lambda: any(row["user_id"] == erased for row in deliveries(database_url, hook)), "ann's entry erased")
+    eventually(lambda: statuses(database_url, hook) == ["delivered"] * 3, "the exit delivered")
+    with psycopg.connect(database_url) as conn:
+        bodies = dict(conn.execute("SELECT message_id::text, body FROM destination_deliveries").fetchall())
+    entry = json.loads(bodies[ids(hook, entered)[0]])
+    assert entry["userId"] == erased and "traits" not in entry["context"] and "ann@" not in bodies[entry["messageId"]]
+    assert json.loads(bodies[ids(hook, entered)[1]])["context"]["traits"] == {"email": "bob@example.com"}
+    heard = [json.loads(r.body) for r in receiver.received("/hook") if r.id == ids(hook, [exit_of_ann])[0]]
+    assert heard and heard[0]["userId"] == "ann" and heard[0]["event"] == "Audience Exited"
+    metrics = worker.get("/metrics").text
+    assert "am_delivery_worker_erased_users_total 1.0" in metrics
+    assert "am_delivery_worker_records_rejected_total 0.0" in metrics

@@ -83,10 +83,10 @@ def test_real_changes_are_published_once_each_and_the_writer_leaves_them(
         deadline = time.monotonic() + 15
         while len(read) < 3 and time.monotonic() < deadline:
             read += [m for m in writer.consumer.consume(100, 0.2) if not m.error()]
-        batch = writer.read(read)
+        batches = writer.read(read)
     finally:
         writer.close()
-    assert len(read) == 3 and batch.changes == [] and batch.profiles == []
+    assert len(read) == 3 and [(b.changes, b.profiles, b.removed) for b in batches] == [([], [], None)]
     assert registry.get_sample_value(RECORDS_REJECTED) == 0  # skipped, not rejected
 
 
