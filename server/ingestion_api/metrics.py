@@ -11,6 +11,7 @@ EVENTS_REJECTED = register_metric_name("am_events_rejected_total")
 EVENTS_DUPLICATE = register_metric_name("am_events_duplicate_total")
 RATE_LIMITED = register_metric_name("am_rate_limited_total")
 PRODUCE_LATENCY = register_metric_name("am_event_produce_seconds")
+IDENTITY_REFUSALS = register_metric_name("am_identity_refusals_total")
 
 
 class IngestionMetrics:
@@ -23,5 +24,8 @@ class IngestionMetrics:
                                   registry=registry)
         self.rate_limited = Counter(RATE_LIMITED.removesuffix("_total"), "Events refused by the rate limit",
                                     registry=registry)
+        self.identity_refusals = Counter(IDENTITY_REFUSALS.removesuffix("_total"), "Links of an anonymous id to a "
+                                         "user not made, by reason (the store's refusal, or unavailable)",
+                                         ["reason"], registry=registry)
         self.produce_latency = Histogram(PRODUCE_LATENCY, "Time from produce to broker ack",
                                          buckets=LATENCY_BUCKETS, registry=registry)

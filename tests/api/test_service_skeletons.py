@@ -23,7 +23,7 @@ pytestmark = pytest.mark.api
 
 APPS: dict[str, tuple[Callable[[ServiceSettings], FastAPI], set[str]]] = {
     "segment-api": (segment_app, {"db", "kafka", "outbox"}),
-    "ingestion-api": (ingestion_app, {"kafka"}),
+    "ingestion-api": (ingestion_app, {"db", "kafka"}),
     "communication-api": (communication_app, {"db", "kafka", "fanOut", "onEnterTrigger"}),
     "email-worker": (worker_app, {"db", "kafka", "worker"}),
     "delivery-worker": (delivery_app, {"db", "kafka", "worker"}),
