@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 
 from amctl import __version__
-from amctl.commands import bench, campaign, destination, events, k8s, scenario, segment, smoke, stack, top
+from amctl.commands import bench, campaign, destination, events, k8s, scenario, segment, smoke, stack, top, user
 from amctl.console import print_error, stderr_console
 from amctl.context import AppContext
 from amctl.errors import AmctlError, UsageError
@@ -67,7 +67,7 @@ app.add_typer(destination.app, name="destination")
 app.add_typer(events.app, name="events")
 app.add_typer(scenario.app, name="scenario")
 app.add_typer(segment.segment_app, name="segment")
-app.add_typer(segment.user_app, name="user")
+app.add_typer(user.app, name="user")
 
 
 def _version(value: bool) -> None:

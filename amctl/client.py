@@ -38,20 +38,35 @@ def _problems(body: Any) -> tuple[str, list[str]]:
     return str(detail), []
 
 
+DEFAULT_WAIT_S = 2.0  # how long the Segment API waits for `after` when no `wait` is given
+
+
+class NotApplied(ApiError):
+    """A read with `after` answered 202: the service has not applied that event to the user yet."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 202)
+        self.hint = "ask again, or wait longer with --wait (at most 10 s)"
+
+
 class ServiceClient:
     """One service's base URL, timeouts, and the mapping of failures to `ApiError`."""
 
     name = "service"
 
     def __init__(self, base_url: str, timeout_s: float = 10.0, headers: dict[str, str] | None = None) -> None:
-        self.base_url = base_url
+        self.base_url, self.timeout_s = base_url, timeout_s
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers or {})
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.answer(method, path, **kwargs)[1]
+
+    def answer(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """The status and JSON body of a call that succeeded (None for an empty body)."""
         response = self._send(method, path, stream=False, **kwargs)
         if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
+            return response.status_code, None
+        return response.status_code, response.json()
 
     @contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
@@ -156,11 +171,26 @@ class SegmentClient(ServiceClient):
     def stats(self, segment_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/segments/{segment_id}/stats")  # type: ignore[no-any-return]
 
-    def user_segments(self, user_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/users/{user_id}/segments")  # type: ignore[no-any-return]
+    def user_segments(self, user_id: str, after: str | None = None, wait_s: float | None = None) -> dict[str, Any]:
+        """The user's segments (by its id or a linked anonymous id); with `after`, once that event is applied."""
+        return self._user_read(f"/api/users/{user_id}/segments", after, wait_s)
 
-    def user_profile(self, user_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/users/{user_id}/profile")  # type: ignore[no-any-return]
+    def user_profile(self, user_id: str, after: str | None = None, wait_s: float | None = None) -> dict[str, Any]:
+        """The user's profile with its aliases; with `after`, once that event is applied (else NotApplied)."""
+        return self._user_read(f"/api/users/{user_id}/profile", after, wait_s)
+
+    def _user_read(self, path: str, after: str | None, wait_s: float | None) -> dict[str, Any]:
+        params = {k: v for k, v in {"after": after, "wait": wait_s}.items() if v is not None}
+        # the service waits up to `wait` before it answers: give the call that much more time
+        waits = (wait_s if wait_s is not None else DEFAULT_WAIT_S) if after is not None else 0.0
+        status, body = self.answer("GET", path, params=params, timeout=self.timeout_s + waits)
+        if status == 202:
+            raise NotApplied(f"{self.name}: {body.get('detail') if isinstance(body, dict) else body}")
+        return body  # type: ignore[no-any-return]
+
+    def delete_user(self, user_id: str) -> Any:
+        """Ask for the user's erasure (profile, memberships, aliases); the rule engine carries it out."""
+        return self.request("DELETE", f"/api/users/{user_id}")
 
 
 class IngestionClient(ServiceClient):
@@ -171,6 +201,17 @@ class IngestionClient(ServiceClient):
 
     def send_batch(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         return self.request("POST", "/api/events/batch", json={"events": events})  # type: ignore[no-any-return]
+
+    def identify(self, user_id: str, anonymous_id: str, traits: dict[str, Any]) -> dict[str, Any]:
+        """Link `anonymous_id` to `user_id` (202); a link the service refuses (409) is one ApiError line."""
+        try:
+            body = self.request("POST", "/api/identify",
+                                json={"userId": user_id, "anonymousId": anonymous_id, "traits": traits})
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            raise ApiError(f"cannot link {anonymous_id} to {user_id}: {exc.message}", 409) from None
+        return body if isinstance(body, dict) else {}
 
 
 class CommunicationClient(ServiceClient):

@@ -27,6 +27,8 @@ def measurements(quick: bool) -> list[Measurement]:
         Measurement("rule_propagation", "amctl.load.measures:measure_rule_propagation", {"trials": 2 if quick else 5}),
         Measurement("destination_latency", "amctl.load.destination_measure:measure_destination_latency",
                     {"users": 100}),
+        Measurement("identify_latency", "amctl.load.identity_measure:measure_identify_latency",
+                    {"visitors": 40 if quick else 200}),
         Measurement("user_segments_api", "amctl.load.measures:measure_user_segments_latency",
                     {"rate": 500, "seconds": seconds}),
         Measurement("ingestion", "amctl.load.measures:measure_ingestion", {"seconds": seconds / 2}),
@@ -57,7 +59,8 @@ def bench(
 ) -> None:
     """Cold start, memory, rule evaluations/s, ingestion events/s (vs bare FastAPI and a raw producer),
     end-to-end assignment latency at 100/500/1,000 ev/s, sustained rate, rule propagation, API p50/p99,
-    event → signed webhook delivered p50/p99."""
+    event → signed webhook delivered p50/p99,
+    identify → merged profile p50/p99."""
     app = get_context(ctx)
     with app.err.status("benchmarking") as status:
         report = run_bench(measurements(quick), lambda text: status.update(escape(text))).as_json()

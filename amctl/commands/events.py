@@ -62,12 +62,13 @@ def send(
         send_events(app_ctx, [event], json_output)
 
 
-def parse_props(pairs: list[str]) -> dict[str, Any]:
+def parse_props(pairs: list[str], option: str = "--prop") -> dict[str, Any]:
+    """KEY=VALUE pairs of `option` as a mapping, each VALUE parsed as JSON if it can be."""
     props: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise UsageError(f"--prop '{pair}' is not KEY=VALUE")
+            raise UsageError(f"{option} '{pair}' is not KEY=VALUE")
         try:
             props[key] = json.loads(raw)
         except json.JSONDecodeError:

@@ -1,4 +1,4 @@
-"""`amctl segment …` and `amctl user …`: segments and what users are in them."""
+"""`amctl segment …`: segments, their members and their stats."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from amctl.errors import AmctlError, UsageError
 from amctl.options import JsonOption
 
 segment_app = typer.Typer(help="Create, inspect and change segments.", no_args_is_help=True)
-user_app = typer.Typer(help="What the platform knows about a user.", no_args_is_help=True)
 
 RulesOption = Annotated[str | None, typer.Option("--rules", help="Rule tree as inline JSON.")]
 RulesFileOption = Annotated[Path | None, typer.Option("--rules-file", help="Rule tree from a JSON or YAML file.")]
@@ -276,34 +275,4 @@ def stats(ctx: typer.Context, segment_id: str, json_output: JsonOption = False) 
             table.add_column(column, justify="right")
         e, x = result["entered"], result["exited"]
         add_row(table, f"{result['size']:,}", e["lastHour"], e["lastDay"], x["lastHour"], x["lastDay"])
-        app.console.print(table)
-
-
-@user_app.command("segments")
-def user_segments(ctx: typer.Context, user_id: str, json_output: JsonOption = False) -> None:
-    """The segments a user is in, and since when."""
-    with segments(ctx) as (app, client):
-        result = client.user_segments(user_id)
-        if json_output:
-            app.print_json(result)
-            return
-        table = Table(title=plain(f"segments of {user_id}"))
-        for column in ("segment", "id", "since", "version"):
-            table.add_column(column)
-        for s in result["segments"]:
-            add_row(table, s["name"], s["segmentId"], s["enteredAt"], s["segmentVersion"])
-        app.console.print(table)
-
-
-@user_app.command("profile")
-def user_profile(ctx: typer.Context, user_id: str, json_output: JsonOption = False) -> None:
-    """A user's traits and aggregates."""
-    with segments(ctx) as (app, client):
-        profile = client.user_profile(user_id)
-        if json_output:
-            app.print_json(profile)
-            return
-        table = Table(show_header=False, title=plain(f"profile of {user_id}"))
-        for key, value in profile.items():
-            add_row(table, key, json.dumps(value) if isinstance(value, dict | list) else value)
         app.console.print(table)

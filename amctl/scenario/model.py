@@ -13,7 +13,8 @@ from amctl.paths import REPO_ROOT
 
 # the demo scenarios shipped with the repository
 DEFAULT_DIR = REPO_ROOT / "scenarios"
-STEP_KINDS = ("request", "create_segment", "delete_segment", "send_events", "wait_until", "load", "sleep")
+STEP_KINDS = ("request", "create_segment", "delete_segment", "send_events", "identify", "wait_until", "load",
+              "sleep")
 
 
 class ScenarioError(AmctlError):

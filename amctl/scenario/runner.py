@@ -143,9 +143,19 @@ class ScenarioRunner:
         for event in events:
             status, body = self.http.call("ingestion", "POST", "/api/events", event)
             if status != 202:
-                raise StepFailed(f"event for {event.get('userId')!r} was not accepted: {status} {body}")
+                who = event.get("userId", event.get("anonymousId"))
+                raise StepFailed(f"event for {who!r} was not accepted: {status} {body}")
             accepted.append(body)
         return {"accepted": accepted}, f"{len(accepted)} event(s) accepted"
+
+    def _identify(self, spec: dict[str, Any]) -> tuple[Any, str]:
+        """Link `anonymousId` to `userId` (with optional `traits`) on the Ingestion API; it must be accepted."""
+        body = {"userId": spec["userId"], "anonymousId": spec["anonymousId"], "traits": spec.get("traits", {})}
+        status, answer = self.http.call("ingestion", "POST", "/api/identify", body)
+        if status != 202:
+            raise StepFailed(f"identify {body['anonymousId']!r} as {body['userId']!r} was not accepted: "
+                             f"{status} {answer}")
+        return answer, f"{body['anonymousId']} → {body['userId']} accepted"
 
     def _wait_until(self, spec: dict[str, Any]) -> tuple[Any, str]:
         timeout = parse_duration(str(spec.get("timeout", "10s")))

@@ -7,18 +7,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from server.domain.membership import MembershipChange
 from server.domain.profile import Profile
 from server.domain.rules import RuleValidationError, compile_rule, lint_rule, parse_rule
 from server.domain.segment import SegmentStatus, SegmentType
+from server.domain.timeutil import format_timestamp
 from server.runtime.auth import REQUIRED_SCOPE
 from server.runtime.errors import DependencyUnavailable, InvalidInput, NotFound
 from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET
 from server.runtime.routing import StorableRoute
 from server.segment_api.membership import MembershipPublisher
+from server.segment_api.reads import UserRead, canonical_id, read_user
 from server.segment_api.repository import SegmentRepository, SegmentRow
 from server.segment_api.schemas import (
+    EventPending,
     MemberPage,
     MemberPublic,
     PreviewRequest,
@@ -29,6 +33,7 @@ from server.segment_api.schemas import (
     SegmentStats,
     SegmentUpdate,
     StaticMembersChange,
+    UserProfile,
     UserSegment,
     UserSegments,
     WindowCounts,
@@ -248,21 +253,53 @@ async def stats(segment_id: str, repo: Repository, store: Store) -> SegmentStats
                         exited=WindowCounts(last_hour=hour.exited, last_day=day.exited))
 
 
-@users.get("/{user_id}/segments", response_model=UserSegments, summary="The segments a user is in")
-async def user_segments(user_id: UserIdPath, repo: Repository, store: Store) -> UserSegments:
-    memberships = await store.user_memberships(user_id)
+AfterQuery = Annotated[str | None, Query(
+    min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+    description="An eventId the caller sent: answer once the user's profile has applied it (read-your-writes). "
+                "The profile keeps the ids of the user's last 16 events, so only those can be waited for.")]
+WaitQuery = Annotated[float, Query(ge=0, le=10, description="How long to wait for `after`, in seconds")]
+PENDING: dict[int | str, dict[str, Any]] = {
+    202: {"model": EventPending, "description": "The event named by `after` was not applied within `wait`"}}
+
+
+def pending(read: UserRead, after: str, wait: float) -> JSONResponse:
+    body = EventPending(detail=f"event {after} is not applied yet after {wait:.1f} s", user_id=read.user_id)
+    return JSONResponse(body.model_dump(by_alias=True), status_code=status.HTTP_202_ACCEPTED)
+
+
+@users.get("/{user_id}/segments", response_model=UserSegments, responses=PENDING,
+           summary="The segments a user is in (by its id or a linked anonymous id)")
+async def user_segments(user_id: UserIdPath, repo: Repository, store: Store, after: AfterQuery = None,
+                        wait: WaitQuery = 2.0) -> UserSegments | JSONResponse:
+    if after is None:
+        read = UserRead(user_id, await canonical_id(store, user_id), None, applied=True)
+    else:
+        read = await read_user(store, user_id, after, wait)
+        if not read.applied:
+            return pending(read, after, wait)
+    memberships = await store.user_memberships(read.user_id)
     names = await repo.names([m.segment_id for m in memberships])
-    return UserSegments(user_id=user_id, segments=[
+    return UserSegments(user_id=read.user_id, resolved_from=read.resolved_from, segments=[
         UserSegment(segment_id=m.segment_id, name=names.get(m.segment_id, ""), segment_version=m.segment_version,
                     entered_at=m.entered_at)
         for m in memberships
     ])
 
 
-@users.get("/{user_id}/profile", summary="A user's profile: traits and aggregates")
-async def user_profile(user_id: UserIdPath, store: Store) -> dict[str, Any]:
-    profile = await store.get_profile(user_id)
-    if profile is None:
+@users.get("/{user_id}/profile", response_model=UserProfile, responses=PENDING,
+           summary="A user's profile: traits, aggregates and aliases (by its id or a linked anonymous id)")
+async def user_profile(user_id: UserIdPath, store: Store, after: AfterQuery = None,
+                       wait: WaitQuery = 2.0) -> UserProfile | JSONResponse:
+    read = await read_user(store, user_id, after, wait)
+    if not read.applied and after is not None:
+        return pending(read, after, wait)
+    if read.profile is None:
         raise NotFound(f"no profile for user '{user_id}' (no event seen yet)")
-    profile.pop("history", None)  # internal state for windowed rules
-    return profile
+    profile = Profile.from_json(read.profile)  # internal state (history, recentEvents) stays out of the answer
+    return UserProfile(
+        user_id=read.user_id, resolved_from=read.resolved_from, anonymous=profile.anonymous,
+        aliases=await store.aliases_of(read.user_id), traits=profile.traits, total_spent=profile.total_spent,
+        purchase_count=profile.purchase_count, event_count=profile.event_count,
+        first_seen=format_timestamp(profile.first_seen) if profile.first_seen else None,
+        last_seen=format_timestamp(profile.last_seen) if profile.last_seen else None,
+        event_counts=profile.event_counts)

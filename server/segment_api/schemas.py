@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -103,6 +103,34 @@ class UserSegment(ApiModel):
     entered_at: datetime
 
 
+RESOLVED_FROM = "The id asked by, when it is an anonymous id linked to this user; null when asked by the user's id"
+
+
 class UserSegments(ApiModel):
-    user_id: str
+    user_id: str = Field(description="The user answered for: the id asked by, or the user it is an alias of")
+    resolved_from: str | None = Field(default=None, description=RESOLVED_FROM)
     segments: list[UserSegment]
+
+
+class UserProfile(ApiModel):
+    """A user's traits and aggregates as the rule engine last wrote them (without its internal state)."""
+
+    user_id: str = Field(description="The user answered for: the id asked by, or the user it is an alias of")
+    resolved_from: str | None = Field(default=None, description=RESOLVED_FROM)
+    anonymous: bool = Field(description="Built only from events without a userId (a visitor not known yet)")
+    aliases: list[str] = Field(description="The anonymous ids linked to this user, oldest link first")
+    traits: dict[str, Any]
+    total_spent: float
+    purchase_count: int
+    event_count: int
+    first_seen: str | None = Field(description="ISO-8601, UTC")
+    last_seen: str | None = Field(description="ISO-8601, UTC")
+    event_counts: dict[str, int] = Field(description="Events per type")
+
+
+class EventPending(ApiModel):
+    """The event named by `after` is not in the user's profile yet; ask again (202)."""
+
+    status: Literal["pending"] = "pending"
+    detail: str = Field(examples=["event e-42 is not applied yet after 2.0 s"])
+    user_id: str

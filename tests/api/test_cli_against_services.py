@@ -240,3 +240,29 @@ def test_a_destination_the_api_refuses_is_one_line(services: dict[str, str]) -> 
     created = _json(invoke("destination", "create", "closed", *url, "--json", env=services))
     refused = invoke("destination", "test", str(created["id"]), env=services)  # nothing listens on port 9
     assert refused.exit_code == 1 and "did not accept the test call" in one_error(refused.stderr)
+
+
+def test_a_user_read_by_a_linked_anonymous_id_shows_the_user_and_its_aliases(services: dict[str, str]) -> None:
+    with psycopg.connect(services["AM_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("INSERT INTO user_profiles (user_id, profile) VALUES (%s, %s)", ("cli-alice", Jsonb({
+            "userId": "cli-alice", "traits": {"plan": "pro"}, "totalSpent": 1200, "recentEvents": ["e-1", "e-2"]})))
+        for alias in ("cli-anon-1", "cli-anon-2"):
+            conn.execute("INSERT INTO user_aliases (anonymous_id, user_id) VALUES (%s, 'cli-alice')", (alias,))
+    shown = invoke("user", "profile", "cli-anon-1", env=services)
+    assert shown.exit_code == 0, shown.output
+    assert "profile of cli-alice (asked as cli-anon-1)" in shown.stdout
+    assert "cli-anon-1, cli-anon-2" in shown.stdout and "recentEvents" not in shown.stdout
+    profile = _json(invoke("user", "profile", "cli-anon-2", "--after", "e-2", "--json", env=services))
+    assert (profile["userId"], profile["resolvedFrom"], profile["totalSpent"]) == ("cli-alice", "cli-anon-2", 1200)
+    assert profile["aliases"] == ["cli-anon-1", "cli-anon-2"] and profile["anonymous"] is False
+    segments = _json(invoke("user", "segments", "cli-anon-1", "--json", env=services))
+    assert segments == {"userId": "cli-alice", "resolvedFrom": "cli-anon-1", "segments": []}
+    table = invoke("user", "segments", "cli-anon-1", env=services)
+    assert table.exit_code == 0  # the title wraps to the width of the empty table
+    assert "segments of cli-alice (asked as cli-anon-1)" in " ".join(table.stdout.split())
+    pending = run("user", "profile", "cli-anon-1", "--after", "e-9", "--wait", "0.2", env=services)
+    assert pending.returncode == 1 and pending.stdout == ""
+    assert one_error(pending.stderr) == "error: Segment API: event e-9 is not applied yet after 0.2 s"
+    assert "--wait" in pending.stderr.splitlines()[-1]  # the hint
+    too_long = invoke("user", "profile", "cli-alice", "--after", "e-1", "--wait", "11", env=services)
+    assert too_long.exit_code == 1 and "(HTTP 422)" in one_error(too_long.stderr)

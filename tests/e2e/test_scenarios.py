@@ -24,7 +24,7 @@ def test_all_demo_scenarios_pass_with_junit(running_stack: Stack, tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
     suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
     assert set(suites) == {"basic-segmentation", "rule-engine-testing", "communication-campaign",
-                           "destination-delivery"}
+                           "destination-delivery", "anonymous-to-known"}
     for name, suite in suites.items():
         assert suite.get("failures") == "0" and int(suite.get("tests", "0")) >= 8, name
         assert not list(suite.iter("skipped")), name

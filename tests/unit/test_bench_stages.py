@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from amctl.benchmarks import BENCH_SERVICE_ENV, BenchReport, Measurement, MeasurementResult, run_measurement
+from amctl.commands.bench import measurements
+from amctl.load.identity_measure import Outcome, is_merged, make_visitors, summarize
 from amctl.local.stack import LocalStack
 from amctl.settings import AmctlSettings
 
@@ -43,3 +45,26 @@ def test_the_rate_limit_override_reaches_the_services_not_amctl(tmp_path: Path) 
     for name in ("ingestion-api", "segment-api", "rule-engine"):
         assert stack.component(name).env["AM_RATE_LIMIT_PER_S"] == BENCH_SERVICE_ENV["AM_RATE_LIMIT_PER_S"]
     assert "AM_RATE_LIMIT_PER_S" not in LocalStack(AmctlSettings(state_dir=tmp_path)).service_env()
+
+
+def test_the_identify_stage_counts_only_merges_it_saw_and_verified() -> None:
+    visitors = make_visitors("r1", 3)
+    assert len({v.anonymous_id for v in visitors}) == len({v.amount for v in visitors}) == 3
+    first = visitors[0]
+    merged = {"userId": first.user_id, "anonymous": False, "aliases": [first.anonymous_id],
+              "totalSpent": first.amount, "purchaseCount": 1}
+    assert is_merged(merged, first)
+    assert not is_merged({**merged, "totalSpent": first.amount * 2}, first)  # counted twice
+    assert not is_merged({**merged, "aliases": []}, first)
+    assert not is_merged({**merged, "anonymous": True}, first)
+    assert not is_merged(merged, visitors[1])
+    outcomes = [Outcome(0.050, True), Outcome(0.200, True), Outcome(0.100, False), Outcome(None, False)]
+    assert summarize(outcomes, 20.0) == {"visitors": 4, "rate": 20.0, "merged": 3, "verified": 2,
+                                         "p50_ms": 100.0, "p99_ms": 200.0, "max_ms": 200.0}
+    assert summarize([Outcome(None, False)], 5.0) == {"visitors": 1, "rate": 5.0, "merged": 0, "verified": 0}
+
+
+def test_the_bench_runs_the_identify_stage() -> None:
+    stages = {m.name: m for m in measurements(quick=True)}
+    assert stages["identify_latency"].function == "amctl.load.identity_measure:measure_identify_latency"
+    assert stages["identify_latency"].needs_stack

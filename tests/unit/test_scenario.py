@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ def test_every_shipped_scenario_loads() -> None:
     from amctl.scenario.model import find_scenarios
 
     names = {load_scenario(path).name for path in find_scenarios(DEFAULT_DIR)}
-    assert {"basic-segmentation", "rule-engine-testing"} <= names
+    assert {"basic-segmentation", "rule-engine-testing", "anonymous-to-known"} <= names
 
 
 def test_the_mail_sink_service_reads_one_campaigns_mails(tmp_path: Path) -> None:
@@ -177,3 +178,69 @@ steps:
     ScenarioRunner(scripted, variables=http.template_variables()).run(scenario)
     url = scripted.calls[0][3]["url"]
     assert url.startswith(f"http://127.0.0.1:{settings.ports.webhook_sink}/hooks/crm-") and "{{" not in url
+
+
+class RunAwareHttp(ScriptedHttp):
+    """Scripted answers that may name the run's ids: each answer is built from the run id, read from the
+    name of the segment the scenario creates first (`... {{ run }}`)."""
+
+    def __init__(self, answers: list[Callable[[str], tuple[int, Any]]]) -> None:
+        super().__init__([])
+        self.builders = answers
+        self.run = ""
+
+    def call(self, service: str, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        if not self.calls:
+            self.run = str(json["name"]).rsplit(" ", 1)[1]
+        self.calls.append((service, method, path, json))
+        return self.builders.pop(0)(self.run)
+
+
+def test_the_anonymous_to_known_scenario_passes_when_the_services_answer_as_designed() -> None:
+    """The shipped scenario run against scripted answers: its templates render (the eventIds the
+    Ingestion API gave go into `after`), the identify step posts the link, and every expectation holds."""
+    from amctl.commands.scenario import DEFAULT_DIR
+
+    def profile(run: str, **changes: Any) -> dict[str, Any]:
+        return {"userId": f"shopper-{run}", "resolvedFrom": None, "anonymous": False, "aliases": [f"visitor-{run}"],
+                "traits": {"email": f"shopper-{run}@example.com"}, "totalSpent": 1200, "purchaseCount": 2, **changes}
+
+    def segments(run: str, **changes: Any) -> dict[str, Any]:
+        return {"userId": f"shopper-{run}", "segments": [{"segmentId": "s-hv"}], **changes}
+
+    scenario = load_scenario(DEFAULT_DIR / "anonymous-to-known.yaml")
+    http = RunAwareHttp([
+        lambda run: (201, {"id": "s-hv"}),
+        lambda run: (202, {"eventId": "ev-1", "status": "accepted"}),
+        lambda run: (202, {"eventId": "ev-2", "status": "accepted"}),
+        lambda run: (200, {"userId": f"visitor-{run}", "anonymous": True, "totalSpent": 1200}),
+        lambda run: (202, {"status": "linked"}),
+        lambda run: (200, segments(run)),
+        lambda run: (200, profile(run)),
+        lambda run: (200, profile(run, resolvedFrom=f"visitor-{run}")),
+        lambda run: (202, {"eventId": "ev-3", "status": "accepted"}),
+        lambda run: (200, profile(run, totalSpent=1300, purchaseCount=3)),
+        lambda run: (200, segments(run)),
+        lambda run: (200, segments(run, resolvedFrom=f"visitor-{run}")),
+    ])
+    result = ScenarioRunner(http).run(scenario)
+    assert result.passed, [s.error for s in result.steps if s.error]
+    assert http.builders == []  # every call the script expected was made
+    known, visitor = f"shopper-{http.run}", f"visitor-{http.run}"
+    paths = [path for _, _, path, _ in http.calls]
+    assert paths[3] == f"/api/users/{visitor}/profile?after=ev-2"
+    assert paths[9] == f"/api/users/{known}/profile?after=ev-3&wait=5"
+    assert http.calls[4] == ("ingestion", "POST", "/api/identify", {
+        "userId": known, "anonymousId": visitor, "traits": {"email": f"{known}@example.com"}})
+    assert http.calls[8][3] == {"anonymousId": visitor, "eventType": "purchase", "properties": {"amount": 100}}
+
+
+def test_an_identify_the_service_refuses_fails_the_step_saying_so(tmp_path: Path) -> None:
+    scenario = load_scenario(write(tmp_path, """
+name: refused
+steps:
+  - identify: {userId: bob, anonymousId: anon-1}
+"""))
+    result = ScenarioRunner(ScriptedHttp([(409, {"detail": "anon-1 belongs to another user"})])).run(scenario)
+    assert result.steps[0].error == ("identify 'anon-1' as 'bob' was not accepted: 409 "
+                                     "{'detail': 'anon-1 belongs to another user'}")
