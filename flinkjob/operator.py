@@ -94,7 +94,7 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         for change in outcome.changes:
             yield orjson.dumps(MembershipOutput(change, profile).to_json(profile_json)).decode()
         self.changes.inc(len(outcome.changes))
-        if profile_json is not None:
+        if profile_json is not None and not outcome.changes:  # a change carries the profile that caused it
             yield PROFILES, orjson.dumps(profile_json).decode()
         if outcome.removed is not None:  # after the key's last change and snapshot, on both topics
             removal = orjson.dumps(outcome.removed.to_json()).decode()

@@ -83,7 +83,7 @@ def identify(
         if json_output:
             context.print_json(result)
             return
-        if result.get("status") == "already":
+        if result.get("status") == "already linked":
             context.console.print(f"{anonymous_id} was already linked to {user_id}", markup=False)
         else:
             context.console.print(f"linked {anonymous_id} to {user_id}", markup=False)

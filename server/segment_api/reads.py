@@ -34,11 +34,6 @@ class UserRead:
         return self.asked if self.asked != self.user_id else None
 
 
-async def canonical_id(store: ProfileStore, user_id: str) -> str:
-    """The user `user_id` belongs to: itself, unless it is a linked anonymous id."""
-    return (await store.canonical_ids([user_id])).get(user_id, user_id)
-
-
 def has_applied(profile: dict[str, Any] | None, event_id: str) -> bool:
     return profile is not None and event_id in (profile.get("recentEvents") or [])
 
@@ -51,8 +46,7 @@ async def read_user(store: ProfileStore, user_id: str, after: str | None, wait_s
     """
     deadline = time.monotonic() + wait_s
     while True:
-        canonical = await canonical_id(store, user_id)
-        profile = await store.get_profile(canonical)
+        canonical, profile = await store.resolve_profile(user_id)
         if after is None or has_applied(profile, after):
             return UserRead(user_id, canonical, profile, applied=True)
         remaining = deadline - time.monotonic()

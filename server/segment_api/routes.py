@@ -19,7 +19,7 @@ from server.runtime.errors import DependencyUnavailable, InvalidInput, NotFound
 from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET
 from server.runtime.routing import StorableRoute
 from server.segment_api.membership import MembershipPublisher
-from server.segment_api.reads import UserRead, canonical_id, read_user
+from server.segment_api.reads import UserRead, read_user
 from server.segment_api.repository import SegmentRepository, SegmentRow
 from server.segment_api.schemas import (
     EventPending,
@@ -271,15 +271,13 @@ def pending(read: UserRead, after: str, wait: float) -> JSONResponse:
            summary="The segments a user is in (by its id or a linked anonymous id)")
 async def user_segments(user_id: UserIdPath, repo: Repository, store: Store, after: AfterQuery = None,
                         wait: WaitQuery = 2.0) -> UserSegments | JSONResponse:
-    if after is None:
-        read = UserRead(user_id, await canonical_id(store, user_id), None, applied=True)
-    else:
+    if after is not None:
         read = await read_user(store, user_id, after, wait)
         if not read.applied:
             return pending(read, after, wait)
-    memberships = await store.user_memberships(read.user_id)
+    canonical, memberships = await store.resolve_memberships(user_id)
     names = await repo.names([m.segment_id for m in memberships])
-    return UserSegments(user_id=read.user_id, resolved_from=read.resolved_from, segments=[
+    return UserSegments(user_id=canonical, resolved_from=user_id if canonical != user_id else None, segments=[
         UserSegment(segment_id=m.segment_id, name=names.get(m.segment_id, ""), segment_version=m.segment_version,
                     entered_at=m.entered_at)
         for m in memberships

@@ -237,6 +237,21 @@ class AerospikeProfileStore:
         return {i: entry.record[2]["user"] for i, entry in zip(ids, batch.batch_records, strict=True)
                 if entry.result == 0 and entry.record is not None}
 
+    def _canonical(self, user_id: str) -> str:
+        return str((self._bins("aliases", user_id) or {}).get("user") or user_id)
+
+    async def resolve_profile(self, user_id: str) -> tuple[str, dict[str, Any] | None]:
+        def read() -> tuple[str, dict[str, Any] | None]:
+            canonical = self._canonical(user_id)
+            return canonical, self._get_profile(canonical)
+        return await asyncio.to_thread(read)
+
+    async def resolve_memberships(self, user_id: str) -> tuple[str, list[Membership]]:
+        def read() -> tuple[str, list[Membership]]:
+            canonical = self._canonical(user_id)
+            return canonical, self._user_memberships(canonical)
+        return await asyncio.to_thread(read)
+
     async def aliases_of(self, user_id: str) -> list[str]:
         return await asyncio.to_thread(lambda: list((self._bins("alias_lists", user_id) or {}).get("ids") or []))
 

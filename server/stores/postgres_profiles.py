@@ -32,6 +32,10 @@ _APPLY_CHANGE = (
 )
 
 
+# the user an id belongs to: the user it is linked to, if it is an anonymous id, else itself
+_CANONICAL = "c AS (SELECT COALESCE((SELECT user_id FROM user_aliases WHERE anonymous_id = %(id)s), %(id)s) AS id)"
+
+
 def _membership(row: tuple[Any, ...]) -> Membership:
     return Membership(segment_id=row[0], user_id=row[1], segment_version=row[2], entered_at=row[3], source=row[4])
 
@@ -195,6 +199,24 @@ class PostgresProfileStore:
             cur = await conn.execute("SELECT anonymous_id, user_id FROM user_aliases WHERE anonymous_id = ANY(%s)",
                                      (list(ids),))
             return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def resolve_profile(self, user_id: str) -> tuple[str, dict[str, Any] | None]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"WITH {_CANONICAL} SELECT c.id, p.profile FROM c LEFT JOIN user_profiles p ON p.user_id = c.id",
+                {"id": user_id})
+            row = await cur.fetchone()
+        assert row is not None  # the CTE always has its one row
+        return row[0], dict(row[1]) if row[1] is not None else None
+
+    async def resolve_memberships(self, user_id: str) -> tuple[str, list[Membership]]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"WITH {_CANONICAL} SELECT c.id, m.segment_id::text, m.user_id, m.segment_version, m.entered_at,"
+                " m.source FROM c LEFT JOIN segment_memberships m ON m.user_id = c.id ORDER BY m.entered_at",
+                {"id": user_id})
+            rows = await cur.fetchall()
+        return rows[0][0], [_membership(row[1:]) for row in rows if row[1] is not None]
 
     async def aliases_of(self, user_id: str) -> list[str]:
         async with self.db.connection() as conn:

@@ -94,6 +94,13 @@ class ProfileStore(Protocol):
     async def canonical_ids(self, ids: Sequence[str]) -> dict[str, str]:
         """For those of `ids` that are linked anonymous ids: the user each belongs to (one round trip)."""
 
+    async def resolve_profile(self, user_id: str) -> tuple[str, dict[str, Any] | None]:
+        """(the user `user_id` belongs to — itself unless it is a linked anonymous id —, that user's profile),
+        in one round trip: the read path of the Segment API."""
+
+    async def resolve_memberships(self, user_id: str) -> tuple[str, list[Membership]]:
+        """(the user `user_id` belongs to, that user's memberships), in one round trip."""
+
     async def aliases_of(self, user_id: str) -> list[str]:
         """The anonymous ids linked to `user_id`, oldest link first."""
 

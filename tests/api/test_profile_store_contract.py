@@ -152,6 +152,14 @@ async def _aliases(store: ProfileStore, p: str) -> None:
     assert await store.aliases_of(alice) == [f"{p}-v1", f"{p}-v2"]
     assert await store.canonical_ids([f"{p}-v1", alice, f"{p}-v3"]) == {f"{p}-v1": alice}
     assert await store.canonical_ids([]) == {}
+    seg = str(uuid.uuid4())
+    await store.put_profiles([Profile(alice, event_count=3)])
+    await store.apply_changes([change(alice, seg, "entered")])
+    assert await store.resolve_profile(f"{p}-v1") == (alice, Profile(alice, event_count=3).to_json())
+    assert await store.resolve_profile(f"{p}-nobody") == (f"{p}-nobody", None)
+    canonical, memberships = await store.resolve_memberships(f"{p}-v2")
+    assert canonical == alice and [m.segment_id for m in memberships] == [seg]
+    assert await store.resolve_memberships(f"{p}-nobody") == (f"{p}-nobody", [])
 
 
 async def _remove_user(store: ProfileStore, p: str) -> None:
