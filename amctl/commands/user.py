@@ -108,8 +108,8 @@ def delete(
         what = f"user {target}" + (f" and its {len(aliases)} alias(es): {', '.join(aliases)}" if aliases else "")
         if profile is None:
             what += " (no profile stored)"
-        context.err.print(f"deleting {what}", markup=False, highlight=False)
+        context.err.print(f"erasing {what}", markup=False, highlight=False)
         if not yes and sys.stdin.isatty() and not typer.confirm("delete?", default=False):
             raise typer.Abort()
-        client.delete_user(target)
-        context.console.print(f"deleted {what}", markup=False)
+        client.delete_user(target)  # 202: the rule job makes the memberships exit, then the store's rows go
+        context.console.print(f"erasure of {what} under way: gone from reads within a second or two", markup=False)
