@@ -51,15 +51,15 @@ def user_id_hash(user_id: str) -> str:
     return hashlib.sha256(user_id.encode()).hexdigest()
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
 
 
-def get_producer(request: Request) -> AsyncProducer:
-    return get_membership(request).producer  # the app's one producer
+async def get_producer(request: Request) -> AsyncProducer:
+    return (await get_membership(request)).producer  # the app's one producer
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 

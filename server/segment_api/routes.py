@@ -48,19 +48,20 @@ UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=
                                  description="Letters, digits and _ . : @ + -")]
 
 
-def get_repository(request: Request) -> SegmentRepository:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request for each
+async def get_repository(request: Request) -> SegmentRepository:
     return request.app.state.segments  # type: ignore[no-any-return]
 
 
-def get_store(request: Request) -> ProfileStore:
+async def get_store(request: Request) -> ProfileStore:
     return request.app.state.profiles  # type: ignore[no-any-return]
 
 
-def get_relay(request: Request) -> OutboxRelay:
+async def get_relay(request: Request) -> OutboxRelay:
     return request.app.state.relay  # type: ignore[no-any-return]
 
 
-def get_membership(request: Request) -> MembershipPublisher:
+async def get_membership(request: Request) -> MembershipPublisher:
     return request.app.state.membership  # type: ignore[no-any-return]
 
 
