@@ -1,4 +1,4 @@
-"""amctl against the real Segment and Communication APIs (processes on the session PostgreSQL and broker):
+"""amctl against the real Segment, Communication and Ingestion APIs (processes on the session PostgreSQL and broker):
 what the services refuse is said in one `error:` line, and their text is shown as it is, never as markup."""
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from tests.conftest import unique_name
 
 pytestmark = pytest.mark.api
 RULES = '{"conditions":[{"field":"totalSpent","operator":"gt","value":1000}]}'
-SERVICES = {"segment_api": "server.segment_api", "communication_api": "server.communication_api"}
+SERVICES = {"segment_api": "server.segment_api", "communication_api": "server.communication_api",
+            "ingestion_api": "server.ingestion_api"}
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +267,26 @@ def test_a_user_read_by_a_linked_anonymous_id_shows_the_user_and_its_aliases(ser
     assert "--wait" in pending.stderr.splitlines()[-1]  # the hint
     too_long = invoke("user", "profile", "cli-alice", "--after", "e-1", "--wait", "11", env=services)
     assert too_long.exit_code == 1 and "(HTTP 422)" in one_error(too_long.stderr)
+
+
+def test_identify_then_delete_a_user_from_the_command_line(services: dict[str, str]) -> None:
+    linked = invoke("user", "identify", "cli-dora", "cli-visitor", "--trait", "plan=pro", env=services)
+    assert linked.exit_code == 0 and linked.stdout.strip() == "linked cli-visitor to cli-dora", linked.output
+    again = invoke("user", "identify", "cli-dora", "cli-visitor", env=services)
+    assert again.stdout.strip() == "cli-visitor was already linked to cli-dora"
+    taken = run("user", "identify", "cli-erin", "cli-visitor", env=services)
+    assert taken.returncode == 1 and "already linked to another user" in one_error(taken.stderr)
+    same = invoke("user", "identify", "cli-dora", "cli-dora", env=services)
+    assert same.exit_code == 1 and "(HTTP 422)" in one_error(same.stderr)
+
+    with psycopg.connect(services["AM_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("INSERT INTO user_profiles (user_id, profile) VALUES (%s, %s)",
+                     ("cli-dora", Jsonb({"userId": "cli-dora", "totalSpent": 5})))
+    erased = invoke("user", "delete", "cli-visitor", "--yes", env=services)  # by the alias: the person goes
+    assert erased.exit_code == 0, erased.output
+    assert "erasure of user cli-dora and its 1 alias(es): cli-visitor under way" in " ".join(erased.stdout.split())
+    with psycopg.connect(services["AM_DATABASE_URL"]) as conn:
+        audit = conn.execute("SELECT user_id_hash, aliases FROM user_deletions").fetchall()
+    assert [(len(h), n) for h, n in audit] == [(64, 1)] and "cli-dora" not in audit[0][0]
+    unknown = invoke("user", "delete", "cli-nobody", "--yes", env=services)
+    assert unknown.exit_code == 1 and "(HTTP 404)" in one_error(unknown.stderr)
