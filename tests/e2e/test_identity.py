@@ -151,6 +151,9 @@ def test_a_job_killed_while_visitors_sign_in_counts_every_purchase_once(running_
     with psycopg.connect(running_stack.database_url) as conn:
         left = conn.execute("SELECT count(*) FROM user_profiles WHERE user_id LIKE %s",
                             (f"anon-{marker}-%",)).fetchone()
+    print(f"\njob killed while visitors sign in: {len(identified)} of {len(visitors)} identifies accepted, "
+          f"{sum(totals()[v] == expected[v] for v in visitors)} totals exact, {left[0] if left else '?'} visitor "
+          "profiles left")
     assert left == (0,)  # no visitor profile is left behind
 
 
