@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -54,6 +54,15 @@ JsonObject = dict[str, Any]
 
 segment = APIRouter(prefix="/v1", tags=["segment"], route_class=StorableRoute)
 
+
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str | datetime):
+        raise ValueError("expected an ISO-8601 timestamp string")
+    return value
+
+
+# an ISO-8601 string, as Segment's libraries send it; a number is refused, not read as seconds since 1970
+Timestamp = Annotated[datetime, BeforeValidator(_iso_text)]
 
 class WriteKeyAuth:
     """Pure ASGI middleware: on `/v1/*` the Basic username (Segment's write key) is presented as the
@@ -93,8 +102,8 @@ class SegmentMessage(BaseModel):
     userId: str | None = None
     anonymousId: str | None = None
     messageId: str | None = None
-    timestamp: datetime | None = None
-    sentAt: datetime | None = None
+    timestamp: Timestamp | None = None
+    sentAt: Timestamp | None = None
     context: JsonObject = Field(default_factory=dict)
     integrations: JsonObject = Field(default_factory=dict)
 
@@ -142,7 +151,7 @@ class SegmentBatchIn(BaseModel):
     model_config = ConfigDict(extra="ignore")  # Segment's libraries send writeKey, context, integrations here
 
     batch: list[JsonObject] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
-    sentAt: datetime | None = None
+    sentAt: Timestamp | None = None
 
 
 class SegmentAccepted(BaseModel):

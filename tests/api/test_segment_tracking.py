@@ -127,6 +127,8 @@ def test_single_calls_answer_success_after_the_ack(api: TestClient, settings: Se
     ("/v1/alias", {"userId": "u", "previousId": "u"}, "previousId"),
     ("/v1/group", {"userId": "u"}, "groupId"),
     ("/v1/page", {"userId": "u", "timestamp": "2000-01-01T00:00:00Z"}, "timestamp"),
+    ("/v1/track", {"userId": "u", "event": "x", "sentAt": 0.0}, "sentAt"),  # a number is not read as 1970
+    ("/v1/batch", {"batch": [{"type": "track", "userId": "u", "event": "x"}], "sentAt": 1700000000}, "sentAt"),
 ])
 def test_bad_single_calls_are_422_naming_segments_field(api: TestClient, path: str, body: dict[str, Any],
                                                         field: str) -> None:
