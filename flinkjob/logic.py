@@ -93,6 +93,11 @@ def unchanged(state: UserState) -> Outcome:
     return Outcome(state, [], False, None)
 
 
+def refusal(state: UserState, why: str) -> Outcome:
+    """The input is not applied: the state stays as it was, and `why` is logged and counted."""
+    return Outcome(state, [], False, None, refused=why)
+
+
 def compile_definition(definition: SegmentDefinition) -> SegmentRule | None:
     """The compiled rule of an active definition; None if inactive or (defensively) invalid."""
     if not definition.active or definition.rules is None:
@@ -119,6 +124,11 @@ def _diff(state: UserState, profile: Profile, rules: Mapping[str, SegmentRule], 
     return memberships, changes
 
 
+def _exit_all(state: UserState, user_id: str, now: datetime) -> list[MembershipChange]:
+    """Every membership of the key exits (it was merged into another user, or deleted)."""
+    return _diff(state, state.profile or Profile(user_id), {}, now, None)[1]
+
+
 def _next_timer(profile: Profile, rules: Mapping[str, SegmentRule], now: datetime) -> datetime | None:
     looked_through = frozenset().union(*(r.windows for r in rules.values()))
     return window_expiry(looked_through, profile, now) if looked_through else None
@@ -137,7 +147,7 @@ def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule
         return unchanged(state)
     profile = apply_event(state.profile, event, retention_for(rules))
     if not math.isfinite(profile.total_spent):
-        return Outcome(state, [], False, None, refused=f"event {event.event_id}: totalSpent would overflow")
+        return refusal(state, f"event {event.event_id}: totalSpent would overflow")
     memberships, changes = _diff(state, profile, rules, now, event.received_at)
     return Outcome(replace(state, profile=profile, memberships=memberships), changes, True,
                    _next_timer(profile, rules, now))
@@ -148,12 +158,11 @@ def on_identify(state: UserState, record: IdentifyRecord, now: datetime) -> Outc
     if state.alias_of == record.user_id:
         return unchanged(state)  # the same identify again
     if state.alias_of is not None:
-        return Outcome(state, [], False, None, refused=f"anonymous id {record.anonymous_id!r} is already "
-                                                       f"linked to another user; it is not moved")
+        return refusal(state, f"anonymous id {record.anonymous_id!r} is already linked to another user; "
+                              "it is not moved")
     if state.aliases or (state.profile is not None and not state.profile.anonymous):
-        return Outcome(state, [], False, None, refused=f"{record.anonymous_id!r} is a known user: two known "
-                                                       "users are never merged")
-    _, exits = _diff(state, state.profile or Profile(record.anonymous_id), {}, now, None)
+        return refusal(state, f"{record.anonymous_id!r} is a known user: two known users are never merged")
+    exits = _exit_all(state, record.anonymous_id, now)
     merge = MergeRecord(record.anonymous_id, record.user_id, record.at, state.profile, record.traits)
     removed = ProfileRemoved(record.anonymous_id, "merged", now, into=record.user_id)
     return Outcome(UserState(alias_of=record.user_id), exits, False, None, feedback=(merge,), removed=removed)
@@ -164,9 +173,9 @@ def on_merge(state: UserState, record: MergeRecord, rules: Mapping[str, SegmentR
     if record.anonymous_id in state.aliases:
         return unchanged(state)  # a replayed copy: merged already
     if state.alias_of is not None:
-        return Outcome(state, [], False, None, refused=f"{record.user_id!r} is itself an alias of another user")
+        return refusal(state, f"{record.user_id!r} is itself an alias of another user")
     if len(state.aliases) >= MAX_ALIASES:
-        return Outcome(state, [], False, None, refused=f"{record.user_id!r} has {MAX_ALIASES} aliases already")
+        return refusal(state, f"{record.user_id!r} has {MAX_ALIASES} aliases already")
     profile = merge_profiles(state.profile, record.profile, record.user_id, record.traits)
     memberships, changes = _diff(state, profile, rules, now, None)
     return Outcome(replace(state, profile=profile, memberships=memberships,
@@ -176,7 +185,7 @@ def on_merge(state: UserState, record: MergeRecord, rules: Mapping[str, SegmentR
 
 def on_forget(state: UserState, record: ForgetRecord, now: datetime) -> Outcome:
     """Delete the user: every membership exits, the store's rows go, then each alias's key is forgotten."""
-    _, exits = _diff(state, state.profile or Profile(record.user_id), {}, now, None)
+    exits = _exit_all(state, record.user_id, now)
     aliases = tuple(ForgetRecord(alias, record.at) for alias in state.aliases)
     return Outcome(UserState(), exits, False, None, feedback=aliases,
                    removed=ProfileRemoved(record.user_id, "deleted", now))

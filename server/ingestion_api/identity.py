@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-
-import psycopg
-from psycopg_pool import PoolTimeout
+from typing import Literal
 
 from server.domain.pipeline import MAX_ALIASES
-from server.runtime.errors import DependencyUnavailable
 from server.stores.profile_store import AliasLink
 
-# What a lookup or a link may raise when the store does not answer: the event is still taken, unlinked
-STORE_UNAVAILABLE = (psycopg.Error, PoolTimeout, DependencyUnavailable)
 LINK_CACHE_SIZE = 50_000
 # A link never moves to another user, but a deleted user's links go: a cached one is trusted this long
 LINK_CACHE_TTL_S = 60.0
@@ -49,6 +44,11 @@ class LinkCache:
 
     def __len__(self) -> int:
         return len(self._links)
+
+
+def made(link: AliasLink) -> Literal["linked", "already linked"]:
+    """How an answer names a link that was made: now, or before."""
+    return "linked" if link.status == "linked" else "already linked"
 
 
 def refusal(anonymous_id: str, user_id: str, link: AliasLink) -> str:

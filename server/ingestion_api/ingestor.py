@@ -22,13 +22,14 @@ from fastapi import Request
 
 from server.domain.events import UserEvent
 from server.domain.pipeline import MAX_ALIASES, IdentifyRecord
-from server.ingestion_api.identity import STORE_UNAVAILABLE, LinkCache, refusal
+from server.ingestion_api.identity import LinkCache, made, refusal
 from server.ingestion_api.metrics import IngestionMetrics
 from server.ingestion_api.schemas import EventIn, IdentityOutcome
 from server.runtime.auth import caller_id
 from server.runtime.errors import Conflict, DependencyUnavailable, RateLimited
 from server.runtime.settings import ServiceSettings
 from server.stores.kafka import AsyncProducer
+from server.stores.outages import DEPENDENCY_OUTAGES
 from server.stores.profile_store import AliasLink, ProfileStore
 from server.stores.rate_limit import RateLimiter, RecentIds
 from server.stores.topics import USER_EVENTS
@@ -146,7 +147,7 @@ class Ingestor:
         if unknown:
             try:
                 owners = await self.store.canonical_ids(sorted(unknown))
-            except STORE_UNAVAILABLE as exc:  # keyed by the anonymous id, the rule job forwards them itself
+            except DEPENDENCY_OUTAGES as exc:  # keyed by the anonymous id, the rule job forwards them itself
                 log.warning("anonymous ids not resolved, the profile store did not answer: %s", exc)
                 owners = {}
             for anonymous_id, user_id in owners.items():
@@ -169,7 +170,7 @@ class Ingestor:
             try:
                 link = AliasLink("conflict", known) if known is not None \
                     else await self.store.link_alias(anonymous_id, user_id, MAX_ALIASES)
-            except STORE_UNAVAILABLE as exc:
+            except DEPENDENCY_OUTAGES as exc:
                 self.metrics.identity_refusals.labels("unavailable").inc()
                 identities[anonymous_id, user_id] = IdentityOutcome(
                     status="not linked", detail=f"the profile store did not answer ({type(exc).__name__}); "
@@ -193,7 +194,7 @@ class Ingestor:
                 unannounced[pair] = failure
                 continue
             self.links.put(*pair)
-            identities[pair] = IdentityOutcome(status="linked" if links[pair].status == "linked" else "already linked")
+            identities[pair] = IdentityOutcome(status=made(links[pair]))
         return unannounced
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import ValidationError
 
+from server.ingestion_api.identity import made
 from server.ingestion_api.ingestor import Ingestor, Outcome
 from server.ingestion_api.schemas import (
     MAX_EVENT_BYTES,
@@ -87,7 +88,7 @@ async def identify(body: IdentifyIn, request: Request, ingestor: IngestorDep) ->
     ingestor.admit(request, 1)
     link = await ingestor.identify(body.anonymousId, body.userId, body.traits, datetime.now(UTC))
     return IdentifyAccepted(userId=body.userId, anonymousId=body.anonymousId,
-                            status="linked" if link.status == "linked" else "already linked")
+                            status=made(link))
 
 
 def validation_errors(exc: ValidationError) -> list[str]:

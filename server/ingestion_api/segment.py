@@ -31,9 +31,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.ingestion_api.identity import STORE_UNAVAILABLE
+from server.ingestion_api.identity import made
 from server.ingestion_api.ingestor import Outcome
-from server.ingestion_api.routes import IngestorDep, batch_result, item_refusal, item_result
+from server.ingestion_api.routes import IngestorDep, batch_result, item_refusal, item_result, validation_errors
 from server.ingestion_api.schemas import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
@@ -47,6 +47,7 @@ from server.ingestion_api.schemas import (
 from server.runtime.errors import Conflict, InvalidInput
 from server.runtime.fields import UserId
 from server.runtime.routing import PER_ITEM, StorableRoute
+from server.stores.outages import DEPENDENCY_OUTAGES
 
 CALLS = ("track", "identify", "alias", "page", "screen", "group")
 SEGMENT_BODY_LIMITS = {**{f"/v1/{call}": MAX_EVENT_BYTES for call in CALLS}, "/v1/batch": MAX_BATCH_BYTES}
@@ -221,10 +222,6 @@ def _invalid(exc: ValidationError) -> InvalidInput:
     return InvalidInput("invalid Segment call", problems)
 
 
-def _problems(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-
-
 async def _single(kind: str, body: JsonObject, request: Request, ingestor: IngestorDep) -> SegmentAccepted:
     received_at = datetime.now(UTC)
     try:
@@ -282,7 +279,7 @@ async def segment_batch(body: SegmentBatchIn, request: Request, response: Respon
                     events.append((index, to_event(call, received_at, body.sentAt)))
                 continue
             except ValidationError as exc:
-                refusal = "invalid", _problems(exc)
+                refusal = "invalid", validation_errors(exc)
         results.append(EventResult(index=index, status="rejected", errors=refusal[1]))
         ingestor.metrics.rejected.labels(refusal[0]).inc()
     if events or aliases:
@@ -304,8 +301,8 @@ async def _alias_result(index: int, call: AliasIn, at: datetime, ingestor: Inges
         link = await ingestor.identify(call.previousId, call.userId, {}, at)
     except Conflict as exc:
         return EventResult(index=index, status="rejected", eventId=call.messageId, errors=[str(exc)])
-    except STORE_UNAVAILABLE as exc:
+    except DEPENDENCY_OUTAGES as exc:
         return EventResult(index=index, status="failed", eventId=call.messageId, errors=[str(exc)])
     return EventResult(index=index, status="accepted", eventId=call.messageId,
-                       identity=IdentityOutcome(status="linked" if link.status == "linked" else "already linked"))
+                       identity=IdentityOutcome(status=made(link)))
 
