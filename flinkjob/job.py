@@ -173,7 +173,7 @@ def build(settings: RuleEngineSettings, stop_at: StopAt | None = None) -> Stream
     changes = (
         keyed.key_by(user_key, key_type=Types.STRING())
         .connect(rules.broadcast(RULES))
-        .process(RuleEngineFunction(), output_type=Types.STRING())
+        .process(RuleEngineFunction(settings.history_lookback), output_type=Types.STRING())
         .name("evaluate-rules")
         .uid("evaluate-rules")
     )

@@ -20,7 +20,7 @@ store, and forgets each alias's key in turn.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from server.domain.events import UserEvent
-from server.domain.membership import MembershipChange, SegmentRule, evaluate_memberships
+from server.domain.membership import Change, MembershipChange, SegmentRule, as_rule_set, evaluate_memberships, reason
 from server.domain.pipeline import (
     MAX_ALIASES,
     ForgetRecord,
@@ -37,10 +37,12 @@ from server.domain.pipeline import (
     MergeRecord,
     ProfileRemoved,
     ReevaluationRequest,
+    StaticMembership,
 )
 from server.domain.profile import Profile, apply_event, merge_profiles, prune_history
 from server.domain.rules import RuleValidationError, parse_rule, window_expiry
 from server.domain.segment import SegmentDefinition
+from server.domain.timeutil import format_timestamp
 
 
 @dataclass
@@ -49,11 +51,13 @@ class UserState:
     memberships: dict[str, int] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)  # anonymous ids merged into this user, oldest first
     alias_of: str | None = None  # this key is an anonymous id linked to that user
+    static: frozenset[str] = frozenset()  # the STATIC segments the user is in (for rules that refer to them)
 
     @property
     def empty(self) -> bool:
         """Nothing is left to keep: the operator clears the key's state."""
-        return self.profile is None and not self.memberships and not self.aliases and self.alias_of is None
+        return (self.profile is None and not self.memberships and not self.aliases and self.alias_of is None
+                and not self.static)
 
     def to_json(self, profile: dict[str, Any] | None = None) -> str:
         """The state as stored in Flink; `profile` is the profile's JSON when the caller already has it."""
@@ -64,6 +68,8 @@ class UserState:
             body["aliases"] = self.aliases
         if self.alias_of is not None:
             body["aliasOf"] = self.alias_of
+        if self.static:
+            body["static"] = sorted(self.static)
         return orjson.dumps(body).decode()
 
     @classmethod
@@ -75,7 +81,8 @@ class UserState:
         if profile is not None and "recentEvents" in data:  # state written before the ids moved into the profile
             profile.recent_events = [str(i) for i in data["recentEvents"]]
         return cls(profile=profile, memberships={k: int(v) for k, v in data.get("memberships", {}).items()},
-                   aliases=[str(a) for a in data.get("aliases", [])], alias_of=data.get("aliasOf"))
+                   aliases=[str(a) for a in data.get("aliases", [])], alias_of=data.get("aliasOf"),
+                   static=frozenset(data.get("static", ())))
 
 
 @dataclass(frozen=True)
@@ -109,28 +116,54 @@ def compile_definition(definition: SegmentDefinition) -> SegmentRule | None:
 
 
 def retention_for(rules: Mapping[str, SegmentRule]) -> timedelta:
-    return max((r.retention for r in rules.values()), default=timedelta(0))
+    """How long a user's history keeps events: the lookback, or the longest window a live rule needs."""
+    return as_rule_set(rules).retention
 
 
 def _diff(state: UserState, profile: Profile, rules: Mapping[str, SegmentRule], now: datetime,
-          received_at: datetime | None, only: str | None = None) -> tuple[dict[str, int], list[MembershipChange]]:
-    """Evaluate `rules` (or just segment `only`) and return (new memberships, changes)."""
-    current = state.memberships if only is None else {k: v for k, v in state.memberships.items() if k == only}
-    diff = evaluate_memberships(profile, rules, current, now)
-    memberships = {k: v for k, v in state.memberships.items() if only is not None and k != only}
-    memberships.update(diff.current)
-    changes = [MembershipChange(profile.user_id, sid, "entered", now, v, received_at) for sid, v in diff.entered]
-    changes += [MembershipChange(profile.user_id, sid, "exited", now, v, received_at) for sid, v in diff.exited]
-    return memberships, changes
+          cause: Mapping[str, Any], before: Profile | None = None, only: Container[str] | None = None,
+          received_at: datetime | None = None, static_before: frozenset[str] | None = None,
+          ) -> tuple[dict[str, int], list[MembershipChange]]:
+    """Evaluate `rules` (or just the segments in `only`) on `profile` and return (new memberships, changes).
+
+    Each change says why (`because`): `cause`, and the leaves of the rule that flipped since `before` (the
+    profile as it was; None: every leaf, as for a rule that is new to the user). `static_before` is the user's
+    STATIC segments before this input, when it changed them.
+    """
+    diff = evaluate_memberships(profile, rules, state.memberships, now, state.static, only)
+    if not diff.entered and not diff.exited:
+        return diff.current, []
+    was_in = _Segments(state.memberships, state.static if static_before is None else static_before)
+    now_in = _Segments(diff.current, state.static)
+    changes = []
+    kinds: tuple[tuple[Change, list[tuple[str, int]]], ...] = (("entered", diff.entered), ("exited", diff.exited))
+    for change, found in kinds:
+        for segment_id, version in found:
+            rule = rules.get(segment_id)
+            why = reason(rule.rule if rule is not None else None, cause, before, profile, now, was_in, now_in)
+            changes.append(MembershipChange(profile.user_id, segment_id, change, now, version, received_at,
+                                            because=why))
+    return diff.current, changes
 
 
-def _exit_all(state: UserState, user_id: str, now: datetime) -> list[MembershipChange]:
+@dataclass(frozen=True)
+class _Segments(Container[str]):
+    """The segments a user is in: dynamic (segment id -> version) and STATIC."""
+
+    dynamic: Mapping[str, int]
+    static: frozenset[str]
+
+    def __contains__(self, segment_id: object) -> bool:
+        return segment_id in self.dynamic or segment_id in self.static
+
+
+def _exit_all(state: UserState, user_id: str, now: datetime, cause: Mapping[str, Any]) -> list[MembershipChange]:
     """Every membership of the key exits (it was merged into another user, or deleted)."""
-    return _diff(state, state.profile or Profile(user_id), {}, now, None)[1]
+    return _diff(state, state.profile or Profile(user_id), {}, now, cause)[1]
 
 
 def _next_timer(profile: Profile, rules: Mapping[str, SegmentRule], now: datetime) -> datetime | None:
-    looked_through = frozenset().union(*(r.windows for r in rules.values()))
+    looked_through = as_rule_set(rules).windows
     return window_expiry(looked_through, profile, now) if looked_through else None
 
 
@@ -145,10 +178,13 @@ def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule
         return Outcome(state, [], False, None, feedback=(event.routed_to(state.alias_of),))
     if state.profile is not None and event.event_id in state.profile.recent_events:
         return unchanged(state)
-    profile = apply_event(state.profile, event, retention_for(rules))
+    rules = as_rule_set(rules)
+    profile = apply_event(state.profile, event, rules.retention)
     if not math.isfinite(profile.total_spent):
         return refusal(state, f"event {event.event_id}: totalSpent would overflow")
-    memberships, changes = _diff(state, profile, rules, now, event.received_at)
+    cause = {"cause": "event", "eventId": event.event_id, "eventType": event.event_type,
+             "eventAt": format_timestamp(event.timestamp)}
+    memberships, changes = _diff(state, profile, rules, now, cause, state.profile, received_at=event.received_at)
     return Outcome(replace(state, profile=profile, memberships=memberships), changes, True,
                    _next_timer(profile, rules, now))
 
@@ -162,7 +198,7 @@ def on_identify(state: UserState, record: IdentifyRecord, now: datetime) -> Outc
                               "it is not moved")
     if state.aliases or (state.profile is not None and not state.profile.anonymous):
         return refusal(state, f"{record.anonymous_id!r} is a known user: two known users are never merged")
-    exits = _exit_all(state, record.anonymous_id, now)
+    exits = _exit_all(state, record.anonymous_id, now, {"cause": "identify", "into": record.user_id})
     merge = MergeRecord(record.anonymous_id, record.user_id, record.at, state.profile, record.traits)
     removed = ProfileRemoved(record.anonymous_id, "merged", now, into=record.user_id)
     return Outcome(UserState(alias_of=record.user_id), exits, False, None, feedback=(merge,), removed=removed)
@@ -177,7 +213,8 @@ def on_merge(state: UserState, record: MergeRecord, rules: Mapping[str, SegmentR
     if len(state.aliases) >= MAX_ALIASES:
         return refusal(state, f"{record.user_id!r} has {MAX_ALIASES} aliases already")
     profile = merge_profiles(state.profile, record.profile, record.user_id, record.traits)
-    memberships, changes = _diff(state, profile, rules, now, None)
+    cause = {"cause": "identify", "anonymousId": record.anonymous_id}
+    memberships, changes = _diff(state, profile, rules, now, cause, state.profile)
     return Outcome(replace(state, profile=profile, memberships=memberships,
                            aliases=[*state.aliases, record.anonymous_id]),
                    changes, True, _next_timer(profile, rules, now))
@@ -185,7 +222,7 @@ def on_merge(state: UserState, record: MergeRecord, rules: Mapping[str, SegmentR
 
 def on_forget(state: UserState, record: ForgetRecord, now: datetime) -> Outcome:
     """Delete the user: every membership exits, the store's rows go, then each alias's key is forgotten."""
-    exits = _exit_all(state, record.user_id, now)
+    exits = _exit_all(state, record.user_id, now, {"cause": "deleted"})
     aliases = tuple(ForgetRecord(alias, record.at) for alias in state.aliases)
     return Outcome(UserState(), exits, False, None, feedback=aliases,
                    removed=ProfileRemoved(record.user_id, "deleted", now))
@@ -203,36 +240,55 @@ def on_record(state: UserState, record: KeyedInput, rules: Mapping[str, SegmentR
         return on_merge(state, record, rules, now)
     if isinstance(record, ForgetRecord):
         return on_forget(state, record, now)
+    if isinstance(record, StaticMembership):
+        return on_static(state, record, rules, now)
     raise TypeError(f"{type(record).__name__}: answered by the operator, not evaluated")
+
+
+def on_static(state: UserState, record: StaticMembership, rules: Mapping[str, SegmentRule],
+              now: datetime) -> Outcome:
+    """The user joined or left a STATIC segment: keep it, and re-evaluate the rules that refer to it."""
+    static = state.static | {record.segment_id} if record.change == "entered" else state.static - {record.segment_id}
+    if static == state.static:
+        return unchanged(state)  # a repeat
+    updated = replace(state, static=static)
+    if state.profile is None:  # nothing to evaluate yet; the first event will see it
+        return Outcome(updated, [], False, None)
+    rules = as_rule_set(rules)
+    cause = {"cause": "membership", "segmentId": record.segment_id, "change": record.change}
+    memberships, changes = _diff(updated, state.profile, rules, now, cause, state.profile,
+                                 only=rules.affected([record.segment_id]), static_before=state.static)
+    return Outcome(replace(updated, memberships=memberships), changes, False, None)
 
 
 def on_reevaluate(state: UserState, request: ReevaluationRequest, rules: Mapping[str, SegmentRule],
                   now: datetime) -> Outcome:
     """Backfill of changed segments for this user, using the definitions the request carries (the
-    broadcast side may not have them yet) unless the broadcast side already has a newer one."""
+    broadcast side may not have them yet) unless the broadcast side already has a newer one. The
+    segments referring to a changed one are evaluated again too."""
     profile = state.profile
     if profile is None:
         return Outcome(state, [], False, None)
     changes: list[MembershipChange] = []
-    merged = dict(rules)
+    effective = as_rule_set(rules)
     for definition in request.segments:
-        known = rules.get(definition.id)
-        effective = compile_definition(definition) if definition.supersedes(known) else known
-        scope = {definition.id: effective} if effective is not None else {}
-        memberships, found = _diff(state, profile, scope, now, None, only=definition.id)
+        known = effective.get(definition.id)
+        if definition.supersedes(known):
+            effective = effective.replacing({definition.id: compile_definition(definition)})
+        cause = {"cause": "definition", "segmentId": definition.id, "segmentVersion": definition.version}
+        memberships, found = _diff(state, profile, effective, now, cause, only=effective.affected([definition.id]))
         state = replace(state, memberships=memberships)
         changes += found
-        merged.pop(definition.id, None)
-        merged.update(scope)
-    return Outcome(state, changes, False, _next_timer(profile, merged, now))
+    return Outcome(state, changes, False, _next_timer(profile, effective, now))
 
 
 def on_timer(state: UserState, rules: Mapping[str, SegmentRule], now: datetime) -> Outcome:
     """A window may have passed: drop old history and re-evaluate with no new event."""
     if state.profile is None:
         return Outcome(state, [], False, None)
-    profile = prune_history(state.profile, now, retention_for(rules))
-    memberships, changes = _diff(state, profile, rules, now, None)
+    rules = as_rule_set(rules)
+    profile = prune_history(state.profile, now, rules.retention)
+    memberships, changes = _diff(state, profile, rules, now, {"cause": "time"})
     return Outcome(replace(state, profile=profile, memberships=memberships), changes, False,
                    _next_timer(profile, rules, now))
 

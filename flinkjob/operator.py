@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from flinkjob.logic import Outcome, UserState, compile_definition, on_record, on_timer, utc_from_millis
 from server.domain.events import UserEvent
-from server.domain.membership import SegmentRule
+from server.domain.membership import RuleSet, SegmentRule
 from server.domain.pipeline import (
     PROBE_ID,
     ForgetRecord,
@@ -32,6 +32,7 @@ from server.domain.pipeline import (
     keyed_input,
     rules_input,
 )
+from server.domain.profile import HISTORY_LOOKBACK
 from server.domain.segment import SegmentDefinition
 from server.stores.records import RejectedRecords, UnreadableRecord, decode
 
@@ -42,13 +43,19 @@ log = logging.getLogger("rule-engine.job")
 
 
 class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
-    """Per user: apply events, evaluate rules, emit membership changes (main), profiles and feedback (side)."""
+    """Per user: apply events, evaluate rules, emit membership changes (main), profiles and feedback (side).
+
+    `lookback` is how long each user's event history is kept whatever the live rules need."""
+
+    def __init__(self, lookback: timedelta = HISTORY_LOOKBACK) -> None:
+        super().__init__()
+        self.lookback = lookback
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.user = runtime_context.get_state(ValueStateDescriptor("user", Types.STRING()))
         self.timer = runtime_context.get_state(ValueStateDescriptor("timer", Types.LONG()))
         self.compiled: dict[str, tuple[str, SegmentRule]] = {}  # segment id -> (raw definition, compiled)
-        self.active: dict[str, SegmentRule] | None = None
+        self.active: RuleSet | None = None
         group = runtime_context.get_metrics_group()
         self.events = group.counter("eventsProcessed")
         self.evaluations = group.counter("ruleEvaluations")
@@ -59,10 +66,11 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
         self.merges = group.counter("identitiesMerged")
         self.forgotten = group.counter("usersForgotten")
 
-    def _rules(self, ctx: Any) -> dict[str, SegmentRule]:
-        """The active rules, compiled; rebuilt only after the broadcast side changed (or a restore)."""
+    def _rules(self, ctx: Any) -> RuleSet:
+        """The active rules, compiled and in evaluation order; rebuilt only after the broadcast side changed (or a
+        restore)."""
         if self.active is None:
-            self.active = self._compile_all(ctx)
+            self.active = RuleSet(self._compile_all(ctx), self.lookback)
         return self.active
 
     def _compile_all(self, ctx: Any) -> dict[str, SegmentRule]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field
 
+from server.domain.profile import HISTORY_LOOKBACK
 from server.runtime.settings import ServiceSettings
 
 
@@ -23,3 +25,7 @@ class RuleEngineSettings(ServiceSettings):
                               "memory broker restarted): Kafka offsets in a checkpoint are then not restored")
     writer_batch: int = 1000
     backfill_page: int = 1000
+    history_lookback: timedelta = Field(
+        default=HISTORY_LOOKBACK, gt=timedelta(0),
+        description="How long each user's event history is kept (ISO-8601, e.g. P30D), whatever the live rules "
+                    "look at, so a rule written later sees that far back; a rule's longer window wins")

@@ -10,6 +10,7 @@ from typing import Any
 from server.domain.profile import Profile
 from server.domain.rules import compile_rule, evaluate, parse_rule
 
+VIP, CHURNED = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
 # Rules whose leaves are all evaluated (no short-circuit) on the generated profiles are counted
 # exactly; see `_leaves_evaluated`.
 RULES: list[dict[str, Any]] = [
@@ -23,6 +24,14 @@ RULES: list[dict[str, Any]] = [
              {"any": [{"field": "email", "operator": "ends_with", "value": ".de"},
                       {"field": "age", "operator": "lt", "value": 30}]}]},
     {"event": "purchase", "count": {"gte": 3}, "within": "P7D"},
+    # the forms marketers write beyond counts: a filtered count, an aggregate, a bounded window,
+    # the last occurrence, and a segment reference
+    {"event": "purchase", "where": {"field": "category", "operator": "eq", "value": "shoes"},
+     "count": {"gte": 2}, "within": "P30D"},
+    {"event": "purchase", "avg": {"field": "amount", "gte": 100}, "within": "P90D"},
+    {"event": "purchase", "count": {"gte": 1}, "between": ["P30D", "P7D"]},
+    {"event": "purchase", "last": {"before": "-P3D"}},
+    {"all": [{"segment": VIP}, {"not": {"segment": CHURNED}}]},
 ]
 
 
@@ -34,10 +43,19 @@ def _profiles(n: int, now: datetime) -> list[Profile]:
             traits={"country": rng.choice(["DE", "FR", "US", "AT"]), "plan": rng.choice(["free", "pro"]),
                     "email": f"u{i}@example." + rng.choice(["de", "com"]), "age": rng.randint(18, 70)},
             total_spent=rng.uniform(0, 3000), purchase_count=rng.randint(0, 9), event_count=rng.randint(0, 50),
-            history={"purchase": [(now.timestamp() - rng.uniform(0, 10 * 86400), 10.0) for _ in range(4)]},
+            history={"purchase": sorted((now.timestamp() - rng.uniform(0, 40 * 86400),
+                                         {"amount": rng.choice((10.0, 80.0, 250.0)),
+                                          "category": rng.choice(("shoes", "books", "garden"))})
+                                        for _ in range(6))},
+            event_times={"purchase": (now.timestamp() - 40 * 86400, now.timestamp() - rng.uniform(0, 10 * 86400))},
         )
         for i in range(n)
     ]
+
+
+def _memberships(n: int) -> list[frozenset[str]]:
+    rng = random.Random(43)
+    return [frozenset(s for s in (VIP, CHURNED) if rng.random() < 0.5) for _ in range(n)]
 
 
 def measure_rule_evaluations(seconds: float = 2.0, segments: int = 20) -> dict[str, Any]:
@@ -50,14 +68,16 @@ def measure_rule_evaluations(seconds: float = 2.0, segments: int = 20) -> dict[s
     parsed = [parse_rule(RULES[i % len(RULES)]) for i in range(segments)]
     predicates = [compile_rule(r) for r in parsed]
     profiles = _profiles(2000, now)
-    leaves = sum(_leaves_evaluated(raw, p, now) for raw in [RULES[i % len(RULES)] for i in range(segments)]
-                 for p in profiles)
+    members = _memberships(len(profiles))
+    subjects = list(zip(profiles, members, strict=True))
+    leaves = sum(_leaves_evaluated(raw, p, now, m) for raw in [RULES[i % len(RULES)] for i in range(segments)]
+                 for p, m in subjects)
     rounds, started = 0, time.perf_counter()
     deadline = started + seconds
     while time.perf_counter() < deadline:
-        for p in profiles:
+        for p, m in subjects:
             for predicate in predicates:
-                predicate(p, now)
+                predicate(p, now, m)
         rounds += 1
     elapsed = time.perf_counter() - started
     rule_evals = rounds * len(profiles) * len(predicates)
@@ -69,24 +89,24 @@ def measure_rule_evaluations(seconds: float = 2.0, segments: int = 20) -> dict[s
     }
 
 
-def _leaves_evaluated(raw: dict[str, Any], profile: Profile, now: datetime) -> int:
+def _leaves_evaluated(raw: dict[str, Any], profile: Profile, now: datetime, member_of: frozenset[str]) -> int:
     """How many leaf conditions a short-circuiting evaluation of `raw` tests on `profile`."""
     if "conditions" in raw or "all" in raw:
         count = 0
         for child in raw.get("conditions", raw.get("all", [])):
-            count += _leaves_evaluated(child, profile, now)
-            if not evaluate(parse_rule(child), profile, now):
+            count += _leaves_evaluated(child, profile, now, member_of)
+            if not evaluate(parse_rule(child), profile, now, member_of):
                 break
         return count
     if "any" in raw:
         count = 0
         for child in raw["any"]:
-            count += _leaves_evaluated(child, profile, now)
-            if evaluate(parse_rule(child), profile, now):
+            count += _leaves_evaluated(child, profile, now, member_of)
+            if evaluate(parse_rule(child), profile, now, member_of):
                 break
         return count
     if "not" in raw:
-        return _leaves_evaluated(raw["not"], profile, now)
+        return _leaves_evaluated(raw["not"], profile, now, member_of)
     return 1
 
 

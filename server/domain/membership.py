@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from server.domain.profile import Profile
+from server.domain.profile import HISTORY_LOOKBACK, Profile
 from server.domain.records import (
     MAX_VERSION,
     InvalidRecord,
@@ -18,13 +18,24 @@ from server.domain.records import (
     user_id,
     uuid_text,
 )
-from server.domain.rules import Predicate, Rule, Window, compile_rule, windows
+from server.domain.rules import (
+    Predicate,
+    Rule,
+    Window,
+    compile_rule,
+    explain,
+    flipped,
+    references,
+    required_retention,
+    windows,
+)
 from server.domain.timeutil import format_timestamp
 
 Change = Literal["entered", "exited"]
 # Who decided the change: the rule engine (a DYNAMIC segment's rule) or the Segment API (a STATIC
 # segment's explicit members, already applied to the store when the record is published).
 Source = Literal["rule", "static"]
+MAX_REASON_LEAVES = 20
 
 
 @dataclass(frozen=True)
@@ -35,14 +46,81 @@ class SegmentRule:
     version: int
     rule: Rule
     predicate: Predicate = field(compare=False)
-    windows: frozenset[Window] = frozenset()  # time windows its behavioural conditions look through
-    retention: timedelta = timedelta(0)  # how much event history it needs: its longest window
+    windows: frozenset[Window] = frozenset()  # edges in time its behavioural conditions look at
+    retention: timedelta = timedelta(0)  # how much event history it needs at least: its longest window
+    references: frozenset[str] = frozenset()  # the segments it refers to
 
     @classmethod
     def build(cls, segment_id: str, version: int, rule: Rule) -> SegmentRule:
-        looked_through = windows(rule)
-        return cls(segment_id, version, rule, compile_rule(rule), looked_through,
-                   max((within for _, within in looked_through), default=timedelta(0)))
+        return cls(segment_id, version, rule, compile_rule(rule), windows(rule), required_retention(rule),
+                   references(rule))
+
+
+class RuleSet(Mapping[str, SegmentRule]):
+    """The live rules in evaluation order, a referenced segment before those referring to it, with what the job
+    derives from them once: how long to keep history (`lookback`, or a longer window a rule needs), the edges in
+    time they look at, and which segments depend on which.
+
+    The Segment API refuses reference cycles; two updates racing each other could still make one, and then the
+    segments in it are evaluated in the order they were given (each sees the other's previous membership).
+    """
+
+    def __init__(self, rules: Mapping[str, SegmentRule], lookback: timedelta = HISTORY_LOOKBACK) -> None:
+        self._rules = _in_dependency_order(rules)
+        self.lookback = lookback
+        self.retention = max([lookback, *(r.retention for r in rules.values())])
+        self.windows: frozenset[Window] = frozenset().union(*(r.windows for r in rules.values()))
+        self._referrers: dict[str, set[str]] = {}
+        for rule in rules.values():
+            for target in rule.references:
+                self._referrers.setdefault(target, set()).add(rule.segment_id)
+
+    def __getitem__(self, segment_id: str) -> SegmentRule:
+        return self._rules[segment_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def affected(self, segment_ids: Iterable[str]) -> set[str]:
+        """These segments and every segment that refers to one of them, directly or not."""
+        found, todo = set(segment_ids), list(segment_ids)
+        while todo:
+            for referrer in self._referrers.get(todo.pop(), ()):
+                if referrer not in found:
+                    found.add(referrer)
+                    todo.append(referrer)
+        return found
+
+    def replacing(self, replacements: Mapping[str, SegmentRule | None]) -> RuleSet:
+        """The rule set with these segments' rules replaced (None: the segment is not live)."""
+        rules = {k: v for k, v in self._rules.items() if k not in replacements}
+        rules.update({k: v for k, v in replacements.items() if v is not None})
+        return RuleSet(rules, self.lookback)
+
+
+def as_rule_set(rules: Mapping[str, SegmentRule]) -> RuleSet:
+    return rules if isinstance(rules, RuleSet) else RuleSet(rules)
+
+
+def _in_dependency_order(rules: Mapping[str, SegmentRule]) -> dict[str, SegmentRule]:
+    ordered: dict[str, SegmentRule] = {}
+    visiting: set[str] = set()
+
+    def visit(segment_id: str) -> None:
+        if segment_id in ordered or segment_id in visiting or segment_id not in rules:
+            return  # done, a cycle (broken here), or not a live rule
+        visiting.add(segment_id)
+        for target in sorted(rules[segment_id].references):
+            visit(target)
+        visiting.discard(segment_id)
+        ordered[segment_id] = rules[segment_id]
+
+    for segment_id in rules:
+        visit(segment_id)
+    return ordered
 
 
 @dataclass(frozen=True)
@@ -53,25 +131,56 @@ class MembershipDiff:
 
 
 def evaluate_memberships(
-    profile: Profile, rules: Mapping[str, SegmentRule], current: Mapping[str, int], now: datetime
+    profile: Profile, rules: Mapping[str, SegmentRule], current: Mapping[str, int], now: datetime,
+    static: Container[str] = frozenset(), only: Container[str] | None = None,
 ) -> MembershipDiff:
-    """Evaluate every rule; a user stays a member across versions without a second `entered`.
+    """Evaluate every rule (or the segments in `only`) in order; a user stays a member across versions without a
+    second `entered`. A segment reference sees `static` (the STATIC segments the user is in) and the memberships
+    as this pass leaves them, so a change to a referenced segment reaches the segments referring to it at once.
 
     Memberships of segments no longer in `rules` (deleted or paused) are exited.
     """
     entered: list[tuple[str, int]] = []
     exited: list[tuple[str, int]] = []
-    after: dict[str, int] = {}
+    after = {sid: v for sid, v in current.items() if only is not None and sid not in only}
+    member_of = _Membership(static, {sid for sid in current if sid in rules})
     for segment_id, rule in rules.items():
+        if only is not None and segment_id not in only:
+            continue
         member = segment_id in current
-        if rule.predicate(profile, now):
+        if rule.predicate(profile, now, member_of):
             after[segment_id] = rule.version
+            member_of.dynamic.add(segment_id)
             if not member:
                 entered.append((segment_id, rule.version))
-        elif member:
-            exited.append((segment_id, rule.version))
-    exited += [(sid, version) for sid, version in current.items() if sid not in rules]
+        else:
+            member_of.dynamic.discard(segment_id)
+            if member:
+                exited.append((segment_id, rule.version))
+    exited += [(sid, v) for sid, v in current.items() if sid not in rules and (only is None or sid in only)]
     return MembershipDiff(entered=entered, exited=exited, current=after)
+
+
+class _Membership(Container[str]):
+    """The segments a user is in while a pass evaluates them: STATIC ones, and dynamic ones as decided so far."""
+
+    __slots__ = ("dynamic", "static")
+
+    def __init__(self, static: Container[str], dynamic: set[str]) -> None:
+        self.static, self.dynamic = static, dynamic
+
+    def __contains__(self, segment_id: object) -> bool:
+        return segment_id in self.dynamic or segment_id in self.static
+
+
+def reason(rule: Rule | None, cause: Mapping[str, Any], before: Profile | None, after: Profile, now: datetime,
+           was_in: Container[str], now_in: Container[str]) -> dict[str, Any]:
+    """Why a membership changed: `cause` (the event, the clock, a new definition, ...) and the rule's leaves
+    whose result it flipped (at most `MAX_REASON_LEAVES`); no leaves when the segment itself went away."""
+    if rule is None:
+        return dict(cause)
+    old = explain(rule, before, now, was_in) if before is not None else None
+    return {**cause, "leaves": flipped(old, explain(rule, after, now, now_in))[:MAX_REASON_LEAVES]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +194,8 @@ class MembershipChange:
     segment_version: int
     event_received_at: datetime | None = None  # for end-to-end latency; None for timers and backfill
     source: Source = "rule"
+    # why: {"cause": "event" | "time" | "definition" | "membership" | "identify" | ..., and the leaves it flipped}
+    because: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -98,6 +209,8 @@ class MembershipChange:
             body["eventReceivedAt"] = format_timestamp(self.event_received_at)
         if self.source != "rule":  # left out for the rule engine's changes: records as they were before
             body["source"] = self.source
+        if self.because is not None:
+            body["because"] = dict(self.because)
         return body
 
     @classmethod
@@ -117,4 +230,5 @@ class MembershipChange:
             segment_version=integer(record, "segmentVersion", MAX_VERSION),
             event_received_at=optional_timestamp(record, "eventReceivedAt"),
             source=source,
+            because=json_object(record["because"], "because") if record.get("because") is not None else None,
         )

@@ -3,7 +3,8 @@
 - keyed input (`user-events` and the job's feedback topic, read as one stream keyed by user):
   a `UserEvent`, a `ReevaluationRequest` (backfill), a `ProbeRecord` (readiness), and identity's
   records: an `IdentifyRecord` (keyed by the anonymous id), the `MergeRecord` the job sends itself
-  (keyed by the known user) and a `ForgetRecord` (delete the user);
+  (keyed by the known user) and a `ForgetRecord` (delete the user); and a `StaticMembership` (the
+  Segment API put the user into a STATIC segment, or out of one);
 - rules input (the job's rules topic, broadcast): a `SegmentDefinition` or a `ProbeRecord`;
 - output (`segment-membership`): a `MembershipOutput` (a change with the profile behind it), the
   `ProbeEcho` that says both inputs flow, or a `ProfileRemoved` (the user was deleted or merged:
@@ -22,7 +23,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from server.domain.events import UserEvent
-from server.domain.membership import MembershipChange
+from server.domain.membership import Change, MembershipChange
 from server.domain.profile import Profile
 from server.domain.records import (
     MAX_COUNT,
@@ -34,6 +35,7 @@ from server.domain.records import (
     text,
     timestamp,
     user_id,
+    uuid_text,
     whole,
 )
 from server.domain.segment import SegmentDefinition
@@ -41,7 +43,7 @@ from server.domain.timeutil import format_timestamp
 
 PROBE_ID = "__probe__"  # the probe's key on both inputs, and its entry in the job's broadcast state
 _REEVALUATE, _PROBE = "reevaluate", "probe"  # the `kind` of the records on the re-evaluation topic
-_IDENTIFY, _MERGE, _FORGET = "identify", "merge", "forget"
+_IDENTIFY, _MERGE, _FORGET, _STATIC = "identify", "merge", "forget", "static"
 MAX_ALIASES = 100  # anonymous ids linked to one user
 Removal = Literal["deleted", "merged"]
 
@@ -184,6 +186,30 @@ class ForgetRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StaticMembership:
+    """A user joined or left a STATIC segment (the Segment API decides those): the job keeps the user's STATIC
+    segments for the rules that refer to them, and re-evaluates those rules at once."""
+
+    user_id: str
+    segment_id: str
+    change: Change
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": _STATIC, "userId": self.user_id, "segmentId": self.segment_id, "change": self.change,
+                "at": format_timestamp(self.at)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> StaticMembership:
+        record = json_object(data, "static membership")
+        change = record.get("change")
+        if change not in ("entered", "exited"):
+            raise InvalidRecord(f"change: expected entered or exited, got {change!r}")
+        return cls(user_id=user_id(record), segment_id=uuid_text(record, "segmentId"), change=change,
+                   at=timestamp(record, "at"))
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileRemoved:
     """On both outputs, after the user's last change and snapshot: the store drops the user's profile and
     memberships; for `deleted` its aliases as well (`merged`: the id lives on as an alias of `into`)."""
@@ -207,12 +233,13 @@ class ProfileRemoved:
         return cls(user_id=user_id(record), reason=reason, at=timestamp(record, "at"), into=into)
 
 
-KeyedInput = UserEvent | ReevaluationRequest | ProbeRecord | IdentifyRecord | MergeRecord | ForgetRecord
+KeyedInput = (UserEvent | ReevaluationRequest | ProbeRecord | IdentifyRecord | MergeRecord | ForgetRecord
+              | StaticMembership)
 RulesInput = SegmentDefinition | ProbeRecord
 MembershipRecord = MembershipOutput | ProbeEcho | ProfileRemoved
 ProfileRecord = Profile | ProfileRemoved
 _KINDS: dict[str, Any] = {_REEVALUATE: ReevaluationRequest, _PROBE: ProbeRecord, _IDENTIFY: IdentifyRecord,
-                          _MERGE: MergeRecord, _FORGET: ForgetRecord}
+                          _MERGE: MergeRecord, _FORGET: ForgetRecord, _STATIC: StaticMembership}
 
 
 def record_key(data: Any) -> str | None:
@@ -257,6 +284,12 @@ def profile_record(data: Any) -> ProfileRecord:
     return ProfileRemoved.from_json(record) if "removed" in record else profile_from_json(record)
 
 
+def _history_entry(entry: Any) -> bool:
+    """[time, properties] (or [time, amount], as entries were kept before they held properties)."""
+    return isinstance(entry, list) and len(entry) == 2 and number(entry[0]) and (
+        isinstance(entry[1], Mapping) or number(entry[1]))
+
+
 def profile_from_json(data: Any) -> Profile:
     """A profile snapshot (on `user-profiles`, or inside a change), checked field by field: unlike the
     job's own state, which `Profile.from_json` reads as it wrote it, a snapshot crossed a topic."""
@@ -273,9 +306,11 @@ def profile_from_json(data: Any) -> Profile:
     if not all(whole(n, MAX_COUNT) for n in counts.values()):
         raise InvalidRecord(f"eventCounts: expected integers from 0 to {MAX_COUNT}")
     for kind, entries in json_object(record.get("history") or {}, "history").items():
-        if not isinstance(entries, list) or not all(isinstance(e, list) and len(e) == 2 and all(map(number, e))
-                                                    for e in entries):
-            raise InvalidRecord(f"history.{kind}: expected a list of [time, amount]")
+        if not isinstance(entries, list) or not all(_history_entry(e) for e in entries):
+            raise InvalidRecord(f"history.{kind}: expected a list of [time, properties]")
+    for kind, times in json_object(record.get("eventTimes") or {}, "eventTimes").items():
+        if not (isinstance(times, list) and len(times) == 2 and all(map(number, times))):
+            raise InvalidRecord(f"eventTimes.{kind}: expected [first, last] times")
     recent = record.get("recentEvents") or []
     if not isinstance(recent, list) or not all(isinstance(i, str) for i in recent):
         raise InvalidRecord("recentEvents: expected a list of event ids")

@@ -3,8 +3,11 @@
 Traits hold the latest value of every event property (so `{"plan": "pro"}` on any event sets
 trait `plan`), except `amount`, which feeds the aggregates instead. Aggregates: totalSpent (sum of
 `amount` on `purchase`), purchaseCount, eventCount, firstSeen, lastSeen and per-type eventCounts.
-For windowed rules each event type keeps a short history of (time, amount), pruned to the longest
-window any rule needs and capped at `HISTORY_CAP` entries per type so state stays bounded.
+Each event also enters the user's history: its time and the properties a rule may filter or aggregate on
+(`history_properties`), kept for the rule job's lookback (or the longest window a live rule needs, if
+longer) so a rule written later sees the past. The history is bounded per user: at most
+`MAX_HISTORY_EVENTS` entries and about `MAX_HISTORY_BYTES` of properties, the oldest dropped first. The
+first and last time of each event type are kept beyond it (`event_times`).
 A profile built only from events without a userId is `anonymous`; `recent_events` holds the ids of
 its latest events (what a read can wait for, and how a second copy of an event is recognised).
 
@@ -13,8 +16,11 @@ its latest events (what a read can wait for, and how a second copy of an event i
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from server.domain.events import UserEvent
@@ -22,7 +28,14 @@ from server.domain.timeutil import format_timestamp, parse_timestamp
 
 PURCHASE = "purchase"
 AMOUNT = "amount"
-HISTORY_CAP = 1000
+HISTORY_LOOKBACK = timedelta(days=30)  # the default lookback: as far back as the Ingestion API takes events
+MAX_HISTORY_EVENTS = 1000  # per user, all event types together
+MAX_HISTORY_BYTES = 64 * 1024  # per user, the properties' approximate encoded size
+MAX_HISTORY_PROPERTIES = 16  # per event; the others are not kept in the history (traits keep them)
+MAX_HISTORY_TEXT = 128  # longer strings are not kept in the history
+ENTRY_OVERHEAD = 24  # a history entry's own bytes: its time and the JSON around it
+HistoryEntry = tuple[float, dict[str, Any]]  # (epoch seconds, properties)
+_TIME = itemgetter(0)
 # A record can reach the topic twice: a producer that gets no ack retries, and without idempotence (the
 # local durable broker) the broker stores the retry too. The copy follows the original closely (same key,
 # same partition), so the last few ids of the user's events are enough to count it once.
@@ -41,10 +54,12 @@ class Profile:
     first_seen: datetime | None = None
     last_seen: datetime | None = None
     event_counts: dict[str, int] = field(default_factory=dict)
-    # event type -> [(epoch seconds, amount)], oldest first
-    history: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    # event type -> [(epoch seconds, properties)], oldest first
+    history: dict[str, list[HistoryEntry]] = field(default_factory=dict)
     anonymous: bool = False
     recent_events: list[str] = field(default_factory=list)  # eventIds, newest last
+    event_times: dict[str, tuple[float, float]] = field(default_factory=dict)  # type -> (first, last) epoch s
+    history_bytes: int = 0  # the history's size as `entry_size` counts it
 
     def lookup(self, path: tuple[str, ...]) -> Any:
         """Resolve a rule field: an aggregate name, `eventCounts.<type>`, `traits.<a.b>`, or a bare trait path."""
@@ -71,13 +86,15 @@ class Profile:
             "lastSeen": format_timestamp(self.last_seen) if self.last_seen else None,
             "eventCounts": self.event_counts,
             "history": {k: [list(entry) for entry in v] for k, v in self.history.items()},
+            "eventTimes": {k: list(v) for k, v in self.event_times.items()},
+            "historyBytes": self.history_bytes,
             **({"anonymous": True} if self.anonymous else {}),
             "recentEvents": self.recent_events,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Profile:
-        return cls(
+        profile = cls(
             user_id=data["userId"],
             traits=dict(data.get("traits") or {}),
             total_spent=float(data.get("totalSpent", 0.0)),
@@ -86,10 +103,14 @@ class Profile:
             first_seen=parse_timestamp(data["firstSeen"]) if data.get("firstSeen") else None,
             last_seen=parse_timestamp(data["lastSeen"]) if data.get("lastSeen") else None,
             event_counts={k: int(v) for k, v in (data.get("eventCounts") or {}).items()},
-            history={k: [(float(t), float(a)) for t, a in v] for k, v in (data.get("history") or {}).items()},
+            history={k: [_entry(t, props) for t, props in v] for k, v in (data.get("history") or {}).items()},
             anonymous=bool(data.get("anonymous", False)),
             recent_events=[str(i) for i in data.get("recentEvents") or []],
+            event_times={k: (float(v[0]), float(v[1])) for k, v in (data.get("eventTimes") or {}).items()},
         )
+        held = data.get("historyBytes")  # absent in profiles written before the history kept properties
+        profile.history_bytes = int(held) if isinstance(held, int) else _history_size(profile.history)
+        return profile
 
 
 class _Missing:
@@ -115,21 +136,65 @@ def _amount(event: UserEvent) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
+def _entry(t: Any, properties: Any) -> HistoryEntry:
+    """A stored history entry; `[time, amount]` is how entries were kept before they held properties."""
+    if isinstance(properties, dict):
+        return float(t), properties
+    return float(t), ({AMOUNT: float(properties)} if properties else {})
+
+
+def history_properties(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """What the history keeps of an event's properties: numbers, booleans and short strings, a few of them."""
+    kept: dict[str, Any] = {}
+    for name, value in properties.items():
+        if value.__class__ in (int, float, bool) or (value.__class__ is str and len(value) <= MAX_HISTORY_TEXT):
+            kept[name] = value
+            if len(kept) == MAX_HISTORY_PROPERTIES:
+                break
+    return kept
+
+
+def entry_size(entry: HistoryEntry) -> int:
+    """An entry's approximate encoded size: what `MAX_HISTORY_BYTES` bounds."""
+    size = ENTRY_OVERHEAD
+    for name, value in entry[1].items():
+        size += len(name) + (len(value) if value.__class__ is str else 8) + 6
+    return size
+
+
+def _history_size(history: dict[str, list[HistoryEntry]]) -> int:
+    return sum(entry_size(e) for entries in history.values() for e in entries)
+
+
+def _bounded(history: dict[str, list[HistoryEntry]], size: int) -> int:
+    """Drop the oldest entries (of any type) until the history is within its bounds; returns its size."""
+    count = sum(map(len, history.values()))
+    while history and (count > MAX_HISTORY_EVENTS or size > MAX_HISTORY_BYTES):
+        oldest = min(history, key=lambda kind: history[kind][0][0])
+        dropped, *entries = history[oldest]
+        history[oldest] = entries
+        size -= entry_size(dropped)
+        count -= 1
+        if not entries:
+            del history[oldest]
+    return size
+
+
 def apply_event(profile: Profile | None, event: UserEvent, retention: timedelta) -> Profile:
-    """The profile after `event`; the input is not modified. `retention` bounds the windowed history."""
+    """The profile after `event`; the input is not modified. `retention` is how long the history keeps events
+    (zero: none are kept)."""
     base = profile if profile is not None else Profile(user_id=event.user_id, anonymous=event.anonymous)
     amount = _amount(event)
+    kind, ts = event.event_type, event.timestamp.timestamp()
     traits = {**base.traits, **{k: v for k, v in event.properties.items() if k != AMOUNT}}
-    counts = {**base.event_counts, event.event_type: base.event_counts.get(event.event_type, 0) + 1}
-    history = dict(base.history)
+    counts = {**base.event_counts, kind: base.event_counts.get(kind, 0) + 1}
+    first, last = base.event_times.get(kind, (ts, ts))
+    times = {**base.event_times, kind: (min(first, ts), max(last, ts))}
+    history, size = base.history, base.history_bytes
     if retention > timedelta(0):
-        ts = event.timestamp.timestamp()
-        horizon = ts - retention.total_seconds()
-        entries = [e for e in history.get(event.event_type, []) if e[0] >= horizon]
-        entries.append((ts, amount))
-        entries.sort(key=lambda e: e[0])
-        history[event.event_type] = entries[-HISTORY_CAP:]
-    is_purchase = event.event_type == PURCHASE
+        history, size = _with_entry(history, size, kind, (ts, history_properties(event.properties)),
+                                    ts - retention.total_seconds())
+    is_purchase = kind == PURCHASE
     return replace(
         base,
         traits=traits,
@@ -142,7 +207,24 @@ def apply_event(profile: Profile | None, event: UserEvent, retention: timedelta)
         history=history,
         anonymous=base.anonymous and event.anonymous,
         recent_events=[*base.recent_events[-(RECENT_EVENT_IDS - 1):], event.event_id],
+        event_times=times,
+        history_bytes=size,
     )
+
+
+def _with_entry(history: dict[str, list[HistoryEntry]], size: int, kind: str, entry: HistoryEntry,
+                horizon: float) -> tuple[dict[str, list[HistoryEntry]], int]:
+    """A new history with `entry` added in time order and entries of its type older than `horizon` gone."""
+    entries = history.get(kind, [])
+    start = bisect_left(entries, horizon, key=_TIME)
+    size -= sum(entry_size(e) for e in entries[:start])
+    kept = entries[start:]
+    if not kept or kept[-1][0] <= entry[0]:  # the usual case: the newest event comes last
+        kept.append(entry)
+    else:
+        insort(kept, entry, key=_TIME)
+    history = {**history, kind: kept}
+    return history, _bounded(history, size + entry_size(entry))
 
 
 def merge_profiles(known: Profile | None, visitor: Profile | None, user_id: str,
@@ -162,7 +244,11 @@ def merge_profiles(known: Profile | None, visitor: Profile | None, user_id: str,
         for kind, n in side.event_counts.items():
             merged.event_counts[kind] = merged.event_counts.get(kind, 0) + n
         for kind, entries in side.history.items():
-            merged.history[kind] = sorted([*merged.history.get(kind, []), *entries], key=lambda e: e[0])[-HISTORY_CAP:]
+            merged.history[kind] = sorted([*merged.history.get(kind, []), *entries], key=_TIME)
+        for kind, (first, last) in side.event_times.items():
+            held = merged.event_times.get(kind, (first, last))
+            merged.event_times[kind] = (min(held[0], first), max(held[1], last))
+    merged.history_bytes = _bounded(merged.history, _history_size(merged.history))
     merged.traits.update(traits or {})
     recent = [*(visitor.recent_events if visitor else []), *(known.recent_events if known else [])]
     merged.recent_events = list(dict.fromkeys(recent))[-RECENT_EVENT_IDS:]
@@ -180,5 +266,5 @@ def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
 def prune_history(profile: Profile, now: datetime, retention: timedelta) -> Profile:
     """Drop history older than `retention` before `now` (called when timers fire)."""
     horizon = now.astimezone(UTC).timestamp() - retention.total_seconds()
-    history = {k: [e for e in v if e[0] >= horizon] for k, v in profile.history.items()}
-    return replace(profile, history={k: v for k, v in history.items() if v})
+    history = {k: kept for k, v in profile.history.items() if (kept := v[bisect_left(v, horizon, key=_TIME):])}
+    return replace(profile, history=history, history_bytes=_history_size(history))

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from server.domain.membership import MembershipChange
 from server.domain.profile import Profile
-from server.domain.rules import RuleValidationError, compile_rule, lint_rule, parse_rule
+from server.domain.rules import RuleValidationError, compile_rule, lint_rule, parse_rule, references
 from server.domain.segment import SegmentStatus, SegmentType
 from server.domain.timeutil import format_timestamp
 from server.runtime.auth import REQUIRED_SCOPE
@@ -131,16 +131,20 @@ async def list_segments(
                openapi_extra={REQUIRED_SCOPE: "read"})  # a query that takes a body: it changes nothing
 async def preview(body: PreviewRequest, store: Store) -> PreviewResult:
     warnings = checked_rules(body.rules, SegmentType.DYNAMIC)
-    predicate = compile_rule(parse_rule(body.rules))
+    rule = parse_rule(body.rules)
+    predicate, referenced = compile_rule(rule), sorted(references(rule))
     now = datetime.now(UTC)
     matching = scanned = 0
     sample: list[str] = []
     after: str | None = None
     while True:
         page = await store.scan_profiles(after, PREVIEW_PAGE)
+        ids = [raw["userId"] for raw in page]
+        members = {sid: await store.members_among(sid, ids) for sid in referenced}  # one query per referenced segment
         for raw in page:
             scanned += 1
-            if predicate(Profile.from_json(raw), now):
+            member_of = {sid for sid in referenced if raw["userId"] in members[sid]}
+            if predicate(Profile.from_json(raw), now, member_of):
                 matching += 1
                 if len(sample) < body.sample_size:
                     sample.append(raw["userId"])

@@ -184,12 +184,15 @@ def test_forget_exits_every_membership_and_forgets_the_aliases() -> None:
 
 def test_merged_profiles_keep_history_in_time_order_and_the_latest_traits() -> None:
     older = Profile("alice", traits={"plan": "free", "city": "Graz"}, last_seen=NOW,
-                    history={"purchase": [(1.0, 5.0), (3.0, 5.0)]}, recent_events=["a1"])
+                    history={"purchase": [(1.0, {"amount": 5.0}), (3.0, {"amount": 5.0})]}, recent_events=["a1"],
+                    event_times={"purchase": (1.0, 3.0)})
     newer = Profile("anon-1", traits={"plan": "pro"}, last_seen=NOW + timedelta(hours=1),
-                    history={"purchase": [(2.0, 7.0)]}, anonymous=True, recent_events=["v1"])
+                    history={"purchase": [(2.0, {"amount": 7.0})]}, anonymous=True, recent_events=["v1"],
+                    event_times={"purchase": (0.5, 2.0)})
     merged = merge_profiles(older, newer, "alice", {"email": "a@example.com"})
     assert merged.traits == {"plan": "pro", "city": "Graz", "email": "a@example.com"}
-    assert merged.history == {"purchase": [(1.0, 5.0), (2.0, 7.0), (3.0, 5.0)]}
+    assert merged.history == {"purchase": [(1.0, {"amount": 5.0}), (2.0, {"amount": 7.0}), (3.0, {"amount": 5.0})]}
+    assert merged.event_times == {"purchase": (0.5, 3.0)}
     assert merged.user_id == "alice" and not merged.anonymous and merged.recent_events == ["v1", "a1"]
 
 

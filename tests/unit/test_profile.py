@@ -8,7 +8,16 @@ import pytest
 
 from server.domain.events import InvalidEvent, UserEvent
 from server.domain.membership import MembershipChange, SegmentRule, evaluate_memberships
-from server.domain.profile import HISTORY_CAP, Profile, apply_event, prune_history
+from server.domain.profile import (
+    MAX_HISTORY_BYTES,
+    MAX_HISTORY_EVENTS,
+    MAX_HISTORY_PROPERTIES,
+    MAX_HISTORY_TEXT,
+    Profile,
+    apply_event,
+    merge_profiles,
+    prune_history,
+)
 from server.domain.rules import parse_rule
 
 pytestmark = pytest.mark.unit
@@ -42,14 +51,54 @@ def test_apply_event_does_not_modify_its_input() -> None:
     assert first.total_spent == 10 and first.traits == {} and len(first.history["purchase"]) == 1
 
 
-def test_history_is_pruned_to_the_window_and_capped() -> None:
+def test_history_is_pruned_to_the_retention_and_capped_in_entries() -> None:
     p: Profile | None = None
-    for i in range(HISTORY_CAP + 50):
-        p = apply_event(p, event("page_view", T0 + timedelta(seconds=i)), timedelta(days=1))
-    assert p is not None and len(p.history["page_view"]) == HISTORY_CAP
+    for i in range(MAX_HISTORY_EVENTS + 50):
+        p = apply_event(p, event("page_view" if i % 2 else "click", T0 + timedelta(seconds=i)), timedelta(days=1))
+    assert p is not None and sum(map(len, p.history.values())) == MAX_HISTORY_EVENTS
+    assert p.history["click"][0][0] == (T0 + timedelta(seconds=50)).timestamp()  # the oldest went, of any type
     p = apply_event(p, event("page_view", T0 + timedelta(days=3)), timedelta(days=1))
     assert len(p.history["page_view"]) == 1
+    assert p.event_times["click"] == (T0.timestamp(), (T0 + timedelta(seconds=MAX_HISTORY_EVENTS + 48)).timestamp())
     assert prune_history(p, T0 + timedelta(days=5), timedelta(days=1)).history == {}
+
+
+def test_history_keeps_filterable_properties_and_is_bounded_in_bytes() -> None:
+    wide = {f"p{i}": i for i in range(MAX_HISTORY_PROPERTIES + 5)}
+    p = apply_event(None, event("view", T0, note="x" * (MAX_HISTORY_TEXT + 1), tags=["a"], ok=True, **wide),
+                    timedelta(days=1))
+    kept = p.history["view"][0][1]
+    assert "note" not in kept and "tags" not in kept and kept["ok"] is True  # long text and lists are not kept
+    assert len(kept) == MAX_HISTORY_PROPERTIES
+    big = "y" * MAX_HISTORY_TEXT
+    for i in range(400):
+        p = apply_event(p, event("view", T0 + timedelta(seconds=i + 1), a=big, b=big), timedelta(days=1))
+    assert p.history_bytes <= MAX_HISTORY_BYTES < p.history_bytes + 2 * (MAX_HISTORY_TEXT + 30)
+    assert len(p.history["view"]) < 400 and p.event_counts["view"] == 401
+    assert Profile.from_json(p.to_json()).history_bytes == p.history_bytes
+
+
+def test_out_of_order_events_keep_the_history_in_time_order() -> None:
+    p = None
+    for hours in (5, 1, 3):
+        p = apply_event(p, event("purchase", T0 + timedelta(hours=hours), amount=hours), timedelta(days=1))
+    assert p is not None and [props["amount"] for _, props in p.history["purchase"]] == [1, 3, 5]
+
+
+def test_history_written_before_it_held_properties_is_read() -> None:
+    p = Profile.from_json({"userId": "u1", "history": {"purchase": [[1.0, 25.0], [2.0, 0.0]]}})
+    assert p.history == {"purchase": [(1.0, {"amount": 25.0}), (2.0, {})]}
+    assert p.history_bytes > 0
+
+
+def test_merged_histories_stay_bounded() -> None:
+    a = b = None
+    for i in range(MAX_HISTORY_EVENTS):
+        a = apply_event(a, event("view", T0 + timedelta(seconds=2 * i)), timedelta(days=1))
+        b = apply_event(b, event("view", T0 + timedelta(seconds=2 * i + 1)), timedelta(days=1))
+    merged = merge_profiles(a, b, "u1")
+    assert len(merged.history["view"]) == MAX_HISTORY_EVENTS
+    assert merged.history["view"][0][0] == (T0 + timedelta(seconds=MAX_HISTORY_EVENTS)).timestamp()
 
 
 def test_profile_json_roundtrip() -> None:

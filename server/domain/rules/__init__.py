@@ -3,9 +3,19 @@
 There is deliberately no regex operator: every operator runs in time linear in its input.
 """
 
-from server.domain.rules.analysis import Window, lint_rule, next_expiry, required_retention, window_expiry, windows
+from server.domain.rules.analysis import (
+    Window,
+    lint_rule,
+    next_expiry,
+    reference_paths,
+    references,
+    required_retention,
+    window_expiry,
+    windows,
+)
 from server.domain.rules.compile import Predicate, compile_rule
 from server.domain.rules.evaluate import evaluate
+from server.domain.rules.explain import explain, flipped
 from server.domain.rules.model import (
     OPERATORS,
     AllOf,
@@ -17,6 +27,8 @@ from server.domain.rules.model import (
     Rule,
     RuleIssue,
     RuleValidationError,
+    SegmentRef,
+    Span,
 )
 from server.domain.rules.parse import parse_rule, rule_to_json
 
@@ -32,12 +44,18 @@ __all__ = [
     "Rule",
     "RuleIssue",
     "RuleValidationError",
+    "SegmentRef",
+    "Span",
     "Window",
     "compile_rule",
     "evaluate",
+    "explain",
+    "flipped",
     "lint_rule",
     "next_expiry",
     "parse_rule",
+    "reference_paths",
+    "references",
     "required_retention",
     "rule_to_json",
     "window_expiry",

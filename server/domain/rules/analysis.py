@@ -3,15 +3,20 @@ warnings for rules that can never match or contradict themselves."""
 
 from __future__ import annotations
 
+import operator as op
+from bisect import bisect_left
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from server.domain.profile import Profile
-from server.domain.rules.evaluate import window_entries
-from server.domain.rules.model import AllOf, AnyOf, Behaviour, Condition, Not, Rule, RuleIssue
+from server.domain.rules.evaluate import as_time
+from server.domain.rules.model import AllOf, AnyOf, Behaviour, Condition, Not, RelativeTime, Rule, RuleIssue, SegmentRef
+
+_TIME = op.itemgetter(0)
 
 
 def walk(rule: Rule) -> Iterator[Rule]:
+    """Every node of the tree, parents first (not the nodes inside a behavioural condition's `where`)."""
     yield rule
     if isinstance(rule, AllOf | AnyOf):
         for child in rule.children:
@@ -20,26 +25,67 @@ def walk(rule: Rule) -> Iterator[Rule]:
         yield from walk(rule.child)
 
 
-Window = tuple[str, timedelta]  # a behavioural condition's (event type, window length)
+# A moment a rule's value can change with no new event: `delta` after the time of an event of this type
+# (an event type), or after the time a profile field holds (a field path).
+Window = tuple[str | tuple[str, ...], timedelta]
 
 
 def windows(rule: Rule) -> frozenset[Window]:
-    """Every time window the rule's behavioural conditions look through (empty when it has none)."""
-    return frozenset((n.event, n.within) for n in walk(rule) if isinstance(n, Behaviour) and n.within is not None)
+    """Every edge in time the rule looks at (empty when time alone never changes its value)."""
+    edges: set[Window] = set()
+    for node in walk(rule):
+        if isinstance(node, Behaviour):
+            if node.span is not None:
+                edges.add((node.event, node.span.start))
+                if node.span.end is not None:
+                    edges.add((node.event, node.span.end))
+            edges.update((node.event, -value.offset) for _, value in node.tests if isinstance(value, RelativeTime))
+        elif isinstance(node, Condition) and isinstance(node.value, RelativeTime):
+            edges.add((node.path, -node.value.offset))  # e.g. lastSeen before -P30D: 30 days after lastSeen
+    return frozenset(edges)
 
 
 def required_retention(rule: Rule) -> timedelta:
-    """The longest window of any behavioural condition (zero when the rule has none)."""
-    return max((within for _, within in windows(rule)), default=timedelta(0))
+    """How far back the rule's windows reach (zero when it has none): the history it needs at least."""
+    return max((n.span.start for n in walk(rule) if isinstance(n, Behaviour) and n.span is not None),
+               default=timedelta(0))
+
+
+def references(rule: Rule) -> frozenset[str]:
+    """The segments the rule refers to."""
+    return frozenset(n.segment_id for n in walk(rule) if isinstance(n, SegmentRef))
+
+
+def reference_paths(rule: Rule, path: str = "rules") -> Iterator[tuple[str, str]]:
+    """(path, segment id) of every segment reference, with paths as in the rule's canonical JSON."""
+    if isinstance(rule, SegmentRef):
+        yield f"{path}.segment", rule.segment_id
+    elif isinstance(rule, AllOf | AnyOf):
+        key = "all" if isinstance(rule, AllOf) else "any"
+        for i, child in enumerate(rule.children):
+            yield from reference_paths(child, f"{path}.{key}[{i}]")
+    elif isinstance(rule, Not):
+        yield from reference_paths(rule.child, f"{path}.not")
 
 
 def window_expiry(looked_through: frozenset[Window], profile: Profile, now: datetime) -> datetime | None:
-    """The next moment one of these windows loses an entry of the profile's history, or None."""
-    moments = []
-    for event, within in looked_through:
-        entries = window_entries(profile, event, within, now)
-        if entries:
-            moments.append(entries[0][0] + within.total_seconds())
+    """The next moment (at or after `now`) one of these edges passes for the profile, or None."""
+    now_ts, moments = now.timestamp(), []
+    for key, delta in looked_through:
+        shift = delta.total_seconds()
+        if isinstance(key, tuple):
+            moment = as_time(profile.lookup(key))
+            if moment is not None and moment.timestamp() + shift >= now_ts:
+                moments.append(moment.timestamp() + shift)
+            continue
+        entries = profile.history.get(key)
+        if entries:  # in time order: the first entry whose edge is still ahead
+            i = bisect_left(entries, now_ts - shift, key=_TIME)
+            if i < len(entries):
+                moments.append(entries[i][0] + shift)
+        times = profile.event_times.get(key)
+        if times is not None:
+            moments += [t + shift for t in times if t + shift >= now_ts]
     return datetime.fromtimestamp(min(moments), UTC) if moments else None
 
 
@@ -105,6 +151,9 @@ def lint_rule(rule: Rule, path: str = "rules") -> list[RuleIssue]:
         issues += lint_rule(rule.child, f"{path}.not")
     elif isinstance(rule, Condition) and rule.operator == "between" and rule.value[0] > rule.value[1]:
         issues.append(RuleIssue(path, f"between {list(rule.value)} never matches: low is above high"))
-    elif isinstance(rule, Behaviour) and rule.operator in ("lt", "lte") and rule.value < 0:
-        issues.append(RuleIssue(path, "a count or sum below zero never happens"))
+    elif isinstance(rule, Behaviour) and rule.metric in ("count", "distinct"):
+        for operator, value in rule.tests:
+            if (operator == "lt" and value <= 0) or (operator == "lte" and value < 0) or (
+                    operator == "between" and value[1] < 0):
+                issues.append(RuleIssue(path, f"a {rule.metric} below zero never happens"))
     return issues
