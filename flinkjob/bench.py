@@ -22,14 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from confluent_kafka import Producer
 from pyflink.common import Types, WatermarkStrategy
 from pyflink.datastream import StreamExecutionEnvironment
 
 from flinkjob.job import StopAt, build, configuration, prepare_python_environment, sink, source, user_key
+from flinkjob.logic import UserState, compile_definition, on_event
 from flinkjob.settings import RuleEngineSettings
-from server.domain.bench import RULES
+from server.domain.bench import RULES, bench_segment_id
 from server.domain.events import UserEvent
+from server.domain.membership import RuleSet
 from server.domain.segment import SegmentDefinition
 from server.stores.kafka import create_topics
 from server.stores.records import encode
@@ -69,7 +72,7 @@ def _events(count: int, users: int) -> list[tuple[str, bytes]]:
     records = []
     for _ in range(count):
         user, kind = f"bench-user-{rng.randrange(users)}", rng.choice(("purchase", "page_view", "page_view"))
-        properties: dict[str, Any] = {"category": rng.choice(("books", "electronics", "garden")),
+        properties: dict[str, Any] = {"category": rng.choice(("books", "electronics", "garden", "shoes")),
                                       "country": rng.choice(("DE", "FR", "US", "AT"))}
         if kind == "purchase":
             properties["amount"] = round(rng.uniform(5, 500), 2)
@@ -79,7 +82,7 @@ def _events(count: int, users: int) -> list[tuple[str, bytes]]:
 
 
 def _definitions(segments: int) -> list[tuple[str, bytes]]:
-    ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-{i}")) for i in range(segments)]  # segment ids are UUIDs
+    ids = [bench_segment_id(i) for i in range(segments)]  # segment ids are UUIDs; the references point at two
     return [(sid, encode(SegmentDefinition(sid, 1, f"bench {i}", rules=RULES[i % len(RULES)])))
             for i, sid in enumerate(ids)]
 
@@ -129,4 +132,21 @@ def measure_job_throughput(events: int = 60_000, segments: int = 20, users: int 
             figures[f"{kind}_events_per_s"] = round((many - few) / max(t_many - t_few, 1e-3))
             figures[f"{kind}_run_s"] = round(t_many, 2)
     figures["rules_to_noop_ratio"] = round(figures["rules_events_per_s"] / figures["noop_events_per_s"], 2)
+    return figures
+
+
+def measure_state_size(events: tuple[int, ...] = (10, 100, 1000), segments: int = 20) -> dict[str, Any]:
+    """The rule job's state per user (the JSON it keeps in Flink: profile, history, memberships) after this many
+    events of the job bench's mix, with the bench's segments live and the default lookback."""
+    rules = RuleSet({d.id: rule for _, raw in _definitions(segments)
+                     if (rule := compile_definition(d := SegmentDefinition.from_json(orjson.loads(raw)))) is not None})
+    figures: dict[str, Any] = {"segments": segments, "lookback_days": rules.lookback.days}
+    records = [orjson.loads(value) for _, value in _events(max(events), users=1)]
+    state, now = UserState(), datetime.now(UTC)
+    for count, record in enumerate(records, start=1):
+        state = on_event(state, UserEvent.from_json(record), rules, now).state
+        if count in events:
+            figures[f"state_bytes_at_{count}_events"] = len(state.to_json().encode())
+    assert state.profile is not None
+    figures["history_entries_kept"] = sum(map(len, state.profile.history.values()))
     return figures

@@ -179,12 +179,13 @@ def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule
     if state.profile is not None and event.event_id in state.profile.recent_events:
         return unchanged(state)
     rules = as_rule_set(rules)
-    profile = apply_event(state.profile, event, rules.retention)
+    profile = apply_event(state.profile, event, rules.retention, now)
     if not math.isfinite(profile.total_spent):
         return refusal(state, f"event {event.event_id}: totalSpent would overflow")
     cause = {"cause": "event", "eventId": event.event_id, "eventType": event.event_type,
              "eventAt": format_timestamp(event.timestamp)}
-    memberships, changes = _diff(state, profile, rules, now, cause, state.profile, received_at=event.received_at)
+    before = state.profile or Profile(profile.user_id)  # a first event: what flipped is measured from nothing
+    memberships, changes = _diff(state, profile, rules, now, cause, before, received_at=event.received_at)
     return Outcome(replace(state, profile=profile, memberships=memberships), changes, True,
                    _next_timer(profile, rules, now))
 

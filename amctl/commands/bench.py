@@ -23,6 +23,7 @@ def measurements(quick: bool) -> list[Measurement]:
                     {"rates": [400, 1000, 2000, 5000], "seconds": seconds / 2}, needs_stack=False),
         Measurement("rule_evaluations", "server.domain.bench:measure_rule_evaluations",
                     {"seconds": 1.0 if quick else 3.0}, needs_stack=False),
+        Measurement("state_size", "flinkjob.bench:measure_state_size", {}, needs_stack=False),
         Measurement("seed_flow", "amctl.load.measures:measure_seed_flow", {"trials": 3 if quick else 10}),
         Measurement("rule_propagation", "amctl.load.measures:measure_rule_propagation", {"trials": 2 if quick else 5}),
         Measurement("destination_latency", "amctl.load.destination_measure:measure_destination_latency",
@@ -61,7 +62,7 @@ def bench(
     """Cold start, memory, rule evaluations/s, ingestion events/s (vs bare FastAPI and a raw producer),
     end-to-end assignment latency at 100/500/1,000 ev/s, sustained rate, rule propagation, API p50/p99,
     event → signed webhook delivered p50/p99,
-    identify → merged profile p50/p99."""
+    identify → merged profile p50/p99, the rule job's state bytes per user."""
     app = get_context(ctx)
     with app.err.status("benchmarking") as status:
         report = run_bench(measurements(quick), lambda text: status.update(escape(text))).as_json()

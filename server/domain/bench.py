@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from server.domain.profile import Profile
 from server.domain.rules import compile_rule, evaluate, parse_rule
 
-VIP, CHURNED = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+
+def bench_segment_id(i: int) -> str:
+    """The id of the bench's i-th segment (the job bench publishes RULES under these ids)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-{i}"))
+
+
+VIP, CHURNED = bench_segment_id(0), bench_segment_id(1)  # the segment reference refers to two bench segments
 # Rules whose leaves are all evaluated (no short-circuit) on the generated profiles are counted
 # exactly; see `_leaves_evaluated`.
 RULES: list[dict[str, Any]] = [

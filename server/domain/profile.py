@@ -180,9 +180,10 @@ def _bounded(history: dict[str, list[HistoryEntry]], size: int) -> int:
     return size
 
 
-def apply_event(profile: Profile | None, event: UserEvent, retention: timedelta) -> Profile:
+def apply_event(profile: Profile | None, event: UserEvent, retention: timedelta, now: datetime | None = None
+                ) -> Profile:
     """The profile after `event`; the input is not modified. `retention` is how long the history keeps events
-    (zero: none are kept)."""
+    (zero: none are kept), counted back from `now` (or the event's time when it is later, or no `now` is given)."""
     base = profile if profile is not None else Profile(user_id=event.user_id, anonymous=event.anonymous)
     amount = _amount(event)
     kind, ts = event.event_type, event.timestamp.timestamp()
@@ -192,8 +193,9 @@ def apply_event(profile: Profile | None, event: UserEvent, retention: timedelta)
     times = {**base.event_times, kind: (min(first, ts), max(last, ts))}
     history, size = base.history, base.history_bytes
     if retention > timedelta(0):
+        newest = ts if now is None else max(ts, now.timestamp())
         history, size = _with_entry(history, size, kind, (ts, history_properties(event.properties)),
-                                    ts - retention.total_seconds())
+                                    newest - retention.total_seconds())
     is_purchase = kind == PURCHASE
     return replace(
         base,
@@ -219,6 +221,8 @@ def _with_entry(history: dict[str, list[HistoryEntry]], size: int, kind: str, en
     start = bisect_left(entries, horizon, key=_TIME)
     size -= sum(entry_size(e) for e in entries[:start])
     kept = entries[start:]
+    if entry[0] < horizon:  # older than the history keeps
+        return ({**history, kind: kept} if kept else {k: v for k, v in history.items() if k != kind}), size
     if not kept or kept[-1][0] <= entry[0]:  # the usual case: the newest event comes last
         kept.append(entry)
     else:

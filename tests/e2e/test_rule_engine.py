@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -114,6 +115,51 @@ def test_windowed_rule_expires_without_new_events(running_stack: Stack) -> None:
     entered = time.monotonic()
     eventually(lambda: segment not in segment_ids(running_stack, user), timeout_s=10, what="exit after the window")
     assert time.monotonic() - entered > 1.5  # it stayed a member while the purchases were inside the window
+
+
+def send_at(stack: Stack, user: str, event_type: str, days_ago: float, **properties: Any) -> None:
+    at = datetime.now(UTC) - timedelta(days=days_ago)
+    response = stack.events.post("/api/events", json={"userId": user, "eventType": event_type,
+                                                      "timestamp": at.isoformat(), "properties": properties})
+    assert response.status_code == 202, response.text
+
+
+def test_a_rule_written_later_sees_the_lookback_through_backfill(running_stack: Stack) -> None:
+    """No live rule looks back further than seconds (this module's windowed rule is PT3S), yet a P28D rule
+    created after purchases 24-25 days old matches through backfill: history is kept for the lookback."""
+    marker = uuid.uuid4().hex[:8]
+    shopper, lapsed = f"shoes-{marker}", f"lapsed-{marker}"
+    for days in (25, 24):
+        send_at(running_stack, shopper, "purchase", days, amount=60, category="shoes", marker=marker)
+        send_at(running_stack, lapsed, "purchase", days + 4.5, amount=60, category="shoes", marker=marker)
+    send_at(running_stack, shopper, "purchase", 23, amount=500, category="books", marker=marker)
+    for user in (shopper, lapsed):
+        eventually(lambda u=user: running_stack.segments.get(f"/api/users/{u}/profile").json().get(  # type: ignore[misc]
+            "eventCount") == (3 if u == shopper else 2), what=f"{user}'s purchases applied")
+    mine = {"field": "marker", "operator": "eq", "value": marker}
+    twice = create(running_stack, {"all": [mine, {"event": "purchase", "count": {"gte": 2}, "within": "P28D",
+                                                  "where": {"field": "category", "operator": "eq", "value": "shoes"}}]})
+    spenders = create(running_stack, {"all": [mine, {"event": "purchase", "within": "P28D",
+                                                     "avg": {"field": "amount", "gte": 200}}]})
+    eventually(lambda: {twice, spenders} <= segment_ids(running_stack, shopper), what="backfill over the lookback")
+    time.sleep(1)  # the lapsed buyer's purchases are 28.5-29.5 days old: outside P28D, so never a member
+    assert not {twice, spenders} & segment_ids(running_stack, lapsed)
+
+
+def test_filters_aggregates_and_last_occurrence_live(running_stack: Stack) -> None:
+    marker = uuid.uuid4().hex[:8]
+    user = f"buyer-{marker}"
+    mine = {"field": "marker", "operator": "eq", "value": marker}
+    lapsed = create(running_stack, {"all": [mine, {"event": "purchase",
+                                                   "last": {"before": "-P20D", "after": "-P90D"}}]})
+    big = create(running_stack, {"all": [mine, {"event": "purchase", "max": {"field": "amount", "gte": 100},
+                                                "between": ["P60D", "P1D"]}]})
+    time.sleep(0.5)
+    send_at(running_stack, user, "purchase", 22, amount=150, marker=marker)
+    eventually(lambda: {lapsed, big} <= segment_ids(running_stack, user), what="entered lapsed buyers and big buyers")
+    send(running_stack, user, "purchase", amount=10, marker=marker)  # bought again: no longer lapsed
+    eventually(lambda: lapsed not in segment_ids(running_stack, user), what="exit from lapsed buyers")
+    assert big in segment_ids(running_stack, user)  # today's purchase is outside the 60..1-day span
 
 
 def test_preview_counts_match_what_the_job_assigns(running_stack: Stack) -> None:

@@ -319,3 +319,12 @@ def test_no_edge_is_missed(raw: dict[str, Any], p: Profile, member_of: frozenset
     value = evaluate(rule, p, NOW, member_of)
     for fraction in (0.25, 0.5, 0.75, 0.999):
         assert evaluate(rule, p, NOW + (until - NOW) * fraction, member_of) == value
+
+
+def test_a_relative_time_on_a_profile_field_has_its_own_timer() -> None:
+    p = shopper((10 * DAYS, {}))
+    inactive = parse_rule({"field": "lastSeen", "operator": "before", "value": "-P30D"})
+    assert windows(inactive) == {(("lastSeen",), 30 * DAYS)}
+    edge = window_expiry(windows(inactive), p, NOW)
+    assert edge == NOW + 20 * DAYS  # the last event turns 30 days old then
+    assert not evaluate(inactive, p, edge - timedelta(seconds=1)) and evaluate(inactive, p, edge + timedelta(seconds=1))
