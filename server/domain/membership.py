@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from server.domain.profile import HISTORY_LOOKBACK, Profile
 from server.domain.records import (
     MAX_VERSION,
-    InvalidRecord,
     integer,
     json_object,
+    one_of,
     optional_timestamp,
     timestamp,
     user_id,
@@ -216,19 +216,13 @@ class MembershipChange:
     @classmethod
     def from_json(cls, data: Any) -> MembershipChange:
         record = json_object(data, "membership change")
-        change = record.get("change")
-        if change not in ("entered", "exited"):
-            raise InvalidRecord(f"change: expected entered or exited, got {change!r}")
-        source = record.get("source", "rule")
-        if source not in ("rule", "static"):
-            raise InvalidRecord(f"source: expected rule or static, got {source!r}")
         return cls(
             user_id=user_id(record),
             segment_id=uuid_text(record, "segmentId"),
-            change=change,
+            change=one_of(record, "change", get_args(Change)),
             at=timestamp(record, "at"),
             segment_version=integer(record, "segmentVersion", MAX_VERSION),
             event_received_at=optional_timestamp(record, "eventReceivedAt"),
-            source=source,
+            source=one_of(record, "source", get_args(Source), default="rule"),
             because=json_object(record["because"], "because") if record.get("because") is not None else None,
         )

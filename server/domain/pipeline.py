@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from server.domain.events import UserEvent
 from server.domain.membership import Change, MembershipChange
@@ -31,6 +31,7 @@ from server.domain.records import (
     integer,
     json_object,
     number,
+    one_of,
     optional_timestamp,
     text,
     timestamp,
@@ -202,11 +203,8 @@ class StaticMembership:
     @classmethod
     def from_json(cls, data: Any) -> StaticMembership:
         record = json_object(data, "static membership")
-        change = record.get("change")
-        if change not in ("entered", "exited"):
-            raise InvalidRecord(f"change: expected entered or exited, got {change!r}")
-        return cls(user_id=user_id(record), segment_id=uuid_text(record, "segmentId"), change=change,
-                   at=timestamp(record, "at"))
+        return cls(user_id=user_id(record), segment_id=uuid_text(record, "segmentId"),
+                   change=one_of(record, "change", get_args(Change)), at=timestamp(record, "at"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +224,7 @@ class ProfileRemoved:
     @classmethod
     def from_json(cls, data: Any) -> ProfileRemoved:
         record = json_object(data, "removal")
-        reason = record.get("removed")
-        if reason not in ("deleted", "merged"):
-            raise InvalidRecord(f"removed: expected deleted or merged, got {reason!r}")
+        reason = one_of(record, "removed", get_args(Removal))
         into = user_id(record, "into") if reason == "merged" else None
         return cls(user_id=user_id(record), reason=reason, at=timestamp(record, "at"), into=into)
 

@@ -9,7 +9,7 @@ every retry).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeGuard
 
@@ -36,6 +36,14 @@ def text(data: Mapping[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
         raise InvalidRecord(f"{name}: required, a non-empty string")
+    return value
+
+
+def one_of(data: Mapping[str, Any], name: str, choices: Sequence[str], default: str | None = None) -> Any:
+    """One of a few words (a `Literal` field: the caller's type names which)."""
+    value = data.get(name, default)
+    if value not in choices:
+        raise InvalidRecord(f"{name}: expected {' or '.join(choices)}, got {value!r}")
     return value
 
 
