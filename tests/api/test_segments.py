@@ -170,6 +170,40 @@ def test_preview_counts_current_profiles(client: TestClient, database_url: str) 
     assert client.post("/api/segments/preview", json={"rules": {"bad": 1}}).status_code == 422
 
 
+def shopper(user: str, *purchases: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+    """A stored profile from purchases (days ago, properties), with their history as the rule job keeps it."""
+    now, profile = datetime.now(UTC), None
+    for i, (days, properties) in enumerate(purchases):
+        event = UserEvent(user_id=user, event_type="purchase", event_id=f"{user}-{i}",
+                          timestamp=now - timedelta(days=days), properties=properties)
+        profile = apply_event(profile, event, timedelta(days=30), now)
+    assert profile is not None
+    return profile.to_json()
+
+
+def test_preview_evaluates_filters_aggregates_and_windows_on_the_stored_history(client: TestClient,
+                                                                                 database_url: str) -> None:
+    add_profiles(database_url,
+                 shopper("twice", (20, {"category": "shoes", "amount": 80}), (3, {"category": "shoes", "amount": 150})),
+                 shopper("once", (2, {"category": "shoes", "amount": 500}), (1, {"category": "books", "amount": 5})),
+                 shopper("lapsed", (25, {"category": "shoes", "amount": 40}), (24, {"category": "shoes", "amount": 9})))
+
+    def matching(rules: dict[str, Any]) -> list[str]:
+        response = client.post("/api/segments/preview", json={"rules": rules, "sampleSize": 10})
+        assert response.status_code == 200, response.text
+        return sorted(response.json()["sample"])
+
+    shoes = {"field": "category", "operator": "eq", "value": "shoes"}
+    assert matching({"event": "purchase", "where": shoes, "count": {"gte": 2}, "within": "P30D"}) == ["lapsed",
+                                                                                                     "twice"]
+    assert matching({"event": "purchase", "where": shoes, "count": {"gte": 2}, "within": "P7D"}) == []
+    assert matching({"event": "purchase", "avg": {"field": "amount", "gte": 100}}) == ["once", "twice"]
+    assert matching({"event": "purchase", "count": {"gte": 2}, "between": ["P30D", "P7D"]}) == ["lapsed"]
+    assert matching({"event": "purchase", "last": {"before": "-P7D"}}) == ["lapsed"]
+    bad = client.post("/api/segments/preview", json={"rules": {"event": "purchase", "avg": {"gte": "x"}}})
+    assert bad.status_code == 422 and "rules.avg.gte" in bad.text
+
+
 def test_static_members_stats_and_user_views(client: TestClient, database_url: str) -> None:
     add_profiles(database_url, spender("alice", 10, plan="pro"))
     static = client.post("/api/segments", json={"name": "beta testers", "type": "STATIC"}).json()
