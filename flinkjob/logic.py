@@ -140,7 +140,7 @@ def _diff(state: UserState, profile: Profile, rules: Mapping[str, SegmentRule], 
     for change, found in kinds:
         for segment_id, version in found:
             rule = rules.get(segment_id)
-            why = reason(rule.rule if rule is not None else None, cause, before, profile, now, was_in, now_in)
+            why = reason(rule, cause, before, profile, now, was_in, now_in)
             changes.append(MembershipChange(profile.user_id, segment_id, change, now, version, received_at,
                                             because=why))
     return diff.current, changes

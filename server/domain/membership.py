@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Container, ItemsView, Iterable, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
@@ -19,12 +19,14 @@ from server.domain.records import (
     uuid_text,
 )
 from server.domain.rules import (
+    Leaves,
     Predicate,
     Rule,
     Window,
     compile_rule,
-    explain,
     flipped,
+    leaf_paths,
+    leaf_results,
     references,
     required_retention,
     windows,
@@ -49,11 +51,12 @@ class SegmentRule:
     windows: frozenset[Window] = frozenset()  # edges in time its behavioural conditions look at
     retention: timedelta = timedelta(0)  # how much event history it needs at least: its longest window
     references: frozenset[str] = frozenset()  # the segments it refers to
+    leaves: Leaves = ()  # its leaves with their paths, for the reason of each change
 
     @classmethod
     def build(cls, segment_id: str, version: int, rule: Rule) -> SegmentRule:
         return cls(segment_id, version, rule, compile_rule(rule), windows(rule), required_retention(rule),
-                   references(rule))
+                   references(rule), leaf_paths(rule))
 
 
 class RuleSet(Mapping[str, SegmentRule]):
@@ -83,6 +86,19 @@ class RuleSet(Mapping[str, SegmentRule]):
 
     def __len__(self) -> int:
         return len(self._rules)
+
+    # the dict's own views and lookups: Mapping's generic ones cost a Python call per item on the hot path
+    def __contains__(self, segment_id: object) -> bool:
+        return segment_id in self._rules
+
+    def get(self, segment_id: str, default: Any = None) -> Any:
+        return self._rules.get(segment_id, default)
+
+    def items(self) -> ItemsView[str, SegmentRule]:
+        return self._rules.items()
+
+    def values(self) -> ValuesView[SegmentRule]:
+        return self._rules.values()
 
     def affected(self, segment_ids: Iterable[str]) -> set[str]:
         """These segments and every segment that refers to one of them, directly or not."""
@@ -173,14 +189,14 @@ class _Membership(Container[str]):
         return segment_id in self.dynamic or segment_id in self.static
 
 
-def reason(rule: Rule | None, cause: Mapping[str, Any], before: Profile | None, after: Profile, now: datetime,
-           was_in: Container[str], now_in: Container[str]) -> dict[str, Any]:
+def reason(rule: SegmentRule | None, cause: Mapping[str, Any], before: Profile | None, after: Profile,
+           now: datetime, was_in: Container[str], now_in: Container[str]) -> dict[str, Any]:
     """Why a membership changed: `cause` (the event, the clock, a new definition, ...) and the rule's leaves
     whose result it flipped (at most `MAX_REASON_LEAVES`); no leaves when the segment itself went away."""
     if rule is None:
         return dict(cause)
-    old = explain(rule, before, now, was_in) if before is not None else None
-    return {**cause, "leaves": flipped(old, explain(rule, after, now, now_in))[:MAX_REASON_LEAVES]}
+    old = leaf_results(rule.leaves, before, now, was_in) if before is not None else None
+    return {**cause, "leaves": flipped(old, leaf_results(rule.leaves, after, now, now_in))[:MAX_REASON_LEAVES]}
 
 
 @dataclass(frozen=True, slots=True)

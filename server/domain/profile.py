@@ -103,7 +103,8 @@ class Profile:
             first_seen=parse_timestamp(data["firstSeen"]) if data.get("firstSeen") else None,
             last_seen=parse_timestamp(data["lastSeen"]) if data.get("lastSeen") else None,
             event_counts={k: int(v) for k, v in (data.get("eventCounts") or {}).items()},
-            history={k: [_entry(t, props) for t, props in v] for k, v in (data.get("history") or {}).items()},
+            history={k: [(float(t), props) if props.__class__ is dict else _entry(t, props) for t, props in v]
+                     for k, v in (data.get("history") or {}).items()},
             anonymous=bool(data.get("anonymous", False)),
             recent_events=[str(i) for i in data.get("recentEvents") or []],
             event_times={k: (float(v[0]), float(v[1])) for k, v in (data.get("eventTimes") or {}).items()},
@@ -197,8 +198,8 @@ def apply_event(profile: Profile | None, event: UserEvent, retention: timedelta,
         history, size = _with_entry(history, size, kind, (ts, history_properties(event.properties)),
                                     newest - retention.total_seconds())
     is_purchase = kind == PURCHASE
-    return replace(
-        base,
+    return Profile(  # every field given: faster than dataclasses.replace, which this hot path felt
+        user_id=base.user_id,
         traits=traits,
         total_spent=base.total_spent + (amount if is_purchase else 0.0),
         purchase_count=base.purchase_count + (1 if is_purchase else 0),

@@ -19,6 +19,8 @@ from server.domain.rules import (
     evaluate,
     explain,
     flipped,
+    leaf_paths,
+    leaf_results,
     lint_rule,
     parse_rule,
     reference_paths,
@@ -219,7 +221,11 @@ def test_explain_annotates_every_node() -> None:
     richer = shopper((5 * DAYS, {"category": "shoes", "amount": 280}), (2 * DAYS, {"category": "shoes", "amount": 20}))
     after = explain(rule, richer, NOW, frozenset({VIP}))
     assert after["result"] is True
-    assert flipped(tree, after) == [{"path": "rules.all[1].any[1]", "value": 150.0, "result": True, "was": 50.0}]
+    leaves = leaf_paths(rule)
+    was, now = leaf_results(leaves, p, NOW, frozenset({VIP})), leaf_results(leaves, richer, NOW, frozenset({VIP}))
+    assert [path for path, _, _ in now] == ["rules.all[0]", "rules.all[1].any[0]", "rules.all[1].any[1]",
+                                            "rules.all[2]"]
+    assert flipped(was, now) == [{"path": "rules.all[1].any[1]", "value": 150.0, "result": True, "was": 50.0}]
 
 
 # -- property: the compiled predicate agrees with the reference interpreter on every form --------
@@ -300,6 +306,16 @@ def test_compiled_agrees_with_interpreted_on_every_form(raw: dict[str, Any], p: 
     now = NOW + timedelta(hours=shift_hours)
     assert compile_rule(rule)(p, now, member_of) == evaluate(rule, p, now, member_of)
     assert explain(rule, p, now, member_of)["result"] == evaluate(rule, p, now, member_of)
+    leaves = {leaf["path"]: (leaf["value"], leaf["result"]) for leaf in _leaves(explain(rule, p, now, member_of))}
+    assert leaves == {path: (value, result) for path, value, result in leaf_results(leaf_paths(rule), p, now,
+                                                                                    member_of)}
+
+
+def _leaves(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    for key in ("all", "any"):
+        if key in tree:
+            return [leaf for child in tree[key] for leaf in _leaves(child)]
+    return _leaves(tree["not"]) if "not" in tree else [tree]
 
 
 @settings(max_examples=300, deadline=None)

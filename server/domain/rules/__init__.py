@@ -15,7 +15,7 @@ from server.domain.rules.analysis import (
 )
 from server.domain.rules.compile import Predicate, compile_rule
 from server.domain.rules.evaluate import evaluate
-from server.domain.rules.explain import explain, flipped
+from server.domain.rules.explain import Leaves, explain, flipped, leaf_paths, leaf_results
 from server.domain.rules.model import (
     OPERATORS,
     AllOf,
@@ -38,6 +38,7 @@ __all__ = [
     "AnyOf",
     "Behaviour",
     "Condition",
+    "Leaves",
     "Not",
     "Predicate",
     "RelativeTime",
@@ -51,6 +52,8 @@ __all__ = [
     "evaluate",
     "explain",
     "flipped",
+    "leaf_paths",
+    "leaf_results",
     "lint_rule",
     "next_expiry",
     "parse_rule",

@@ -1,18 +1,19 @@
 """Why a rule holds for a user: the tree with every node's result and every leaf's observed value.
 
 `explain` is the reference interpreter again, without short-circuiting, so every node gets a result;
-`flipped` compares two explanations (before and after an event) and names the leaves that changed.
+`flipped` compares the leaves of two evaluations (`leaf_results` before and after an event) and names those
+that changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator
+from collections.abc import Container
 from datetime import UTC, datetime
 from typing import Any
 
 from server.domain.profile import MISSING, Profile
 from server.domain.rules.evaluate import behaviour_value, occurred, occurrence, passes, test_value
-from server.domain.rules.model import OCCURRENCES, AllOf, AnyOf, Condition, Not, Rule, SegmentRef
+from server.domain.rules.model import OCCURRENCES, AllOf, AnyOf, Behaviour, Condition, Not, Rule, SegmentRef
 from server.domain.rules.parse import rule_to_json
 from server.domain.timeutil import format_timestamp
 
@@ -39,40 +40,57 @@ def explain(rule: Rule, profile: Profile, now: datetime | None = None, member_of
     if isinstance(rule, Not):
         child = explain(rule.child, profile, now, member_of, f"{path}.not")
         return {"not": child, "path": path, "result": not child["result"]}
-    if isinstance(rule, Condition):
-        value = profile.lookup(rule.path)
-        result = test_value(rule.operator, value, rule.value, now)
-    elif isinstance(rule, SegmentRef):
-        value = result = rule.segment_id in member_of
-    else:
-        value = behaviour_value(rule, profile, now)
-        result = occurred(rule.tests, occurrence(rule, profile, now), now) if rule.metric in OCCURRENCES \
-            else passes(rule.tests, value, now)
+    value, result = _leaf(rule, profile, now, member_of)
     body = {**rule_to_json(rule), "path": path, "value": observed(value), "result": result}
     return {**body, "missing": True} if value is MISSING else body
 
 
-def leaves(explained: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The leaves of an explanation, in document order."""
-    for key in ("all", "any"):
-        if key in explained:
-            for child in explained[key]:
-                yield from leaves(child)
-            return
-    if "not" in explained:
-        yield from leaves(explained["not"])
-        return
-    yield explained
+Leaves = tuple[tuple[str, Rule], ...]  # (path, leaf) of every leaf of a tree, in document order
 
 
-def flipped(before: dict[str, Any] | None, after: dict[str, Any]) -> list[dict[str, Any]]:
+def leaf_paths(rule: Rule, path: str = "rules") -> Leaves:
+    """Every leaf of the tree with its path, as validation errors and `explain` name it."""
+    if isinstance(rule, AllOf | AnyOf):
+        key = "all" if isinstance(rule, AllOf) else "any"
+        return tuple(leaf for i, child in enumerate(rule.children)
+                     for leaf in leaf_paths(child, f"{path}.{key}[{i}]"))
+    if isinstance(rule, Not):
+        return leaf_paths(rule.child, f"{path}.not")
+    return ((path, rule),)
+
+
+def leaf_results(leaves: Leaves, profile: Profile, now: datetime, member_of: Container[str] = frozenset()
+                 ) -> list[tuple[str, Any, bool]]:
+    """(path, observed value, result) of every leaf (`leaf_paths`): what `explain` puts on its leaves, without
+    building the tree (the rule job records the flipped ones on every membership change)."""
+    results = []
+    for path, leaf in leaves:
+        value, result = _leaf(leaf, profile, now, member_of)
+        results.append((path, observed(value), result))
+    return results
+
+
+def _leaf(rule: Rule, profile: Profile, now: datetime, member_of: Container[str]) -> tuple[Any, bool]:
+    if isinstance(rule, Condition):
+        value = profile.lookup(rule.path)
+        return value, test_value(rule.operator, value, rule.value, now)
+    if isinstance(rule, SegmentRef):
+        return rule.segment_id in member_of, rule.segment_id in member_of
+    assert isinstance(rule, Behaviour)
+    value = behaviour_value(rule, profile, now)
+    if rule.metric in OCCURRENCES:
+        return value, occurred(rule.tests, occurrence(rule, profile, now), now)
+    return value, passes(rule.tests, value, now)
+
+
+def flipped(before: list[tuple[str, Any, bool]] | None, after: list[tuple[str, Any, bool]]) -> list[dict[str, Any]]:
     """The leaves of `after` whose result differs from `before` (every leaf when there is no before), as
-    `{"path", "value", "result"}` plus `"was"`, the value before."""
-    was = {leaf["path"]: leaf for leaf in leaves(before)} if before is not None else {}
+    `{"path", "value", "result"}` plus `"was"`, the value before (`leaf_results` gives both)."""
+    was = {path: (value, result) for path, value, result in before} if before is not None else {}
     changed = []
-    for leaf in leaves(after):
-        old = was.get(leaf["path"])
-        if old is None or old["result"] != leaf["result"]:
-            entry = {"path": leaf["path"], "value": leaf["value"], "result": leaf["result"]}
-            changed.append(entry if old is None else {**entry, "was": old["value"]})
+    for path, value, result in after:
+        old = was.get(path)
+        if old is None or old[1] != result:
+            entry = {"path": path, "value": value, "result": result}
+            changed.append(entry if old is None else {**entry, "was": old[0]})
     return changed
