@@ -20,7 +20,7 @@ store, and forgets each alias's key in turn.
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -121,7 +121,8 @@ def retention_for(rules: Mapping[str, SegmentRule]) -> timedelta:
 
 
 def _diff(state: UserState, profile: Profile, rules: Mapping[str, SegmentRule], now: datetime,
-          cause: Mapping[str, Any], before: Profile | None = None, only: Container[str] | None = None,
+          cause: Mapping[str, Any] | Callable[[], Mapping[str, Any]], before: Profile | None = None,
+          only: Container[str] | None = None,
           received_at: datetime | None = None, static_before: frozenset[str] | None = None,
           ) -> tuple[dict[str, int], list[MembershipChange]]:
     """Evaluate `rules` (or just the segments in `only`) on `profile` and return (new memberships, changes).
@@ -133,6 +134,8 @@ def _diff(state: UserState, profile: Profile, rules: Mapping[str, SegmentRule], 
     diff = evaluate_memberships(profile, rules, state.memberships, now, state.static, only)
     if not diff.entered and not diff.exited:
         return diff.current, []
+    if callable(cause):  # built only when something changed: most events change nothing
+        cause = cause()
     was_in = _Segments(state.memberships, state.static if static_before is None else static_before)
     now_in = _Segments(diff.current, state.static)
     changes = []
@@ -182,8 +185,10 @@ def on_event(state: UserState, event: UserEvent, rules: Mapping[str, SegmentRule
     profile = apply_event(state.profile, event, rules.retention, now)
     if not math.isfinite(profile.total_spent):
         return refusal(state, f"event {event.event_id}: totalSpent would overflow")
-    cause = {"cause": "event", "eventId": event.event_id, "eventType": event.event_type,
-             "eventAt": format_timestamp(event.timestamp)}
+    def cause() -> dict[str, Any]:
+        return {"cause": "event", "eventId": event.event_id, "eventType": event.event_type,
+                "eventAt": format_timestamp(event.timestamp)}
+
     before = state.profile or Profile(profile.user_id)  # a first event: what flipped is measured from nothing
     memberships, changes = _diff(state, profile, rules, now, cause, before, received_at=event.received_at)
     return Outcome(replace(state, profile=profile, memberships=memberships), changes, True,
