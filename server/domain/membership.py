@@ -19,13 +19,13 @@ from server.domain.records import (
     uuid_text,
 )
 from server.domain.rules import (
-    Leaves,
     Predicate,
+    Probes,
     Rule,
     Window,
+    compile_leaves,
     compile_rule,
     flipped,
-    leaf_paths,
     leaf_results,
     references,
     required_retention,
@@ -51,12 +51,12 @@ class SegmentRule:
     windows: frozenset[Window] = frozenset()  # edges in time its behavioural conditions look at
     retention: timedelta = timedelta(0)  # how much event history it needs at least: its longest window
     references: frozenset[str] = frozenset()  # the segments it refers to
-    leaves: Leaves = ()  # its leaves with their paths, for the reason of each change
+    leaves: Probes = ()  # its leaves with their paths, probed for the reason of each change
 
     @classmethod
     def build(cls, segment_id: str, version: int, rule: Rule) -> SegmentRule:
         return cls(segment_id, version, rule, compile_rule(rule), windows(rule), required_retention(rule),
-                   references(rule), leaf_paths(rule))
+                   references(rule), compile_leaves(rule))
 
 
 class RuleSet(Mapping[str, SegmentRule]):

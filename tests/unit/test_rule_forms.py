@@ -15,11 +15,11 @@ from server.domain.membership import RuleSet, SegmentRule, evaluate_memberships
 from server.domain.profile import Profile, apply_event
 from server.domain.rules import (
     RuleValidationError,
+    compile_leaves,
     compile_rule,
     evaluate,
     explain,
     flipped,
-    leaf_paths,
     leaf_results,
     lint_rule,
     parse_rule,
@@ -221,7 +221,7 @@ def test_explain_annotates_every_node() -> None:
     richer = shopper((5 * DAYS, {"category": "shoes", "amount": 280}), (2 * DAYS, {"category": "shoes", "amount": 20}))
     after = explain(rule, richer, NOW, frozenset({VIP}))
     assert after["result"] is True
-    leaves = leaf_paths(rule)
+    leaves = compile_leaves(rule)
     was, now = leaf_results(leaves, p, NOW, frozenset({VIP})), leaf_results(leaves, richer, NOW, frozenset({VIP}))
     assert [path for path, _, _ in now] == ["rules.all[0]", "rules.all[1].any[0]", "rules.all[1].any[1]",
                                             "rules.all[2]"]
@@ -307,7 +307,7 @@ def test_compiled_agrees_with_interpreted_on_every_form(raw: dict[str, Any], p: 
     assert compile_rule(rule)(p, now, member_of) == evaluate(rule, p, now, member_of)
     assert explain(rule, p, now, member_of)["result"] == evaluate(rule, p, now, member_of)
     leaves = {leaf["path"]: (leaf["value"], leaf["result"]) for leaf in _leaves(explain(rule, p, now, member_of))}
-    assert leaves == {path: (value, result) for path, value, result in leaf_results(leaf_paths(rule), p, now,
+    assert leaves == {path: (value, result) for path, value, result in leaf_results(compile_leaves(rule), p, now,
                                                                                     member_of)}
 
 

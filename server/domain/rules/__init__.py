@@ -13,9 +13,9 @@ from server.domain.rules.analysis import (
     window_expiry,
     windows,
 )
-from server.domain.rules.compile import Predicate, compile_rule
+from server.domain.rules.compile import Predicate, Probes, compile_leaves, compile_rule, leaf_results
 from server.domain.rules.evaluate import evaluate
-from server.domain.rules.explain import Leaves, explain, flipped, leaf_paths, leaf_results
+from server.domain.rules.explain import explain, flipped
 from server.domain.rules.model import (
     OPERATORS,
     AllOf,
@@ -38,9 +38,9 @@ __all__ = [
     "AnyOf",
     "Behaviour",
     "Condition",
-    "Leaves",
     "Not",
     "Predicate",
+    "Probes",
     "RelativeTime",
     "Rule",
     "RuleIssue",
@@ -48,11 +48,11 @@ __all__ = [
     "SegmentRef",
     "Span",
     "Window",
+    "compile_leaves",
     "compile_rule",
     "evaluate",
     "explain",
     "flipped",
-    "leaf_paths",
     "leaf_results",
     "lint_rule",
     "next_expiry",

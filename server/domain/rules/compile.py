@@ -19,9 +19,12 @@ from server.domain.rules.evaluate import (
     span_bounds,
     test_value,
 )
+from server.domain.rules.explain import leaf_paths, leaf_value, observed
 from server.domain.rules.model import OCCURRENCES, AllOf, AnyOf, Behaviour, Condition, Not, Rule, SegmentRef
 
 Predicate = Callable[[Profile, datetime, Container[str]], bool]
+Probe = Callable[[Profile, datetime, Container[str]], tuple[Any, bool]]  # a leaf's (observed value, result)
+Probes = tuple[tuple[str, Probe], ...]
 EventFilter = Callable[[Mapping[str, Any], datetime], bool]
 _TIME = op.itemgetter(0)
 _ATTRIBUTES = {"totalSpent": "total_spent", "purchaseCount": "purchase_count", "eventCount": "event_count"}
@@ -193,3 +196,34 @@ def _selection(rule: Behaviour) -> Callable[[Sequence[HistoryEntry], datetime], 
         return [e for e in entries if keep(e[1], now)]
 
     return select
+
+
+def compile_leaves(rule: Rule) -> Probes:
+    """Every leaf with its path and a probe of its (value, result), as `explain` shows them: what the rule job
+    compares before and after an input to say which leaves a membership change flipped."""
+    return tuple((path, _probe(leaf)) for path, leaf in leaf_paths(rule))
+
+
+def _probe(leaf: Rule) -> Probe:
+    if isinstance(leaf, Condition):
+        get, test = _getter(leaf.path), _test(leaf.operator, leaf.value)
+
+        def condition(p: Profile, now: datetime, m: Container[str]) -> tuple[Any, bool]:
+            value = get(p)
+            return value, test(value, now)
+
+        return condition
+    return lambda p, now, m: leaf_value(leaf, p, now, m)
+
+
+def leaf_results(probes: Probes, profile: Profile, now: datetime, member_of: Container[str] = frozenset()
+                 ) -> list[tuple[str, Any, bool]]:
+    """(path, observed value, result) of every leaf: what `explain` puts on its leaves, without the tree."""
+    results = []
+    for path, probe in probes:
+        value, result = probe(profile, now, member_of)
+        results.append((path, value if value.__class__ in _PLAIN else observed(value), result))
+    return results
+
+
+_PLAIN = frozenset((int, float, str, bool))  # values that are their own JSON

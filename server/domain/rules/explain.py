@@ -59,15 +59,9 @@ def leaf_paths(rule: Rule, path: str = "rules") -> Leaves:
     return ((path, rule),)
 
 
-def leaf_results(leaves: Leaves, profile: Profile, now: datetime, member_of: Container[str] = frozenset()
-                 ) -> list[tuple[str, Any, bool]]:
-    """(path, observed value, result) of every leaf (`leaf_paths`): what `explain` puts on its leaves, without
-    building the tree (the rule job records the flipped ones on every membership change)."""
-    results = []
-    for path, leaf in leaves:
-        value, result = _leaf(leaf, profile, now, member_of)
-        results.append((path, observed(value), result))
-    return results
+def leaf_value(rule: Rule, profile: Profile, now: datetime, member_of: Container[str]) -> tuple[Any, bool]:
+    """A leaf's observed value and result (the reference for `compile_leaves`)."""
+    return _leaf(rule, profile, now, member_of)
 
 
 def _leaf(rule: Rule, profile: Profile, now: datetime, member_of: Container[str]) -> tuple[Any, bool]:
