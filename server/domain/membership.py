@@ -73,6 +73,7 @@ class RuleSet(Mapping[str, SegmentRule]):
         self.lookback = lookback
         self.retention = max([lookback, *(r.retention for r in rules.values())])
         self.windows: frozenset[Window] = frozenset().union(*(r.windows for r in rules.values()))
+        self.referring = any(r.references for r in rules.values())  # whether any rule refers to a segment
         self._referrers: dict[str, set[str]] = {}
         for rule in rules.values():
             for target in rule.references:
@@ -159,18 +160,22 @@ def evaluate_memberships(
     entered: list[tuple[str, int]] = []
     exited: list[tuple[str, int]] = []
     after = {sid: v for sid, v in current.items() if only is not None and sid not in only}
-    member_of = _Membership(static, {sid for sid in current if sid in rules})
+    referring = rules.referring if isinstance(rules, RuleSet) else any(r.references for r in rules.values())
+    # only a rule set with references needs the memberships as the pass goes (the usual one has none)
+    member_of = _Membership(static, {sid for sid in current if sid in rules}) if referring else _NO_MEMBERSHIPS
     for segment_id, rule in rules.items():
         if only is not None and segment_id not in only:
             continue
         member = segment_id in current
         if rule.predicate(profile, now, member_of):
             after[segment_id] = rule.version
-            member_of.dynamic.add(segment_id)
+            if referring:
+                member_of.dynamic.add(segment_id)
             if not member:
                 entered.append((segment_id, rule.version))
         else:
-            member_of.dynamic.discard(segment_id)
+            if referring:
+                member_of.dynamic.discard(segment_id)
             if member:
                 exited.append((segment_id, rule.version))
     exited += [(sid, v) for sid, v in current.items() if sid not in rules and (only is None or sid in only)]
@@ -187,6 +192,9 @@ class _Membership(Container[str]):
 
     def __contains__(self, segment_id: object) -> bool:
         return segment_id in self.dynamic or segment_id in self.static
+
+
+_NO_MEMBERSHIPS = _Membership(frozenset(), set())  # what rules without references are given (never read)
 
 
 def reason(rule: SegmentRule | None, cause: Mapping[str, Any], before: Profile | None, after: Profile,
