@@ -59,8 +59,9 @@ class UserState:
         return (self.profile is None and not self.memberships and not self.aliases and self.alias_of is None
                 and not self.static)
 
-    def to_json(self, profile: dict[str, Any] | None = None) -> str:
-        """The state as stored in Flink; `profile` is the profile's JSON when the caller already has it."""
+    def to_json(self, profile: dict[str, Any] | orjson.Fragment | None = None) -> str:
+        """The state as stored in Flink; `profile` is the profile's JSON (or its encoding, as an orjson Fragment)
+        when the caller already has it."""
         if profile is None and self.profile is not None:
             profile = self.profile.to_json()
         body: dict[str, Any] = {"profile": profile, "memberships": self.memberships}

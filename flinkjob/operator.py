@@ -93,7 +93,9 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
 
     def _emit(self, outcome: Outcome, ctx: Any) -> Iterator[Any]:
         profile = outcome.state.profile if outcome.profile_changed else None
-        profile_json = profile.to_json() if profile is not None else None  # encoded once: state, changes, side
+        # encoded once, as bytes: the state, every change and the snapshot embed the same JSON (with the history, a
+        # profile is a few KB, and one event can change several memberships)
+        profile_json = orjson.Fragment(orjson.dumps(profile.to_json())) if profile is not None else None
         if outcome.state.empty:  # deleted, or never anything: no state is kept for the key
             self.user.clear()
             self.timer.clear()
@@ -103,7 +105,7 @@ class RuleEngineFunction(KeyedBroadcastProcessFunction):  # type: ignore[misc]
             yield orjson.dumps(MembershipOutput(change, profile).to_json(profile_json)).decode()
         self.changes.inc(len(outcome.changes))
         if profile_json is not None and not outcome.changes:  # a change carries the profile that caused it
-            yield PROFILES, orjson.dumps(profile_json).decode()
+            yield PROFILES, orjson.dumps(profile_json).decode()  # the fragment's bytes as they are
         if outcome.removed is not None:  # after the key's last change and snapshot, on both topics
             removal = orjson.dumps(outcome.removed.to_json()).decode()
             yield removal

@@ -107,8 +107,9 @@ class MembershipOutput:
     change: MembershipChange
     profile: Profile | None = None
 
-    def to_json(self, profile_json: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """`profile_json` is the profile's JSON when the caller already has it (one snapshot, many changes)."""
+    def to_json(self, profile_json: Mapping[str, Any] | Any | None = None) -> dict[str, Any]:
+        """`profile_json` is the profile's JSON when the caller already has it (one snapshot, many changes), or its
+        encoding as an `orjson.Fragment`."""
         body = self.change.to_json()
         if self.profile is not None:
             body["profile"] = profile_json if profile_json is not None else self.profile.to_json()
