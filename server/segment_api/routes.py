@@ -43,6 +43,7 @@ from server.stores.outbox import OutboxRelay
 from server.stores.profile_store import ProfileStore
 
 PREVIEW_PAGE = 1000
+DELETE_PAGE = 1000  # members of a deleted STATIC segment read and announced to the rule job at a time
 _ETAG = re.compile(r'(?:W/)?"?([1-9][0-9]{0,8})"?')  # versions are PostgreSQL integers
 UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
                                  description="Letters, digits and _ . : @ + -")]
@@ -192,11 +193,27 @@ async def update_segment(
 
 @segments.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a segment",
                  openapi_extra={REQUIRED_SCOPE: "admin"},  # destructive: members, history and campaigns lose it
-                 responses={409: {"description": "Other segments refer to it; the answer names them"}})
-async def delete_segment(segment_id: str, repo: Repository, store: Store, relay: Relay) -> Response:
-    """A segment other live segments refer to is not deleted (409): their rules would refer to nothing."""
+                 responses={409: {"description": "Other segments refer to it; the answer names them"},
+                            503: {"description": "The rule job was not told a STATIC segment's members left; "
+                                                 "nothing was deleted"}})
+async def delete_segment(segment_id: str, repo: Repository, store: Store, relay: Relay,
+                         membership: Membership) -> Response:
+    """A segment other live segments refer to is not deleted (409): their rules would refer to nothing.
+
+    Deleting a STATIC segment tells the rule job that each member left it (acknowledged before the delete commits),
+    so the job stops holding it for them; its members leave the store here, not through the rule engine."""
     row = await repo.get(segment_id)
-    await repo.delete(segment_id)
+
+    async def members_leave() -> None:
+        now, after = datetime.now(UTC), None
+        while page := await store.segment_members(segment_id, after, DELETE_PAGE):
+            await membership.publish_to_job([MembershipChange(m.user_id, segment_id, "exited", now, row.version,
+                                                              source="static") for m in page])
+            if len(page) < DELETE_PAGE:
+                break
+            after = page[-1].user_id
+
+    await repo.delete(segment_id, before_commit=members_leave if row.type == SegmentType.STATIC else None)
     if row.type == SegmentType.STATIC:  # no rule engine involved: members leave here
         await store.remove_segment(segment_id)
     relay.wake()
@@ -207,8 +224,9 @@ async def delete_segment(segment_id: str, repo: Repository, store: Store, relay:
                responses={503: {"description": "The broker did not acknowledge the changes; nothing unheard applied"}})
 async def change_static_members(segment_id: str, body: StaticMembersChange, repo: Repository, store: Store,
                                 membership: Membership) -> SegmentStats:
-    """Only real changes (adds of non-members, removes of members) are published on `segment-membership`,
-    acknowledged, and then applied, so every consumer of the topic hears what the store shows."""
+    """Only real changes (adds of non-members, removes of members) are published on `segment-membership` and to
+    the rule job (for rules referring to the segment), acknowledged, and then applied, so every consumer of the
+    topic and the job hear what the store shows."""
     row = await repo.get(segment_id)
     if row.type != SegmentType.STATIC:
         raise InvalidInput("only STATIC segments take explicit members; DYNAMIC ones follow their rules",
