@@ -31,11 +31,28 @@ def _hint(status: int | None) -> str:
 
 
 def _problems(body: Any) -> tuple[str, list[str]]:
+    """The error line and the detail lines of a refusal: a 422's first problem, with its path, is the line."""
     detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):
-        lines = [str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail]
-        return "the request was rejected", lines
+        lines = [_problem(d) for d in detail]
+        if len(lines) <= 1:  # one problem: the line says it all
+            return (lines[0] if lines else "the request was rejected"), []
+        return f"{lines[0]} (and {len(lines) - 1} more, above)", lines
     return str(detail), []
+
+
+def _problem(detail: Any) -> str:
+    """One problem as `path: message` (`rules.all[0].segment: no segment …`, `name: Field required`)."""
+    if not isinstance(detail, dict):
+        return str(detail)
+    message, loc = str(detail.get("msg", detail)), detail.get("loc")
+    parts = list(loc) if isinstance(loc, list) else []
+    if parts[:1] == ["body"]:  # the body is where nearly every problem is: its fields are named alone
+        parts = parts[1:]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    if not path or message.startswith(f"{path}:"):  # the rule language's messages name their path already
+        return message
+    return f"{path}: {message}"
 
 
 DEFAULT_WAIT_S = 2.0  # how long the Segment API waits for `after` when no `wait` is given

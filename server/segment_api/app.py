@@ -20,7 +20,7 @@ from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.outbox import OutboxRelay
 from server.stores.postgres import Database
 from server.stores.selection import profile_store
-from server.stores.topics import SEGMENT_MEMBERSHIP, SEGMENT_RULES
+from server.stores.topics import REEVALUATIONS, SEGMENT_MEMBERSHIP, SEGMENT_RULES
 
 # 10,000 static members of up to 128 characters fit; a rule tree needs far less
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -58,7 +58,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.segments = repository
     app.state.profiles = profile_store(settings, db)
     app.state.relay = relay
-    app.state.membership = MembershipPublisher(producer, settings.topic(SEGMENT_MEMBERSHIP))
+    # STATIC changes go to the rule job's feedback topic too, for the rules that refer to STATIC segments
+    app.state.membership = MembershipPublisher(producer, settings.topic(SEGMENT_MEMBERSHIP),
+                                               settings.topic(REEVALUATIONS))
     app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
     app.state.health.add("outbox", relay.health)

@@ -1,8 +1,14 @@
-"""Segments in PostgreSQL; every change writes its outbox row in the same transaction."""
+"""Segments in PostgreSQL; every change writes its outbox row in the same transaction.
+
+A write whose rule refers to other segments, and every delete, first takes the advisory lock
+`REFERENCE_LOCK` in its transaction and checks the reference graph it then reads, so concurrent
+writes cannot close a cycle between them or leave a reference to a deleted segment.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,8 +18,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from server.domain.rules import Rule, references
 from server.domain.segment import SegmentDefinition, SegmentStatus, SegmentType
 from server.runtime.errors import Conflict, NotFound, PreconditionFailed
+from server.segment_api.references import REFERENCE_LOCK, ReferenceGraph, SegmentNode, invalid_rules, stored_references
 from server.stores.outbox import enqueue
 from server.stores.postgres import Database
 
@@ -25,6 +33,9 @@ _LIST_FILTER = ("deleted_at IS NULL AND (%(type)s::text IS NULL OR type = %(type
 _UPDATE = ("UPDATE segments SET {sets} WHERE id = %(id)s AND deleted_at IS NULL"
            " AND (%(expected)s::int IS NULL OR version = %(expected)s)"
            f" RETURNING {_COLUMNS}")
+# every live segment; the rules only of those that refer to a segment (the others need no parsing)
+_GRAPH = ("SELECT id::text, name, CASE WHEN rules @? '$.**.segment' THEN rules END AS rules FROM segments"
+          " WHERE deleted_at IS NULL")
 
 
 @dataclass(frozen=True)
@@ -54,9 +65,12 @@ class SegmentRepository:
         self.db = db
 
     async def create(self, name: str, description: str, type_: str, status: str,
-                     rules: dict[str, Any] | None) -> SegmentRow:
+                     rules: dict[str, Any] | None, rule: Rule | None = None) -> SegmentRow:
+        """Insert a segment; `rule` is `rules` parsed, whose references are checked (422) under the lock."""
         try:
             async with self.db.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                if rule is not None and references(rule):
+                    await _check_references(cur, rule, None, name)
                 await cur.execute(
                     f"INSERT INTO segments (id, name, description, type, status, rules) VALUES (%s, %s, %s, %s, %s, %s)"
                     f" RETURNING {_COLUMNS}",
@@ -101,8 +115,9 @@ class SegmentRepository:
         return rows, total
 
     async def update(self, segment_id: str, changes: dict[str, Any], expected_version: int | None,
-                     precondition: bool) -> SegmentRow:
-        """Apply `changes` and bump the version; `expected_version` guards against lost updates."""
+                     precondition: bool, rule: Rule | None = None) -> SegmentRow:
+        """Apply `changes` and bump the version; `expected_version` guards against lost updates. `rule` is
+        `changes["rules"]` parsed, whose references are checked (422) under the lock."""
         unknown = set(changes) - _UPDATABLE
         if unknown:  # only these fixed columns may be named, and then only as quoted identifiers
             raise ValueError(f"not updatable: {sorted(unknown)}")
@@ -113,6 +128,8 @@ class SegmentRepository:
                   "id": _uuid(segment_id), "expected": expected_version}
         try:
             async with self.db.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                if rule is not None and references(rule):
+                    await _check_references(cur, rule, segment_id, changes.get("name"))
                 await cur.execute(query, params)
                 found = await cur.fetchone()
                 if found is None:
@@ -138,8 +155,24 @@ class SegmentRepository:
                 await enqueue(cur, row.definition())
         return len(rows)
 
-    async def delete(self, segment_id: str) -> None:
-        async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
+    async def reference_graph(self) -> ReferenceGraph:
+        """The live segments and their references, as committed now (no lock: for reads such as a preview)."""
+        async with self.db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            return await _graph(cur)
+
+    async def delete(self, segment_id: str, before_commit: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Mark the segment deleted and queue its tombstone; 409 while other live segments refer to it.
+
+        `before_commit` runs once the delete is decided, inside its transaction: when it raises, nothing is deleted.
+        """
+        async with self.db.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (REFERENCE_LOCK,))
+            graph = await _graph(cur)
+            referrers = graph.referrers(str(_uuid(segment_id)))
+            if referrers:
+                named = ", ".join(f"'{name}' ({sid})" for sid, name in referrers)
+                raise Conflict(f"segment '{graph.name(str(_uuid(segment_id)))}' is referred to by {named}: "
+                               "remove those references first")
             await cur.execute(
                 "UPDATE segments SET deleted_at = now() WHERE id = %s AND deleted_at IS NULL RETURNING id::text",
                 (_uuid(segment_id),),
@@ -147,6 +180,26 @@ class SegmentRepository:
             if await cur.fetchone() is None:
                 raise NotFound(f"no segment with id '{segment_id}'")
             await enqueue(cur, SegmentDefinition.tombstone(segment_id))
+            if before_commit is not None:
+                await before_commit()
+
+
+async def _graph(cur: psycopg.AsyncCursor[dict[str, Any]]) -> ReferenceGraph:
+    await cur.execute(_GRAPH)
+    return ReferenceGraph({row["id"]: SegmentNode(row["name"], stored_references(row["rules"]))
+                           for row in await cur.fetchall()})
+
+
+async def _check_references(cur: psycopg.AsyncCursor[dict[str, Any]], rule: Rule, segment_id: str | None,
+                            name: str | None) -> None:
+    """Take the reference lock for the rest of the transaction, then refuse (422) references the graph does not
+    allow: to a segment that is not live, closing a cycle, or nesting too deep."""
+    await cur.execute("SELECT pg_advisory_xact_lock(%s)", (REFERENCE_LOCK,))
+    graph = await _graph(cur)
+    sid = str(_uuid(segment_id)) if segment_id is not None else None
+    issues = graph.problems(rule, sid, name or (graph.name(sid) if sid is not None else ""))
+    if issues:
+        raise invalid_rules(issues)
 
 
 def _uuid(segment_id: str) -> uuid.UUID:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from server.domain.membership import MembershipChange
 from server.domain.profile import Profile
-from server.domain.rules import RuleValidationError, compile_rule, lint_rule, parse_rule, references
+from server.domain.rules import Rule, RuleValidationError, compile_rule, lint_rule, parse_rule, references
 from server.domain.segment import SegmentStatus, SegmentType
 from server.domain.timeutil import format_timestamp
 from server.runtime.auth import REQUIRED_SCOPE
@@ -20,6 +20,7 @@ from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET
 from server.runtime.routing import StorableRoute
 from server.segment_api.membership import MembershipPublisher
 from server.segment_api.reads import UserRead, read_user
+from server.segment_api.references import invalid_rules
 from server.segment_api.repository import SegmentRepository, SegmentRow
 from server.segment_api.schemas import (
     EventPending,
@@ -42,7 +43,7 @@ from server.stores.outbox import OutboxRelay
 from server.stores.profile_store import ProfileStore
 
 PREVIEW_PAGE = 1000
-_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+DELETE_PAGE = 1000  # members of a deleted STATIC segment read and announced to the rule job at a time
 _ETAG = re.compile(r'(?:W/)?"?([1-9][0-9]{0,8})"?')  # versions are PostgreSQL integers
 UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
                                  description="Letters, digits and _ . : @ + -")]
@@ -74,23 +75,21 @@ segments = APIRouter(prefix="/api/segments", tags=["segments"], route_class=Stor
 users = APIRouter(prefix="/api/users", tags=["users"], route_class=StorableRoute)
 
 
-def checked_rules(rules: dict[str, Any] | None, segment_type: str) -> list[str]:
-    """Validate a rule tree for a segment of `segment_type`; returns lint warnings, raises 422."""
+def checked_rules(rules: dict[str, Any] | None, segment_type: str) -> tuple[list[str], Rule | None]:
+    """Validate a rule tree for a segment of `segment_type`; returns lint warnings and the parsed rule (None for
+    STATIC segments), raises 422. Its segment references are checked by the repository, under its lock."""
     if segment_type == SegmentType.STATIC:
         if rules is not None:
             raise InvalidInput("STATIC segments have members, not rules",
                                [(["body", "rules"], "rules: not allowed for STATIC segments")])
-        return []
+        return [], None
     if rules is None:
         raise InvalidInput("DYNAMIC segments need rules", [(["body", "rules"], "rules: required for DYNAMIC segments")])
     try:
-        return [str(w) for w in lint_rule(parse_rule(rules))]
+        rule = parse_rule(rules)
     except RuleValidationError as exc:
-        raise InvalidInput(str(exc), [(_location(i.path), str(i)) for i in exc.issues]) from None
-
-
-def _location(path: str) -> list[str | int]:
-    return ["body", *(name or int(index) for name, index in _PATH_PART.findall(path))]
+        raise invalid_rules(exc.issues) from None
+    return [str(w) for w in lint_rule(rule)], rule
 
 
 def public(row: SegmentRow, warnings: list[str] | None = None) -> SegmentPublic:
@@ -107,8 +106,8 @@ def _etag(version: int) -> str:
                summary="Create a segment", responses={409: {"description": "A segment with this name exists"},
                                                       422: {"description": "Invalid rules, with their paths"}})
 async def create_segment(body: SegmentCreate, repo: Repository, relay: Relay, response: Response) -> SegmentPublic:
-    warnings = checked_rules(body.rules, body.type)
-    row = await repo.create(body.name, body.description, body.type, body.status, body.rules)
+    warnings, rule = checked_rules(body.rules, body.type)
+    row = await repo.create(body.name, body.description, body.type, body.status, body.rules, rule)
     relay.wake()
     response.headers["ETag"] = _etag(row.version)
     response.headers["Location"] = f"/api/segments/{row.id}"
@@ -129,10 +128,16 @@ async def list_segments(
 
 @segments.post("/preview", response_model=PreviewResult, summary="Count the profiles a rule tree matches now",
                openapi_extra={REQUIRED_SCOPE: "read"})  # a query that takes a body: it changes nothing
-async def preview(body: PreviewRequest, store: Store) -> PreviewResult:
-    warnings = checked_rules(body.rules, SegmentType.DYNAMIC)
-    rule = parse_rule(body.rules)
-    predicate, referenced = compile_rule(rule), sorted(references(rule))
+async def preview(body: PreviewRequest, repo: Repository, store: Store) -> PreviewResult:
+    """Members of referenced segments are read from the store (who is in them now)."""
+    warnings, rule = checked_rules(body.rules, SegmentType.DYNAMIC)
+    assert rule is not None  # a DYNAMIC rule always parses to one
+    referenced = sorted(references(rule))
+    if referenced:  # the same references a create would accept (no lock: nothing is written)
+        issues = (await repo.reference_graph()).problems(rule)
+        if issues:
+            raise invalid_rules(issues)
+    predicate = compile_rule(rule)
     now = datetime.now(UTC)
     matching = scanned = 0
     sample: list[str] = []
@@ -177,20 +182,38 @@ async def update_segment(
             raise InvalidInput(message, [(["header", "If-Match"], message)])
         expected = int(etag.group(1))
     changes = body.model_dump(exclude_unset=True, exclude={"version"})
-    warnings = checked_rules(changes["rules"], current.type) if "rules" in changes else []
+    warnings, rule = checked_rules(changes["rules"], current.type) if "rules" in changes else ([], None)
     if "rules" not in changes and current.type == SegmentType.DYNAMIC and current.rules is None:
         raise InvalidInput("DYNAMIC segments need rules", [(["body", "rules"], "rules: required")])
-    row = await repo.update(segment_id, changes, expected, precondition=if_match is not None)
+    row = await repo.update(segment_id, changes, expected, precondition=if_match is not None, rule=rule)
     relay.wake()
     response.headers["ETag"] = _etag(row.version)
     return public(row, warnings)
 
 
 @segments.delete("/{segment_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a segment",
-                 openapi_extra={REQUIRED_SCOPE: "admin"})  # destructive: members, history and campaigns lose it
-async def delete_segment(segment_id: str, repo: Repository, store: Store, relay: Relay) -> Response:
+                 openapi_extra={REQUIRED_SCOPE: "admin"},  # destructive: members, history and campaigns lose it
+                 responses={409: {"description": "Other segments refer to it; the answer names them"},
+                            503: {"description": "The rule job was not told a STATIC segment's members left; "
+                                                 "nothing was deleted"}})
+async def delete_segment(segment_id: str, repo: Repository, store: Store, relay: Relay,
+                         membership: Membership) -> Response:
+    """A segment other live segments refer to is not deleted (409): their rules would refer to nothing.
+
+    Deleting a STATIC segment tells the rule job that each member left it (acknowledged before the delete commits),
+    so the job stops holding it for them; its members leave the store here, not through the rule engine."""
     row = await repo.get(segment_id)
-    await repo.delete(segment_id)
+
+    async def members_leave() -> None:
+        now, after = datetime.now(UTC), None
+        while page := await store.segment_members(segment_id, after, DELETE_PAGE):
+            await membership.publish_to_job([MembershipChange(m.user_id, segment_id, "exited", now, row.version,
+                                                              source="static") for m in page])
+            if len(page) < DELETE_PAGE:
+                break
+            after = page[-1].user_id
+
+    await repo.delete(segment_id, before_commit=members_leave if row.type == SegmentType.STATIC else None)
     if row.type == SegmentType.STATIC:  # no rule engine involved: members leave here
         await store.remove_segment(segment_id)
     relay.wake()
@@ -201,8 +224,9 @@ async def delete_segment(segment_id: str, repo: Repository, store: Store, relay:
                responses={503: {"description": "The broker did not acknowledge the changes; nothing unheard applied"}})
 async def change_static_members(segment_id: str, body: StaticMembersChange, repo: Repository, store: Store,
                                 membership: Membership) -> SegmentStats:
-    """Only real changes (adds of non-members, removes of members) are published on `segment-membership`,
-    acknowledged, and then applied, so every consumer of the topic hears what the store shows."""
+    """Only real changes (adds of non-members, removes of members) are published on `segment-membership` and to
+    the rule job (for rules referring to the segment), acknowledged, and then applied, so every consumer of the
+    topic and the job hear what the store shows."""
     row = await repo.get(segment_id)
     if row.type != SegmentType.STATIC:
         raise InvalidInput("only STATIC segments take explicit members; DYNAMIC ones follow their rules",

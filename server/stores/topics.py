@@ -15,7 +15,8 @@ EMAIL_DEAD_LETTERS: Final = "email-jobs-dead-letter"
 # (deletes as `{"deleted": true}`) on RULE_DEFINITIONS and backfill requests on REEVALUATIONS;
 # the job writes profile snapshots on USER_PROFILES for the profile store. REEVALUATIONS is also the
 # job's feedback topic (read with user-events as one keyed input): the merges, the events of linked
-# anonymous ids and the forgets the job sends to other keys, and the Segment API's deletes.
+# anonymous ids and the forgets the job sends to other keys, and the Segment API's deletes and STATIC
+# member changes.
 RULE_DEFINITIONS: Final = "rule-engine-rules"
 REEVALUATIONS: Final = "rule-engine-reevaluations"
 USER_PROFILES: Final = "user-profiles"

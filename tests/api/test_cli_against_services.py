@@ -97,12 +97,17 @@ def test_server_and_user_text_in_tables_is_shown_as_it_is(services: dict[str, st
     assert campaigns.exit_code == 0 and "[/y]" in campaigns.stdout
 
 
-def test_rejected_rules_list_each_problem_before_the_error_line(services: dict[str, str]) -> None:
+def test_rejected_rules_name_the_path_in_the_error_line_and_list_every_problem(services: dict[str, str]) -> None:
     result = invoke("segment", "create", "bad", "--rules",
                     '{"conditions":[{"field":"a","operator":"gtt","value":1}]}', env=services)
     assert result.exit_code == 1
-    assert one_error(result.stderr) == "error: Segment API: the request was rejected (HTTP 422)"
-    assert "  rules.conditions[0].operator: unknown operator 'gtt'" in result.stderr.splitlines()
+    assert one_error(result.stderr) == \
+        "error: Segment API: rules.conditions[0].operator: unknown operator 'gtt' (HTTP 422)"
+    two = invoke("segment", "create", "bad", "--rules",
+                 '{"any":[{"field":"a","operator":"gtt","value":1},{"segment":"x"}]}', env=services)
+    assert one_error(two.stderr) == \
+        "error: Segment API: rules.any[0].operator: unknown operator 'gtt' (and 1 more, above) (HTTP 422)"
+    assert "  rules.any[1].segment: expected a segment id (a UUID), got 'x'" in two.stderr.splitlines()
 
 
 @pytest.mark.parametrize(("args", "message"), [
