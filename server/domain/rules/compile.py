@@ -184,18 +184,31 @@ def _end(rule: Behaviour) -> float | None:
 def _selection(rule: Behaviour) -> Callable[[Sequence[HistoryEntry], datetime], Sequence[HistoryEntry]]:
     """The entries of one event type inside the rule's span that pass its filter (`matching_events`)."""
     span = rule.span
-    keep = compile_event_filter(rule.where) if rule.where is not None else None
+    narrow = _entry_filter(rule.where) if rule.where is not None else None
 
     def select(entries: Sequence[HistoryEntry], now: datetime) -> Sequence[HistoryEntry]:
         if span is not None and entries:
             low, high = span_bounds(span, now)
             entries = entries[bisect_left(entries, low, key=_TIME):
                               None if high is None else bisect_left(entries, high, key=_TIME)]
-        if keep is None:
+        if narrow is None:
             return entries  # a slice of the history, or the history itself: callers only read it
-        return [e for e in entries if keep(e[1], now)]
+        return narrow(entries, now)
 
     return select
+
+
+def _entry_filter(rule: Rule) -> Callable[[Sequence[HistoryEntry], datetime], list[HistoryEntry]]:
+    """The entries whose properties pass a `where` tree: a single condition is tested inline, in the list's own
+    loop (the common filter, e.g. category = shoes); a tree through `compile_event_filter`."""
+    if isinstance(rule, Condition):
+        name, operator, expected = rule.field, rule.operator, rule.value
+        if operator == "eq" and expected.__class__ is str:
+            return lambda entries, now: [e for e in entries if e[1].get(name) == expected]
+        test = _test(operator, expected)
+        return lambda entries, now: [e for e in entries if test(e[1].get(name, MISSING), now)]
+    keep = compile_event_filter(rule)
+    return lambda entries, now: [e for e in entries if keep(e[1], now)]
 
 
 def compile_leaves(rule: Rule) -> Probes:
