@@ -288,17 +288,18 @@ def overlap(ctx: typer.Context,
         if json_output:
             app.print_json(result)
             return
+        names = {sid: client.get(sid)["name"] for sid in result["sizes"]}  # at most 10: tables read by name
         sizes = Table(title="segments")
-        sizes.add_column("segment")
-        sizes.add_column("members", justify="right")
+        for column in ("segment", "id", "members"):
+            sizes.add_column(column, justify="right" if column == "members" else "left")
         for segment_id, size in result["sizes"].items():
-            add_row(sizes, segment_id, f"{size:,}")
+            add_row(sizes, names[segment_id], segment_id, f"{size:,}")
         app.console.print(sizes)
         pairs = Table(title="pairs")
         for column in ("a", "b", "in both"):
             pairs.add_column(column, justify="right" if column == "in both" else "left")
         for pair in result["pairs"]:
-            add_row(pairs, pair["a"], pair["b"], f"{pair['intersection']:,}")
+            add_row(pairs, names[pair["a"]], names[pair["b"]], f"{pair['intersection']:,}")
         app.console.print(pairs)
         app.console.print(f"in all {len(result['sizes'])}: {result['intersection']:,}", markup=False)
 
@@ -315,7 +316,8 @@ def history(ctx: typer.Context, segment_id: str,
         if json_output:
             app.print_json(result)
             return
-        table = Table(title=plain(f"segment {segment_id}, {result['from']} to {result['to']}"))
+        name = client.get(segment_id)["name"]
+        table = Table(title=plain(f"{name}, per hour"))
         table.add_column("hour (UTC)")
         for column in ("entered", "exited", "size"):
             table.add_column(column, justify="right")
@@ -337,8 +339,9 @@ def breakdown(ctx: typer.Context, segment_id: str,
             app.print_json(result)
             return
         members = result["members"]
-        table = Table(title=plain(f"{trait} in segment {segment_id} ({members:,} members)"))
-        table.add_column("value")
+        name = client.get(segment_id)["name"]
+        table = Table(title=plain(f"{name} ({members:,} members)"))
+        table.add_column(trait)
         table.add_column("members", justify="right")
         table.add_column("share", justify="right")
         rows: list[tuple[str | Text, int]] = [(trait_text(v["value"]), v["count"]) for v in result["values"]]

@@ -307,7 +307,7 @@ def test_segment_insights_from_the_command_line(services: dict[str, str]) -> Non
                                                                   {"a": b, "b": c, "intersection": 1}]}
     table = invoke("segment", "overlap", a, b, env=services)
     assert table.exit_code == 0 and table.stdout.rstrip().endswith("in all 2: 2"), table.output
-    assert f"│ {a} │ {b} │       2 │" in table.stdout
+    assert f"│ Insights A │ {a} │       3 │" in table.stdout and "│ Insights A │ Insights B │       2 │" in table.stdout
     one = run("segment", "overlap", a, env=services)
     assert one.returncode == 1 and "(HTTP 422)" in one_error(one.stderr) and "at least 2" in one.stderr
 
