@@ -188,6 +188,22 @@ class SegmentClient(ServiceClient):
     def stats(self, segment_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/segments/{segment_id}/stats")  # type: ignore[no-any-return]
 
+    def overlap(self, segment_ids: Sequence[str]) -> dict[str, Any]:
+        """Each segment's size, the users in all of them and in every pair."""
+        return self.request("POST", "/api/segments/overlap",  # type: ignore[no-any-return]
+                            json={"segmentIds": list(segment_ids)})
+
+    def history(self, segment_id: str, since: str | None, until: str | None) -> dict[str, Any]:
+        """Entries, exits and size per hour; the service defaults to the last 24 hours."""
+        params = {k: v for k, v in {"from": since, "to": until}.items() if v is not None}
+        return self.request("GET", f"/api/segments/{segment_id}/history",  # type: ignore[no-any-return]
+                            params=params)
+
+    def breakdown(self, segment_id: str, trait: str, limit: int) -> dict[str, Any]:
+        """The members counted by the value of one trait, the most common values first."""
+        return self.request("GET", f"/api/segments/{segment_id}/breakdown",  # type: ignore[no-any-return]
+                            params={"trait": trait, "limit": limit})
+
     def user_segments(self, user_id: str, after: str | None = None, wait_s: float | None = None) -> dict[str, Any]:
         """The user's segments (by its id or a linked anonymous id); with `after`, once that event is applied."""
         return self._user_read(f"/api/users/{user_id}/segments", after, wait_s)

@@ -1,4 +1,4 @@
-"""`amctl segment …`: segments, their members and their stats."""
+"""`amctl segment …`: segments, their members, their stats and insights (overlap, history, breakdown)."""
 
 from __future__ import annotations
 
@@ -276,3 +276,81 @@ def stats(ctx: typer.Context, segment_id: str, json_output: JsonOption = False) 
         e, x = result["entered"], result["exited"]
         add_row(table, f"{result['size']:,}", e["lastHour"], e["lastDay"], x["lastHour"], x["lastDay"])
         app.console.print(table)
+
+
+@segment_app.command("overlap")
+def overlap(ctx: typer.Context,
+            segment_ids: Annotated[list[str], typer.Argument(help="2 to 10 segment ids.", show_default=False)],
+            json_output: JsonOption = False) -> None:
+    """How many users the segments share: each one's size, the users in all of them, every pair."""
+    with segments(ctx) as (app, client):
+        result = client.overlap(segment_ids)
+        if json_output:
+            app.print_json(result)
+            return
+        names = {sid: client.get(sid)["name"] for sid in result["sizes"]}  # at most 10: tables read by name
+        sizes = Table(title="segments")
+        for column in ("segment", "id", "members"):
+            sizes.add_column(column, justify="right" if column == "members" else "left")
+        for segment_id, size in result["sizes"].items():
+            add_row(sizes, names[segment_id], segment_id, f"{size:,}")
+        app.console.print(sizes)
+        pairs = Table(title="pairs")
+        for column in ("a", "b", "in both"):
+            pairs.add_column(column, justify="right" if column == "in both" else "left")
+        for pair in result["pairs"]:
+            add_row(pairs, names[pair["a"]], names[pair["b"]], f"{pair['intersection']:,}")
+        app.console.print(pairs)
+        app.console.print(f"in all {len(result['sizes'])}: {result['intersection']:,}", markup=False)
+
+
+@segment_app.command("history")
+def history(ctx: typer.Context, segment_id: str,
+            since: Annotated[str | None, typer.Option("--from", help="ISO-8601 start; default: 24 hours before --to.")]
+            = None,
+            until: Annotated[str | None, typer.Option("--to", help="ISO-8601 end; default: now.")] = None,
+            json_output: JsonOption = False) -> None:
+    """Entries, exits and size per hour over a range of up to 31 days (sizes from the membership ledger)."""
+    with segments(ctx) as (app, client):
+        result = client.history(segment_id, since, until)
+        if json_output:
+            app.print_json(result)
+            return
+        name = client.get(segment_id)["name"]
+        table = Table(title=plain(f"{name}, per hour"))
+        table.add_column("hour (UTC)")
+        for column in ("entered", "exited", "size"):
+            table.add_column(column, justify="right")
+        for point in result["points"]:
+            add_row(table, point["at"], f"{point['entered']:,}", f"{point['exited']:,}", f"{point['size']:,}")
+        app.console.print(table)
+
+
+@segment_app.command("breakdown")
+def breakdown(ctx: typer.Context, segment_id: str,
+              trait: Annotated[str, typer.Option(help="A trait, or a dotted path into nested ones: address.city.",
+                                                 show_default=False)],
+              limit: Annotated[int, typer.Option(help="How many values to list (1 to 100).")] = 20,
+              json_output: JsonOption = False) -> None:
+    """The members counted by the value of one trait, the most common first, the rest as other and missing."""
+    with segments(ctx) as (app, client):
+        result = client.breakdown(segment_id, trait, limit)
+        if json_output:
+            app.print_json(result)
+            return
+        members = result["members"]
+        name = client.get(segment_id)["name"]
+        table = Table(title=plain(f"{name} ({members:,} members)"))
+        table.add_column(trait)
+        table.add_column("members", justify="right")
+        table.add_column("share", justify="right")
+        rows: list[tuple[str | Text, int]] = [(trait_text(v["value"]), v["count"]) for v in result["values"]]
+        rest = [(Text("(other)", style="dim"), result["other"]), (Text("(missing)", style="dim"), result["missing"])]
+        for label, count in [*rows, *rest]:
+            add_row(table, label, f"{count:,}", f"{count / members:.1%}" if members else "-")
+        app.console.print(table)
+
+
+def trait_text(value: Any) -> str:
+    """A trait value for a table cell: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -13,6 +13,7 @@ from server.runtime.app import build_app
 from server.runtime.settings import ServiceSettings
 from server.segment_api.erasure import erasure
 from server.segment_api.export import export
+from server.segment_api.insights import insights
 from server.segment_api.membership import MembershipPublisher
 from server.segment_api.repository import SegmentRepository
 from server.segment_api.routes import segments, users
@@ -66,6 +67,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.health.add("outbox", relay.health)
     app.include_router(segments)
     app.include_router(export)
+    app.include_router(insights)
     app.include_router(users)
     app.include_router(erasure)
     return app

@@ -134,3 +134,54 @@ class EventPending(ApiModel):
     status: Literal["pending"] = "pending"
     detail: str = Field(examples=["event e-42 is not applied yet after 2.0 s"])
     user_id: str
+
+
+MAX_OVERLAP_SEGMENTS = 10
+
+
+class OverlapRequest(ApiModel):
+    segment_ids: list[str] = Field(min_length=2, max_length=MAX_OVERLAP_SEGMENTS,
+                                   description="2 to 10 distinct ids of live segments",
+                                   examples=[["55959e25-4e18-4b05-abd7-0e75c104a8e6",
+                                              "475e8654-9363-4115-bf6b-456bb0b25516"]])
+
+
+class PairOverlapPublic(ApiModel):
+    a: str
+    b: str
+    intersection: int = Field(description="Users who are members of both")
+
+
+class OverlapPublic(ApiModel):
+    sizes: dict[str, int] = Field(description="Members of each segment now, by id")
+    intersection: int = Field(description="Users who are members of all of them")
+    pairs: list[PairOverlapPublic] = Field(description="Every unordered pair, in the order the ids were given")
+
+
+class HistoryPointPublic(ApiModel):
+    at: datetime = Field(description="The hour's start, UTC")
+    entered: int
+    exited: int
+    size: int = Field(description="Members at the end of the hour: the current size less the net changes after it")
+
+
+class SegmentHistoryPublic(ApiModel):
+    segment_id: str
+    from_: datetime = Field(alias="from", description="The start of the range asked for, UTC")
+    to: datetime = Field(description="The end of the range asked for, UTC")
+    bucket: Literal["PT1H"] = "PT1H"
+    points: list[HistoryPointPublic] = Field(description="Every hour that overlaps the range, oldest first")
+
+
+class TraitValueCount(ApiModel):
+    value: Any = Field(description="A value of the trait, as stored (any JSON but null)")
+    count: int
+
+
+class TraitBreakdownPublic(ApiModel):
+    segment_id: str
+    trait: str
+    members: int
+    values: list[TraitValueCount] = Field(description="The most common values, most first")
+    other: int = Field(description="Members whose value is not among those listed")
+    missing: int = Field(description="Members without the trait (no profile, no such trait, or null)")

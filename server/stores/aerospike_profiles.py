@@ -6,11 +6,17 @@
   `aliases` (key anonymous id, bins `user`, `at`: created only, so a link is never moved) and set
   `alias_lists` (key user id, bin `ids`: the user's anonymous ids in link order).
 - `analytics`: set `changes`, one record per segment and minute counting entries and exits
-  (TTL two days), for the stats endpoint.
+  (TTL two days), for the stats endpoint; set `hourly`, the same per segment and hour (TTL 93 days),
+  for a segment's history.
 The client is synchronous, so every call runs in a worker thread.
 
 Paging by user id (`scan_profiles`, `segment_members`) sorts what a scan or query returns: fine
 for the demo's sizes; a large deployment would keep an ordered index per segment instead.
+Aerospike has no joins: the insights (overlap, breakdown) read each segment's members through the
+`members_by_segment` index and combine them in Python, and a breakdown reads the members' profiles in batches.
+History reaches back as far as the hourly counters live (93 days; earlier hours read as no change). A user
+erased or merged away leaves the memberships without an exit in the counters (they count, they do not
+name anyone), so sizes before that user entered read one lower.
 The alias limit is checked before the link is made, not in one operation with it: two identifies for
 one user racing at the limit can both pass (PostgreSQL's adapter serialises them per user).
 """
@@ -33,10 +39,23 @@ from aerospike_helpers.operations import list_operations
 from server.domain.membership import MembershipChange
 from server.domain.pipeline import Removal
 from server.domain.profile import Profile
-from server.stores.profile_store import AliasLink, ChangeCounts, Membership, newest_per_user
+from server.stores.profile_store import (
+    HOUR,
+    AliasLink,
+    ChangeCounts,
+    HourPoint,
+    Membership,
+    Overlap,
+    TraitBreakdown,
+    hour_points,
+    newest_per_user,
+    trait_at,
+)
 
 PROFILES_NS, ANALYTICS_NS = "user_profiles", "analytics"
 CHANGES_TTL_S = 2 * 24 * 3600
+HOURLY_TTL_S = 93 * 24 * 3600  # three of the longest history range (31 days)
+PROFILE_BATCH = 1000  # profiles per batch read for a breakdown
 
 
 def connect(hosts: str) -> Any:
@@ -149,6 +168,9 @@ class AerospikeProfileStore:
         minute = int(change.at.timestamp() // 60)
         key = (ANALYTICS_NS, "changes", f"{change.segment_id}|{minute}")
         self.client.increment(key, change.change, 1, meta={"ttl": CHANGES_TTL_S})
+        hour = int(change.at.timestamp() // 3600)
+        self.client.increment((ANALYTICS_NS, "hourly", f"{change.segment_id}|{hour}"), change.change, 1,
+                              meta={"ttl": HOURLY_TTL_S})
 
     async def segment_members(self, segment_id: str, after: str | None, limit: int) -> list[Membership]:
         return await asyncio.to_thread(self._segment_members, segment_id, after or "", limit)
@@ -188,6 +210,59 @@ class AerospikeProfileStore:
                 entered += int(bins.get("entered", 0))
                 exited += int(bins.get("exited", 0))
         return ChangeCounts(entered, exited)
+
+    async def overlap(self, segment_ids: Sequence[str]) -> Overlap:
+        """No joins in Aerospike: each segment's members are read through the `members_by_segment` index
+        (one query per segment) and combined here, per user a bitmask of its segments."""
+        return await asyncio.to_thread(self._overlap, list(segment_ids))
+
+    def _overlap(self, segment_ids: list[str]) -> Overlap:
+        masks: dict[str, int] = {}
+        for bit, segment_id in enumerate(segment_ids):
+            for member in self._members(segment_id):
+                masks[member.user_id] = masks.get(member.user_id, 0) | 1 << bit
+        users_per_mask: dict[int, int] = {}
+        for mask in masks.values():
+            users_per_mask[mask] = users_per_mask.get(mask, 0) + 1
+        return Overlap.from_combinations(segment_ids, users_per_mask)
+
+    async def hourly_history(self, segment_id: str, first_hour: datetime, hours: int) -> list[HourPoint]:
+        """The `hourly` counters of every hour from `first_hour` to now (one batch read) and the size."""
+        return await asyncio.to_thread(self._hourly_history, segment_id, first_hour, hours)
+
+    def _hourly_history(self, segment_id: str, first_hour: datetime, hours: int) -> list[HourPoint]:
+        end = first_hour + hours * HOUR
+        oldest = int(max(first_hour.timestamp(), time.time() - HOURLY_TTL_S) // 3600)  # older ones have expired
+        newest = int(max(end.timestamp(), time.time()) // 3600)
+        numbers = list(range(oldest, newest + 1))
+        records = self.client.get_many([(ANALYTICS_NS, "hourly", f"{segment_id}|{n}") for n in numbers]) \
+            if numbers else []
+        changes: dict[datetime, ChangeCounts] = {}
+        later_entered = later_exited = 0
+        for number, (_, _, bins) in zip(numbers, records, strict=True):
+            if not bins:
+                continue
+            entered, exited = int(bins.get("entered", 0)), int(bins.get("exited", 0))
+            start = datetime.fromtimestamp(number * 3600, UTC)
+            if start >= end:
+                later_entered, later_exited = later_entered + entered, later_exited + exited
+            else:
+                changes[start] = ChangeCounts(entered, exited)
+        return hour_points(first_hour, hours, changes, ChangeCounts(later_entered, later_exited),
+                           len(self._members(segment_id)))
+
+    async def trait_breakdown(self, segment_id: str, trait: str, limit: int) -> TraitBreakdown:
+        """The members through the index, their profiles read `PROFILE_BATCH` at a time, counted here."""
+        return await asyncio.to_thread(self._trait_breakdown, segment_id, trait, limit)
+
+    def _trait_breakdown(self, segment_id: str, trait: str, limit: int) -> TraitBreakdown:
+        users = [m.user_id for m in self._members(segment_id)]
+        values: list[Any] = []
+        for start in range(0, len(users), PROFILE_BATCH):
+            batch = users[start:start + PROFILE_BATCH]
+            profiles = self._get_profiles(batch)
+            values.extend(trait_at(profiles.get(user), trait) for user in batch)
+        return TraitBreakdown.tally(values, limit)
 
     async def remove_segment(self, segment_id: str) -> int:
         now = datetime.now(UTC)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +13,18 @@ from server.domain.membership import MembershipChange
 from server.domain.pipeline import Removal
 from server.domain.profile import Profile
 from server.stores.postgres import Database
-from server.stores.profile_store import AliasLink, ChangeCounts, Membership, newest_per_user
+from server.stores.profile_store import (
+    HOUR,
+    AliasLink,
+    ChangeCounts,
+    HourPoint,
+    Membership,
+    Overlap,
+    TraitBreakdown,
+    TraitCount,
+    hour_points,
+    newest_per_user,
+)
 
 _MEMBER_COLUMNS = "segment_id::text, user_id, segment_version, entered_at, source"
 
@@ -30,6 +42,50 @@ _APPLY_CHANGE = (
     " SELECT %(segment)s::uuid, %(user)s::text, %(change)s::text, %(version)s::integer, %(at)s::timestamptz"
     " WHERE EXISTS (SELECT 1 FROM entered) OR EXISTS (SELECT 1 FROM exited) RETURNING 1"
 )
+
+
+# How many users are in exactly each combination of the segments asked for: per user a bitmask of its
+# segments (bit i = the i-th id), then users per mask; at most 2^10 rows, however large the segments are.
+_OVERLAP = (
+    "WITH wanted AS (SELECT id, (ord - 1)::integer AS bit FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS w(id, ord)),"
+    " masks AS (SELECT bit_or(1 << w.bit) AS mask FROM segment_memberships m JOIN wanted w ON w.id = m.segment_id"
+    " GROUP BY m.user_id)"
+    " SELECT mask, count(*) FROM masks GROUP BY mask"
+)
+
+# The segment's size now and its ledger per hour from the first hour on (hour NULL: everything after the
+# last hour), read in one statement so both come from the same snapshot.
+_HISTORY = (
+    "WITH size AS (SELECT count(*) AS n FROM segment_memberships WHERE segment_id = %(segment)s),"
+    " buckets AS (SELECT CASE WHEN at < %(end)s THEN date_bin('1 hour', at, TIMESTAMPTZ '2000-01-01 00:00Z') END"
+    " AS hour, count(*) FILTER (WHERE change = 'entered') AS entered,"
+    " count(*) FILTER (WHERE change = 'exited') AS exited"
+    " FROM membership_changes WHERE segment_id = %(segment)s AND at >= %(first)s GROUP BY 1)"
+    " SELECT size.n, buckets.hour, buckets.entered, buckets.exited FROM size LEFT JOIN buckets ON true"
+)
+
+# Members counted by one trait's value. A strict jsonpath (a parameter) reads only through objects, as
+# `trait_at` does; `silent` turns a missing key or a non-object on the way into NULL. JSON null counts
+# as missing, as for the rule language's `exists`. Ties go in the byte order of the values' JSON text.
+_BREAKDOWN = (
+    "WITH v AS (SELECT jsonb_path_query_first(p.profile, %(path)s::jsonpath, '{}', true) AS value"
+    " FROM segment_memberships m LEFT JOIN user_profiles p ON p.user_id = m.user_id"
+    " WHERE m.segment_id = %(segment)s),"
+    " counted AS (SELECT value, count(*) AS n FROM v WHERE value IS NOT NULL AND value <> 'null'::jsonb"
+    " GROUP BY value),"
+    " ranked AS (SELECT value, n, row_number() OVER (ORDER BY n DESC, value::text COLLATE \"C\") AS rank"
+    " FROM counted)"
+    " SELECT (SELECT count(*) FROM v),"
+    " (SELECT count(*) FROM v WHERE value IS NULL OR value = 'null'::jsonb),"
+    " (SELECT COALESCE(jsonb_agg(jsonb_build_array(value, n) ORDER BY rank), '[]'::jsonb) FROM ranked"
+    "  WHERE rank <= %(limit)s),"
+    " (SELECT COALESCE(sum(n), 0) FROM ranked WHERE rank > %(limit)s)"
+)
+
+
+def trait_path(trait: str) -> str:
+    """The strict jsonpath of a dotted trait path inside `traits` (each part quoted as a key)."""
+    return "strict $.\"traits\"" + "".join(f".{json.dumps(part)}" for part in trait.split("."))
 
 
 # the user an id belongs to: the user it is linked to, if it is an anonymous id, else itself
@@ -139,6 +195,39 @@ class PostgresProfileStore:
             )
             row = await cur.fetchone()
         return ChangeCounts(entered=int(row[0]), exited=int(row[1])) if row else ChangeCounts(0, 0)
+
+    async def overlap(self, segment_ids: Sequence[str]) -> Overlap:
+        """One query over `segment_memberships`: users grouped by the combination of the segments they are in."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(_OVERLAP, {"ids": list(segment_ids)})
+            masks = {int(mask): int(n) for mask, n in await cur.fetchall()}
+        return Overlap.from_combinations(segment_ids, masks)
+
+    async def hourly_history(self, segment_id: str, first_hour: datetime, hours: int) -> list[HourPoint]:
+        """One query over `membership_changes` (its (segment_id, at) index) and the segment's size."""
+        end = first_hour + hours * HOUR
+        async with self.db.connection() as conn:
+            cur = await conn.execute(_HISTORY, {"segment": segment_id, "first": first_hour, "end": end})
+            rows = await cur.fetchall()
+        size, changes, later = int(rows[0][0]), {}, ChangeCounts(0, 0)
+        for _, hour, entered, exited in rows:
+            if entered is None:  # LEFT JOIN: no change at all since the first hour
+                continue
+            if hour is None:
+                later = ChangeCounts(int(entered), int(exited))
+            else:
+                changes[hour.astimezone(UTC)] = ChangeCounts(int(entered), int(exited))
+        return hour_points(first_hour, hours, changes, later, size)
+
+    async def trait_breakdown(self, segment_id: str, trait: str, limit: int) -> TraitBreakdown:
+        """One query joining the members to their profiles; the counting happens in PostgreSQL."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(_BREAKDOWN, {"segment": segment_id, "path": trait_path(trait), "limit": limit})
+            row = await cur.fetchone()
+        assert row is not None  # scalar subqueries: always one row
+        members, missing, top, other = row
+        return TraitBreakdown(int(members), tuple(TraitCount(value, int(n)) for value, n in top), int(other),
+                              int(missing))
 
     async def remove_segment(self, segment_id: str) -> int:
         async with self.db.connection() as conn, conn.transaction():

@@ -7,9 +7,12 @@ applying the same membership change twice changes nothing (so replays after a cr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from itertools import combinations
 from typing import Any, Literal, Protocol
 
 from server.domain.membership import MembershipChange
@@ -48,6 +51,117 @@ class ChangeCounts:
     exited: int
 
 
+@dataclass(frozen=True, slots=True)
+class PairOverlap:
+    """How many users are members of both `a` and `b`."""
+
+    a: str
+    b: str
+    intersection: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """How the current members of a few segments overlap: each one's size, the users in all of them, and
+    the users in each unordered pair (in the order the segments were asked for)."""
+
+    sizes: Mapping[str, int]
+    intersection: int
+    pairs: tuple[PairOverlap, ...]
+
+    @classmethod
+    def from_combinations(cls, segment_ids: Sequence[str], users_per_mask: Mapping[int, int]) -> Overlap:
+        """From how many users are in exactly each combination of the segments: bit i of a mask stands for
+        `segment_ids[i]`. At most 2^len(segment_ids) entries, whatever the segments' sizes."""
+        def users_in(mask: int) -> int:
+            return sum(n for m, n in users_per_mask.items() if m & mask == mask)
+
+        every = (1 << len(segment_ids)) - 1
+        return cls(sizes={sid: users_in(1 << i) for i, sid in enumerate(segment_ids)},
+                   intersection=users_in(every),
+                   pairs=tuple(PairOverlap(segment_ids[i], segment_ids[j], users_in(1 << i | 1 << j))
+                               for i, j in combinations(range(len(segment_ids)), 2)))
+
+
+HOUR = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class HourPoint:
+    """One hour of a segment's history: who entered and exited in it, and how many members it had at its end."""
+
+    at: datetime  # the hour's start, UTC
+    entered: int
+    exited: int
+    size: int
+
+
+def hour_points(first_hour: datetime, hours: int, changes: Mapping[datetime, ChangeCounts], later: ChangeCounts,
+                size_now: int) -> list[HourPoint]:
+    """Every hour from `first_hour` on, zeros included, from the ledger's counts per hour start (`changes`),
+    the counts after the last hour (`later`) and the current size. The size at the end of an hour is the
+    current size less the net changes after it: the ledger is the only record of past sizes."""
+    starts = [first_hour + i * HOUR for i in range(hours)]
+    size = size_now - (later.entered - later.exited)
+    points: list[HourPoint] = []
+    for start in reversed(starts):  # walk back from now: each hour's end size undoes the changes after it
+        counts = changes.get(start, ChangeCounts(0, 0))
+        points.append(HourPoint(start, counts.entered, counts.exited, size))
+        size -= counts.entered - counts.exited
+    return points[::-1]
+
+
+@dataclass(frozen=True, slots=True)
+class TraitCount:
+    value: Any
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TraitBreakdown:
+    """A segment's members counted by the value of one trait: the most common `values` (most first, ties in
+    the order of the values' JSON text), the members whose value is not among them (`other`), and those
+    without the trait (`missing`: no profile, no such trait, or null, as the rule language's `exists` sees it)."""
+
+    members: int
+    values: tuple[TraitCount, ...]
+    other: int
+    missing: int
+
+    @classmethod
+    def tally(cls, values: Iterable[Any], limit: int) -> TraitBreakdown:
+        """From one value per member (None where it has none)."""
+        counts: Counter[str] = Counter()
+        originals: dict[str, Any] = {}
+        members = missing = 0
+        for value in values:
+            members += 1
+            if value is None:
+                missing += 1
+                continue
+            text = json_text(value)  # one key per JSON value: 1 and true (equal in Python) stay apart
+            counts[text] += 1
+            originals.setdefault(text, value)
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        top = tuple(TraitCount(originals[text], n) for text, n in ranked[:limit])
+        return cls(members, top, sum(n for _, n in ranked[limit:]), missing)
+
+
+def json_text(value: Any) -> str:
+    """A value's JSON text as PostgreSQL prints jsonb scalars (no ASCII escaping), for ordering ties."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def trait_at(profile: Mapping[str, Any] | None, path: str) -> Any:
+    """The value at the dotted `path` in a stored profile's traits; None when absent (or null)."""
+    value: Any = (profile or {}).get("traits")
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 class ProfileStore(Protocol):
     """What the services and the rule engine need from the profile store."""
 
@@ -83,6 +197,19 @@ class ProfileStore(Protocol):
 
     async def change_counts(self, segment_id: str, since: datetime) -> ChangeCounts:
         """How many users entered and exited the segment since `since`."""
+
+    async def overlap(self, segment_ids: Sequence[str]) -> Overlap:
+        """How the current members of `segment_ids` (2 to 10, distinct) overlap, in one read of the store
+        (not one per user)."""
+
+    async def hourly_history(self, segment_id: str, first_hour: datetime, hours: int) -> list[HourPoint]:
+        """`hours` consecutive hours from `first_hour` (an hour start, UTC) from the membership ledger: entries,
+        exits and the size at each hour's end (the current size less the net changes after it). An erased user's
+        changes leave the ledger with the user, so past sizes read as if the user had never been a member."""
+
+    async def trait_breakdown(self, segment_id: str, trait: str, limit: int) -> TraitBreakdown:
+        """The segment's members counted by the value of the trait at the dotted path `trait` of their stored
+        profiles, the `limit` most common values listed."""
 
     async def remove_segment(self, segment_id: str) -> int:
         """Drop every membership of a deleted segment; returns how many there were."""

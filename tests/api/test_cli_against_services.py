@@ -295,3 +295,50 @@ def test_identify_then_delete_a_user_from_the_command_line(services: dict[str, s
     assert [(len(h), n) for h, n in audit] == [(64, 1)] and "cli-dora" not in audit[0][0]
     unknown = invoke("user", "delete", "cli-nobody", "--yes", env=services)
     assert unknown.exit_code == 1 and "(HTTP 404)" in one_error(unknown.stderr)
+
+
+def test_segment_insights_from_the_command_line(services: dict[str, str]) -> None:
+    ids = []
+    for name, members in (("Insights A", ["ins-ann", "ins-ben", "ins-cid"]), ("Insights B", ["ins-ben", "ins-cid"]),
+                          ("Insights C", ["ins-cid", "ins-dan"])):
+        segment_id = str(_json(invoke("segment", "create", name, "--static", "--json", env=services))["id"])
+        added = invoke("segment", "members", segment_id, *(f"--add={m}" for m in members), env=services)
+        assert added.exit_code == 0, added.output
+        ids.append(segment_id)
+    a, b, c = ids
+    assert _json(invoke("segment", "overlap", a, b, c, "--json", env=services)) == {
+        "sizes": {a: 3, b: 2, c: 2}, "intersection": 1, "pairs": [{"a": a, "b": b, "intersection": 2},
+                                                                  {"a": a, "b": c, "intersection": 1},
+                                                                  {"a": b, "b": c, "intersection": 1}]}
+    table = invoke("segment", "overlap", a, b, env=services)
+    assert table.exit_code == 0 and table.stdout.rstrip().endswith("in all 2: 2"), table.output
+    assert f"│ Insights A │ {a} │       3 │" in table.stdout and "│ Insights A │ Insights B │       2 │" in table.stdout
+    one = run("segment", "overlap", a, env=services)
+    assert one.returncode == 1 and "(HTTP 422)" in one_error(one.stderr) and "at least 2" in one.stderr
+
+    history = _json(invoke("segment", "history", a, "--json", env=services))
+    assert sum(p["entered"] for p in history["points"]) == 3 and history["points"][-1]["size"] == 3
+    window = invoke("segment", "history", a, "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T03:00:00Z",
+                    env=services)
+    assert window.exit_code == 0 and [line.split("│")[1].strip() for line in window.stdout.splitlines()
+                                      if line.startswith("│")] == [f"2026-01-01T0{h}:00:00Z" for h in range(3)]
+    backwards = run("segment", "history", a, "--from", "2026-01-02T00:00:00Z", "--to", "2026-01-01T00:00:00Z",
+                    env=services)
+    assert backwards.returncode == 1 and "(HTTP 422)" in one_error(backwards.stderr)
+    assert "must be before to" in backwards.stderr
+
+    with psycopg.connect(services["AM_DATABASE_URL"], autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO user_profiles (user_id, profile) VALUES (%s, %s)", [
+            (user, Jsonb({"userId": user, "traits": traits})) for user, traits in (
+                ("ins-ann", {"country": "de"}), ("ins-ben", {"country": "de"}), ("ins-cid", {"country": "[/x]"}))])
+    assert _json(invoke("segment", "breakdown", a, "--trait", "country", "--limit", "1", "--json", env=services)) == {
+        "segmentId": a, "trait": "country", "members": 3, "values": [{"value": "de", "count": 2}], "other": 1,
+        "missing": 0}
+    shown = invoke("segment", "breakdown", b, "--trait", "country", env=services)
+    assert shown.exit_code == 0, shown.output
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in shown.stdout.splitlines()
+            if line.startswith("│")]
+    assert rows == [["[/x]", "1", "50.0%"], ["de", "1", "50.0%"], ["(other)", "0", "0.0%"],
+                    ["(missing)", "0", "0.0%"]]  # a value is shown as it is, never as markup; ties by JSON text
+    bad = run("segment", "breakdown", a, "--trait", "no way", env=services)
+    assert bad.returncode == 1 and "(HTTP 422)" in one_error(bad.stderr)

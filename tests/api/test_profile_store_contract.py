@@ -16,7 +16,15 @@ from server.domain.membership import MembershipChange
 from server.domain.profile import Profile, apply_event
 from server.stores.postgres import Database
 from server.stores.postgres_profiles import PostgresProfileStore
-from server.stores.profile_store import AliasLink, ProfileStore
+from server.stores.profile_store import (
+    AliasLink,
+    HourPoint,
+    Overlap,
+    PairOverlap,
+    ProfileStore,
+    TraitBreakdown,
+    TraitCount,
+)
 
 pytestmark = pytest.mark.api
 T = TypeVar("T")
@@ -177,6 +185,63 @@ async def _remove_user(store: ProfileStore, p: str) -> None:
     assert await store.segment_size(seg) == 0
 
 
+async def _overlap(store: ProfileStore, p: str) -> None:
+    """Sizes, the users in all the segments and in each pair, from the current members only."""
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    await store.apply_changes([*(change(f"{p}-{u}", a, "entered") for u in ("ann", "ben", "cid", "dan")),
+                               *(change(f"{p}-{u}", b, "entered") for u in ("ben", "cid", "dan", "eve")),
+                               *(change(f"{p}-{u}", c, "entered") for u in ("dan", "eve", "fay")),
+                               change(f"{p}-fay", c, "exited"), change(f"{p}-ann", b, "entered"),
+                               change(f"{p}-ann", b, "exited")])  # what left counts nowhere
+    overlap = await store.overlap([a, b, c])
+    assert dict(overlap.sizes) == {a: 4, b: 4, c: 2} and overlap.intersection == 1
+    assert overlap.pairs == (PairOverlap(a, b, 3), PairOverlap(a, c, 1), PairOverlap(b, c, 2))
+    empty = str(uuid.uuid4())
+    assert await store.overlap([empty, a]) == Overlap({empty: 0, a: 4}, 0, (PairOverlap(empty, a, 0),))
+
+
+async def _hourly_history(store: ProfileStore, p: str) -> None:
+    """Entries and exits per hour, every hour present, sizes from the current size less the changes after;
+    an erased user's changes go with the user."""
+    seg, hour = str(uuid.uuid4()), NOW.replace(minute=0, second=0) - timedelta(hours=5)
+    minute = timedelta(minutes=1)
+    await store.apply_changes([
+        change(f"{p}-ann", seg, "entered", at=hour + minute), change(f"{p}-ben", seg, "entered", at=hour + 2 * minute),
+        change(f"{p}-ann", seg, "exited", at=hour + timedelta(hours=1, minutes=5)),
+        change(f"{p}-cid", seg, "entered", at=hour + timedelta(hours=3, minutes=5)),  # after the hours asked for
+    ])
+    points = await store.hourly_history(seg, hour, 3)
+    assert points == [HourPoint(hour, 2, 0, 2), HourPoint(hour + timedelta(hours=1), 0, 1, 1),
+                      HourPoint(hour + timedelta(hours=2), 0, 0, 1)]
+    assert await store.hourly_history(str(uuid.uuid4()), hour, 2) == [
+        HourPoint(hour, 0, 0, 0), HourPoint(hour + timedelta(hours=1), 0, 0, 0)]
+    if isinstance(store, PostgresProfileStore):  # Aerospike's counters name nobody, so they keep the erased
+        await store.remove_user(f"{p}-ben", "deleted")
+        assert [x.size for x in await store.hourly_history(seg, hour, 3)] == [1, 0, 0]
+
+
+async def _trait_breakdown(store: ProfileStore, p: str) -> None:
+    """Members by one trait's value (nested paths read through objects only), the rest as other or missing."""
+    seg = str(uuid.uuid4())
+    traits: dict[str, dict[str, Any]] = {
+        "ann": {"country": "de", "address": {"city": "Berlin"}}, "ben": {"country": "de", "address": {"city": "Rome"}},
+        "cid": {"country": "fr", "address": ["city"]}, "dan": {"country": "it"}, "eve": {"country": None},
+        "fay": {"plan": "pro"}, "gus": {"country": 3}, "hal": {"country": "3"}}
+    await store.put_profiles([profile(f"{p}-{u}", 1, **t) for u, t in traits.items()])
+    await store.apply_changes([change(f"{p}-{u}", seg, "entered") for u in [*traits, "ivy"]])  # ivy: no profile
+    result = await store.trait_breakdown(seg, "country", 3)
+    # ties in the order of their JSON text: "3" and "fr" (strings, quoted) before it and 3
+    assert result == TraitBreakdown(9, (TraitCount("de", 2), TraitCount("3", 1), TraitCount("fr", 1)), 2, 3)
+    everything = await store.trait_breakdown(seg, "country", 100)
+    assert [v.value for v in everything.values] == ["de", "3", "fr", "it", 3] and everything.other == 0
+    city = await store.trait_breakdown(seg, "address.city", 1)
+    assert city == TraitBreakdown(9, (TraitCount("Berlin", 1),), 1, 7)
+    assert await store.trait_breakdown(str(uuid.uuid4()), "country", 5) == TraitBreakdown(0, (), 0, 0)
+
+
+test_overlap = contract(_overlap)
+test_hourly_history = contract(_hourly_history)
+test_trait_breakdown = contract(_trait_breakdown)
 test_aliases = contract(_aliases)
 test_remove_user = contract(_remove_user)
 test_profiles_roundtrip = contract(_profiles_roundtrip)
