@@ -53,7 +53,12 @@ def with_operands(rule: Rule, explained: dict[str, Any]) -> dict[str, Any]:
     if isinstance(rule, Not):
         return {**explained, "not": with_operands(rule.child, explained["not"])}
     if isinstance(rule, Condition) and "value" in (own := rule_to_json(rule)):  # not for exists / not_exists
-        return {**explained, "operand": own["value"]}
+        ordered: dict[str, Any] = {}
+        for key, value in explained.items():  # `operand` next to the operator, before the observed value
+            if key == "value":
+                ordered["operand"] = own["value"]
+            ordered[key] = value
+        return ordered
     return explained
 
 
