@@ -43,7 +43,23 @@ _CANONICAL = "c AS (SELECT COALESCE((SELECT user_id FROM user_aliases WHERE anon
 
 def _membership(row: tuple[Any, ...]) -> Membership:
     return Membership(segment_id=row[0], user_id=row[1], segment_version=row[2], entered_at=row[3], source=row[4],
-                      because=row[5] if len(row) > 5 else None)
+                      because=_as_written(row[5]) if len(row) > 5 else None)
+
+
+_LEAF_ORDER = {"path": 0, "value": 1, "result": 2, "was": 3}
+
+
+def _as_written(because: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A reason in the rule engine's key order (cause first, its leaves last, each leaf path first): jsonb
+    stores keys sorted by length, which reads badly where people read it (explain, amctl)."""
+    if because is None:
+        return None
+    ordered = {k: because[k] for k in ("cause",) if k in because}
+    ordered.update((k, v) for k, v in because.items() if k not in ("cause", "leaves"))
+    if "leaves" in because:
+        ordered["leaves"] = [dict(sorted(leaf.items(), key=lambda item: _LEAF_ORDER.get(item[0], 4)))
+                             if isinstance(leaf, dict) else leaf for leaf in because["leaves"]]
+    return ordered
 
 
 def _because(change: MembershipChange) -> Jsonb | None:

@@ -118,6 +118,9 @@ def test_a_member_asked_by_an_alias_sees_the_rule_node_by_node_and_the_reason_it
                  "result": True}],
         "path": "rules", "result": True}
     assert body["because"] == BECAUSE and body["note"] is None
+    keys = list(body["because"])
+    assert (keys[0], keys[-1]) == ("cause", "leaves")  # in the order the rule engine wrote it
+    assert list(body["because"]["leaves"][0]) == ["path", "value", "result", "was"]
     assert explained(client, "alice", segment) | {"evaluatedAt": None} == body | {"resolvedFrom": None,
                                                                                   "evaluatedAt": None}
     # the user's segments say why too
