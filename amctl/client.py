@@ -212,6 +212,12 @@ class SegmentClient(ServiceClient):
         """The user's profile with its aliases; with `after`, once that event is applied (else NotApplied)."""
         return self._user_read(f"/api/users/{user_id}/profile", after, wait_s)
 
+    def explain(self, user_id: str, segment_id: str, after: str | None = None,
+                wait_s: float | None = None) -> dict[str, Any]:
+        """Why the user is (or is not) in the segment: the rule evaluated on its stored profile, the stored
+        membership and the reason it entered for."""
+        return self._user_read(f"/api/users/{user_id}/segments/{segment_id}/explain", after, wait_s)
+
     def _user_read(self, path: str, after: str | None, wait_s: float | None) -> dict[str, Any]:
         params = {k: v for k, v in {"after": after, "wait": wait_s}.items() if v is not None}
         # the service waits up to `wait` before it answers: give the call that much more time

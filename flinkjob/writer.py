@@ -1,6 +1,7 @@
 """Writes the job's output to the profile store in batches: profiles, then membership changes.
 
-A change carries the profile snapshot that caused it, so a membership is never visible before its profile.
+A change carries the profile snapshot that caused it, so a membership is never visible before its profile,
+and its reason (`because`), which the store keeps with the membership and in its ledger (no write of its own).
 
 Offsets are committed only after a batch is written; the store ignores repeated changes, so a
 crash between the two replays a batch harmlessly. While the store is unavailable the writer keeps

@@ -13,6 +13,7 @@ from amctl.client import ApiError, ingestion_client, segment_client
 from amctl.commands.events import parse_props
 from amctl.console import add_row, plain
 from amctl.context import service_call
+from amctl.explain import cause, explanation
 from amctl.options import JsonOption
 
 app = typer.Typer(help="What the platform knows about a user; link an anonymous id; erase a user.",
@@ -28,18 +29,33 @@ WaitOption = Annotated[float | None, typer.Option(
 @app.command("segments")
 def user_segments(ctx: typer.Context, user_id: UserIdArgument, after: AfterOption = None, wait: WaitOption = None,
                   json_output: JsonOption = False) -> None:
-    """The segments a user is in, and since when."""
+    """The segments a user is in, since when, and what made the user enter."""
     with service_call(ctx, segment_client) as (context, client):
         result = client.user_segments(user_id, after, wait)
         if json_output:
             context.print_json(result)
             return
         table = Table(title=plain(f"segments of {_named(result)}"))
-        for column in ("segment", "id", "since", "version"):
+        for column in ("segment", "id", "since", "version", "because"):
             table.add_column(column)
         for s in result["segments"]:
-            add_row(table, s["name"], s["segmentId"], s["enteredAt"], s["segmentVersion"])
+            because = cause(s["because"], s["segmentId"]) if s.get("because") else "-"
+            add_row(table, s["name"], s["segmentId"], s["enteredAt"], s["segmentVersion"], because)
         context.console.print(table)
+
+
+@app.command("explain")
+def user_explain(ctx: typer.Context, user_id: UserIdArgument,
+                 segment_id: Annotated[str, typer.Argument(help="The segment's id.")],
+                 after: AfterOption = None, wait: WaitOption = None, json_output: JsonOption = False) -> None:
+    """Why a user is (or is not) in a segment: its rule on the user's profile, node by node, and the reason
+    the user entered for."""
+    with service_call(ctx, segment_client) as (context, client):
+        result = client.explain(user_id, segment_id, after, wait)
+        if json_output:
+            context.print_json(result)
+            return
+        context.console.print(explanation(result))
 
 
 @app.command("profile")

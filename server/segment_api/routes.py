@@ -18,12 +18,14 @@ from server.runtime.auth import REQUIRED_SCOPE
 from server.runtime.errors import DependencyUnavailable, InvalidInput, NotFound
 from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET
 from server.runtime.routing import StorableRoute
+from server.segment_api.explain import explanation
 from server.segment_api.membership import MembershipPublisher
 from server.segment_api.reads import UserRead, read_user
 from server.segment_api.references import invalid_rules
 from server.segment_api.repository import SegmentRepository, SegmentRow
 from server.segment_api.schemas import (
     EventPending,
+    ExplanationPublic,
     MemberPage,
     MemberPublic,
     PreviewRequest,
@@ -308,7 +310,7 @@ async def user_segments(user_id: UserIdPath, repo: Repository, store: Store, aft
     names = await repo.names([m.segment_id for m in memberships])
     return UserSegments(user_id=canonical, resolved_from=user_id if canonical != user_id else None, segments=[
         UserSegment(segment_id=m.segment_id, name=names.get(m.segment_id, ""), segment_version=m.segment_version,
-                    entered_at=m.entered_at)
+                    entered_at=m.entered_at, because=dict(m.because) if m.because is not None else None)
         for m in memberships
     ])
 
@@ -330,3 +332,16 @@ async def user_profile(user_id: UserIdPath, store: Store, after: AfterQuery = No
         first_seen=format_timestamp(profile.first_seen) if profile.first_seen else None,
         last_seen=format_timestamp(profile.last_seen) if profile.last_seen else None,
         event_counts=profile.event_counts)
+
+
+@users.get("/{user_id}/segments/{segment_id}/explain", response_model=ExplanationPublic, responses={
+    **PENDING, 404: {"description": "No such user, or no such segment (deleted ones included); the detail says which"}},
+    summary="Why a user is (or is not) in a segment: the rule on the stored profile, and the reason it entered")
+async def explain_membership(user_id: UserIdPath, segment_id: str, repo: Repository, store: Store,
+                             after: AfterQuery = None, wait: WaitQuery = 2.0) -> ExplanationPublic | JSONResponse:
+    segment = await repo.get(segment_id)
+    read = await read_user(store, user_id, after, wait)
+    if not read.applied and after is not None:
+        return pending(read, after, wait)
+    memberships = await store.user_memberships(read.user_id)
+    return explanation(segment, read, memberships, datetime.now(UTC))

@@ -96,11 +96,17 @@ class SegmentStats(ApiModel):
     exited: WindowCounts
 
 
+BECAUSE = ("Why the user entered, as the rule engine said it: `cause` (event, time, definition, membership, identify) "
+           "with its details, and `leaves`, the rule's conditions the cause flipped (path, observed value, result, "
+           "`was`); null for a STATIC member")
+
+
 class UserSegment(ApiModel):
     segment_id: str
     name: str
     segment_version: int
     entered_at: datetime
+    because: dict[str, Any] | None = Field(default=None, description=BECAUSE)
 
 
 RESOLVED_FROM = "The id asked by, when it is an anonymous id linked to this user; null when asked by the user's id"
@@ -185,3 +191,23 @@ class TraitBreakdownPublic(ApiModel):
     values: list[TraitValueCount] = Field(description="The most common values, most first")
     other: int = Field(description="Members whose value is not among those listed")
     missing: int = Field(description="Members without the trait (no profile, no such trait, or null)")
+
+
+class ExplanationPublic(ApiModel):
+    """Why a user is, or is not, in a segment: the stored membership and its reason, next to the segment's rule
+    evaluated now on the user's stored profile."""
+
+    user_id: str = Field(description="The user answered for: the id asked by, or the user it is an alias of")
+    resolved_from: str | None = Field(default=None, description=RESOLVED_FROM)
+    segment_id: str
+    segment_name: str
+    member: bool = Field(description="Whether the profile store holds the membership (what every read answers)")
+    entered_at: datetime | None = Field(description="When the membership began; null when not a member")
+    evaluated_at: datetime = Field(description="The moment the rule was evaluated at, for windows")
+    rule: dict[str, Any] | None = Field(description=(
+        "The segment's rule in canonical form with `path` and `result` on every node, and on every leaf `value`, "
+        "the value observed on the stored profile (`missing`: true when it lacks the field), and for a "
+        "condition `operand`, the value it compares with (the rule's own `value`); null for a STATIC segment"))
+    because: dict[str, Any] | None = Field(description=f"{BECAUSE}; null when not a member")
+    note: str | None = Field(default=None, description=(
+        "Set when `member` and `rule.result` disagree, or the segment is paused, saying what is not applied yet"))

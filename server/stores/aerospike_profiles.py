@@ -1,8 +1,10 @@
 """The profile store in Aerospike (the Kubernetes target), with the seed's namespaces.
 
 - `user_profiles`: set `profiles` (key user id, bins `json`, `user`), set `memberships` (key user
-  id, bin `segs`: map segment id -> [version, entered ms, source]) and set `members` (key
-  `segment|user`, bins `segment`, `user`, `v`, `at`, `src`; a secondary index on `segment`), set
+  id, bin `segs`: map segment id -> [version, entered ms, source, reason JSON if any]; bin `ledger`: the
+  user's last LEDGER_KEPT changes, each [segment, change, version, ms, reason JSON if any], written in the
+  same operation as `segs`) and set `members` (key `segment|user`, bins `segment`, `user`, `v`, `at`, `src`,
+  `because` (the entry's reason, as JSON); a secondary index on `segment`), set
   `aliases` (key anonymous id, bins `user`, `at`: created only, so a link is never moved) and set
   `alias_lists` (key user id, bin `ids`: the user's anonymous ids in link order).
 - `analytics`: set `changes`, one record per segment and minute counting entries and exits
@@ -34,7 +36,7 @@ from typing import Any
 import aerospike
 from aerospike import exception as aerospike_errors
 from aerospike import predicates
-from aerospike_helpers.operations import list_operations
+from aerospike_helpers.operations import list_operations, map_operations
 
 from server.domain.membership import MembershipChange
 from server.domain.pipeline import Removal
@@ -56,6 +58,9 @@ PROFILES_NS, ANALYTICS_NS = "user_profiles", "analytics"
 CHANGES_TTL_S = 2 * 24 * 3600
 HOURLY_TTL_S = 93 * 24 * 3600  # three of the longest history range (31 days)
 PROFILE_BATCH = 1000  # profiles per batch read for a breakdown
+# changes kept per user in the `ledger` bin: the record stays far below Aerospike's write block (a reason is
+# at most 20 leaves, a few KB)
+LEDGER_KEPT = 100
 
 
 def connect(hosts: str) -> Any:
@@ -69,6 +74,23 @@ def connect(hosts: str) -> Any:
 
 def _at(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, UTC)
+
+
+def _reason(change: MembershipChange) -> list[str]:
+    """The change's reason as the one-element tail of a stored list (none when it has none)."""
+    return [json.dumps(dict(change.because))] if change.because is not None else []
+
+
+def _because(stored: Any) -> dict[str, Any] | None:
+    return dict(json.loads(stored)) if stored else None
+
+
+def _ledger(change: MembershipChange, at_ms: int) -> list[Any]:
+    """Append the change to the user's ledger and keep its last LEDGER_KEPT entries (in one `operate`)."""
+    entry = [change.segment_id, change.change, change.segment_version, at_ms, *_reason(change)]
+    return [list_operations.list_append("ledger", entry),
+            list_operations.list_remove_by_index_range("ledger", -LEDGER_KEPT, aerospike.LIST_RETURN_NONE,
+                                                       inverted=True)]
 
 
 class AerospikeProfileStore:
@@ -134,7 +156,8 @@ class AerospikeProfileStore:
             _, _, bins = self.client.get((PROFILES_NS, "memberships", user_id))
         except aerospike_errors.RecordNotFound:
             return []
-        rows = [Membership(sid, user_id, v, _at(at), src) for sid, (v, at, src) in bins.get("segs", {}).items()]
+        rows = [Membership(sid, user_id, v, _at(at), src, _because(why[0] if why else None))
+                for sid, (v, at, src, *why) in bins.get("segs", {}).items()]
         return sorted(rows, key=lambda m: m.entered_at)
 
     async def apply_changes(self, changes: Sequence[MembershipChange], source: str = "rule") -> int:
@@ -147,19 +170,25 @@ class AerospikeProfileStore:
             user_key = (PROFILES_NS, "memberships", change.user_id)
             at_ms = int(change.at.timestamp() * 1000)
             if change.change == "entered":
+                member = {"segment": change.segment_id, "user": change.user_id, "v": change.segment_version,
+                          "at": at_ms, "src": source}
+                if change.because is not None:
+                    member["because"] = _reason(change)[0]
                 try:  # create-only: a repeated 'entered' changes nothing
-                    self.client.put(member_key, {"segment": change.segment_id, "user": change.user_id,
-                                                 "v": change.segment_version, "at": at_ms, "src": source},
-                                    policy={"exists": aerospike.POLICY_EXISTS_CREATE})
+                    self.client.put(member_key, member, policy={"exists": aerospike.POLICY_EXISTS_CREATE})
                 except aerospike_errors.RecordExistsError:
                     continue
-                self.client.map_put(user_key, "segs", change.segment_id, [change.segment_version, at_ms, source])
+                entry = [change.segment_version, at_ms, source, *_reason(change)]
+                self.client.operate(user_key, [map_operations.map_put("segs", change.segment_id, entry),
+                                               *_ledger(change, at_ms)])
             else:
                 try:
                     self.client.remove(member_key)
                 except aerospike_errors.RecordNotFound:
                     continue
-                self.client.map_remove_by_key(user_key, "segs", change.segment_id, aerospike.MAP_RETURN_NONE)
+                self.client.operate(user_key, [
+                    map_operations.map_remove_by_key("segs", change.segment_id, aerospike.MAP_RETURN_NONE),
+                    *_ledger(change, at_ms)])
             self._count(change)
             applied += 1
         return applied
@@ -177,6 +206,7 @@ class AerospikeProfileStore:
 
     def _members(self, segment_id: str) -> list[Membership]:
         query = self.client.query(PROFILES_NS, "members")
+        query.select("user", "v", "at", "src")  # not `because`: a segment's pages leave the reasons out
         query.where(predicates.equals("segment", segment_id))
         return [Membership(segment_id, b["user"], b["v"], _at(b["at"]), b["src"]) for _, _, b in query.results()]
 
@@ -339,11 +369,14 @@ class AerospikeProfileStore:
 
     def _remove_user(self, user_id: str, reason: Removal) -> None:
         self._remove("profiles", user_id)
-        for segment_id in (self._bins("memberships", user_id) or {}).get("segs", {}):
+        memberships = self._bins("memberships", user_id)
+        for segment_id in (memberships or {}).get("segs", {}):
             self._remove("members", f"{segment_id}|{user_id}")
-        self._remove("memberships", user_id)
         if reason != "deleted":
+            if memberships is not None:  # a merged id keeps its ledger, as PostgreSQL keeps its history rows
+                self.client.remove_bin((PROFILES_NS, "memberships", user_id), ["segs"])
             return
+        self._remove("memberships", user_id)  # the ledger goes with it
         for alias in (self._bins("alias_lists", user_id) or {}).get("ids") or []:
             self._remove("aliases", alias)
         self._remove("alias_lists", user_id)

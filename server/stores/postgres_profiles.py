@@ -1,4 +1,4 @@
-"""The profile store in PostgreSQL (tables of migration 0001), for the local target."""
+"""The profile store in PostgreSQL (tables of migration 0001, reasons of 0005), for the local target."""
 
 from __future__ import annotations
 
@@ -27,19 +27,24 @@ from server.stores.profile_store import (
 )
 
 _MEMBER_COLUMNS = "segment_id::text, user_id, segment_version, entered_at, source"
+# a user's reads carry the reasons; a segment's pages (exports, campaign audiences) do not read them
+_USER_MEMBER_COLUMNS = f"{_MEMBER_COLUMNS}, because"
 
 # One change, entered or exited, recorded in the history only when it changed the membership (so a
-# replayed change adds nothing). Needs no answer before the next statement: changes can be pipelined.
+# replayed change adds nothing), each with its reason. Needs no answer before the next statement: changes
+# can be pipelined.
 _APPLY_CHANGE = (
     "WITH entered AS ("
-    " INSERT INTO segment_memberships (segment_id, user_id, segment_version, entered_at, source)"
-    " SELECT %(segment)s::uuid, %(user)s::text, %(version)s::integer, %(at)s::timestamptz, %(source)s::text"
+    " INSERT INTO segment_memberships (segment_id, user_id, segment_version, entered_at, source, because)"
+    " SELECT %(segment)s::uuid, %(user)s::text, %(version)s::integer, %(at)s::timestamptz, %(source)s::text,"
+    " %(because)s::jsonb"
     " WHERE %(change)s::text = 'entered' ON CONFLICT DO NOTHING RETURNING 1),"
     " exited AS ("
     " DELETE FROM segment_memberships WHERE %(change)s::text = 'exited'"
     " AND segment_id = %(segment)s::uuid AND user_id = %(user)s::text RETURNING 1)"
-    " INSERT INTO membership_changes (segment_id, user_id, change, segment_version, at)"
-    " SELECT %(segment)s::uuid, %(user)s::text, %(change)s::text, %(version)s::integer, %(at)s::timestamptz"
+    " INSERT INTO membership_changes (segment_id, user_id, change, segment_version, at, because)"
+    " SELECT %(segment)s::uuid, %(user)s::text, %(change)s::text, %(version)s::integer, %(at)s::timestamptz,"
+    " %(because)s::jsonb"
     " WHERE EXISTS (SELECT 1 FROM entered) OR EXISTS (SELECT 1 FROM exited) RETURNING 1"
 )
 
@@ -93,7 +98,28 @@ _CANONICAL = "c AS (SELECT COALESCE((SELECT user_id FROM user_aliases WHERE anon
 
 
 def _membership(row: tuple[Any, ...]) -> Membership:
-    return Membership(segment_id=row[0], user_id=row[1], segment_version=row[2], entered_at=row[3], source=row[4])
+    return Membership(segment_id=row[0], user_id=row[1], segment_version=row[2], entered_at=row[3], source=row[4],
+                      because=_as_written(row[5]) if len(row) > 5 else None)
+
+
+_LEAF_ORDER = {"path": 0, "value": 1, "result": 2, "was": 3}
+
+
+def _as_written(because: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A reason in the rule engine's key order (cause first, its leaves last, each leaf path first): jsonb
+    stores keys sorted by length, which reads badly where people read it (explain, amctl)."""
+    if because is None:
+        return None
+    ordered = {k: because[k] for k in ("cause",) if k in because}
+    ordered.update((k, v) for k, v in because.items() if k not in ("cause", "leaves"))
+    if "leaves" in because:
+        ordered["leaves"] = [dict(sorted(leaf.items(), key=lambda item: _LEAF_ORDER.get(item[0], 4)))
+                             if isinstance(leaf, dict) else leaf for leaf in because["leaves"]]
+    return ordered
+
+
+def _because(change: MembershipChange) -> Jsonb | None:
+    return Jsonb(dict(change.because)) if change.because is not None else None
 
 
 class PostgresProfileStore:
@@ -140,7 +166,7 @@ class PostgresProfileStore:
     async def user_memberships(self, user_id: str) -> list[Membership]:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                f"SELECT {_MEMBER_COLUMNS} FROM segment_memberships WHERE user_id = %s ORDER BY entered_at",
+                f"SELECT {_USER_MEMBER_COLUMNS} FROM segment_memberships WHERE user_id = %s ORDER BY entered_at",
                 (user_id,),
             )
             return [_membership(row) for row in await cur.fetchall()]
@@ -153,7 +179,7 @@ class PostgresProfileStore:
         async with self.db.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.executemany(_APPLY_CHANGE, [
                 {"segment": c.segment_id, "user": c.user_id, "change": c.change, "version": c.segment_version,
-                 "at": c.at, "source": source} for c in changes
+                 "at": c.at, "source": source, "because": _because(c)} for c in changes
             ], returning=True)
             while True:
                 applied += len(await cur.fetchall())
@@ -302,7 +328,7 @@ class PostgresProfileStore:
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 f"WITH {_CANONICAL} SELECT c.id, m.segment_id::text, m.user_id, m.segment_version, m.entered_at,"
-                " m.source FROM c LEFT JOIN segment_memberships m ON m.user_id = c.id ORDER BY m.entered_at",
+                " m.source, m.because FROM c LEFT JOIN segment_memberships m ON m.user_id = c.id ORDER BY m.entered_at",
                 {"id": user_id})
             rows = await cur.fetchall()
         return rows[0][0], [_membership(row[1:]) for row in rows if row[1] is not None]

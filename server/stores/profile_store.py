@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import combinations
 from typing import Any, Literal, Protocol
@@ -32,6 +32,8 @@ class Membership:
     segment_version: int
     entered_at: datetime
     source: str = "rule"
+    # why the user entered (`MembershipChange.because` of the entry that holds); None when none was given
+    because: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +183,16 @@ class ProfileStore(Protocol):
         only those written at or after `updated_since` when it is given."""
 
     async def user_memberships(self, user_id: str) -> list[Membership]:
-        """The segments a user is in now."""
+        """The segments a user is in now, each with the reason it entered for."""
 
     async def apply_changes(self, changes: Sequence[MembershipChange], source: str = "rule") -> int:
-        """Apply entered/exited changes in order; returns how many changed the store (replays count 0)."""
+        """Apply entered/exited changes in order; returns how many changed the store (replays count 0).
+        Each change's `because` is kept in the ledger, and an entry's on the membership it makes (a replayed
+        entry keeps the reason of the first)."""
 
     async def segment_members(self, segment_id: str, after: str | None, limit: int) -> list[Membership]:
-        """A segment's members ordered by user id, strictly after `after`."""
+        """A segment's members ordered by user id, strictly after `after` (without their `because`: exports
+        and audiences page through many and need none)."""
 
     async def members_among(self, segment_id: str, user_ids: Sequence[str]) -> set[str]:
         """Which of `user_ids` are in the segment now (one round trip)."""

@@ -242,7 +242,32 @@ async def _trait_breakdown(store: ProfileStore, p: str) -> None:
 test_overlap = contract(_overlap)
 test_hourly_history = contract(_hourly_history)
 test_trait_breakdown = contract(_trait_breakdown)
+
+
+async def _reasons(store: ProfileStore, p: str) -> None:
+    """A membership keeps the reason of the entry that made it (a replayed entry changes nothing, a new entry
+    after an exit brings its own); reads by the user and by an alias carry it, a segment's pages do not."""
+    seg, other, user = str(uuid.uuid4()), str(uuid.uuid4()), f"{p}-why"
+    first = {"cause": "event", "eventId": "e-2", "eventType": "purchase", "eventAt": "2026-11-01T12:02:00Z",
+             "leaves": [{"path": "rules.all[1]", "value": 2, "result": True, "was": 1},
+                        {"path": "rules.all[0]", "value": "Zürich", "result": True, "was": None}]}
+    assert await store.apply_changes([MembershipChange(user, seg, "entered", NOW, 1, because=first),
+                                      change(user, other, "entered")]) == 2
+    assert await store.apply_changes([MembershipChange(user, seg, "entered", NOW, 1, because={"cause": "time"})]) == 0
+    mine = {m.segment_id: m.because for m in await store.user_memberships(user)}
+    assert mine == {seg: first, other: None}
+    assert (await store.link_alias(f"{p}-anon", user, 10)).made
+    canonical, via = await store.resolve_memberships(f"{p}-anon")
+    assert canonical == user and {m.segment_id: m.because for m in via} == mine
+    assert [m.because for m in await store.segment_members(seg, None, 10)] == [None]
+    again = {"cause": "definition", "segmentId": seg, "segmentVersion": 2, "leaves": []}
+    assert await store.apply_changes([MembershipChange(user, seg, "exited", NOW, 1, because={"cause": "time"}),
+                                      MembershipChange(user, seg, "entered", NOW, 2, because=again)]) == 2
+    assert {m.segment_id: m.because for m in await store.user_memberships(user)}[seg] == again
+
+
 test_aliases = contract(_aliases)
+test_reasons = contract(_reasons)
 test_remove_user = contract(_remove_user)
 test_profiles_roundtrip = contract(_profiles_roundtrip)
 test_memberships = contract(_memberships)

@@ -213,8 +213,8 @@ def test_explain_annotates_every_node() -> None:
     assert (count["value"], count["result"], count["path"]) == (2, True, "rules.all[0]")
     assert count["where"] == SHOES and count["within"] == "P30D"
     assert either["result"] is False
-    assert either["any"][0] == {"field": "plan", "operator": "eq", "value": None, "path": "rules.all[1].any[0]",
-                                "result": False, "missing": True}
+    assert either["any"][0] == {"field": "plan", "operator": "eq", "operand": "pro", "value": None,
+                                "path": "rules.all[1].any[0]", "result": False, "missing": True}
     assert either["any"][1]["value"] == 50.0
     assert member == {"segment": VIP, "path": "rules.all[2]", "value": True, "result": True}
     # what flipped between two profiles: the average crossed 100

@@ -29,8 +29,8 @@ def observed(value: Any) -> Any:
 
 def explain(rule: Rule, profile: Profile, now: datetime | None = None, member_of: Container[str] = frozenset(),
             path: str = "rules") -> dict[str, Any]:
-    """The canonical JSON of `rule` with `"result"` on every node and `"value"` on every leaf (and each node's
-    `"path"`, as validation errors name it)."""
+    """The canonical JSON of `rule` with `"result"` on every node and `"value"`, the value observed, on every leaf
+    (a condition's own value is under `"operand"`), and each node's `"path"`, as validation errors name it."""
     now = now or datetime.now(UTC)
     if isinstance(rule, AllOf | AnyOf):
         key = "all" if isinstance(rule, AllOf) else "any"
@@ -41,7 +41,10 @@ def explain(rule: Rule, profile: Profile, now: datetime | None = None, member_of
         child = explain(rule.child, profile, now, member_of, f"{path}.not")
         return {"not": child, "path": path, "result": not child["result"]}
     value, result = _leaf(rule, profile, now, member_of)
-    body = {**rule_to_json(rule), "path": path, "value": observed(value), "result": result}
+    body = rule_to_json(rule)
+    if "value" in body:  # a condition's own value is its `operand`: `value` is what was observed
+        body = {"field": body["field"], "operator": body["operator"], "operand": body["value"]}
+    body.update({"path": path, "value": observed(value), "result": result})
     return {**body, "missing": True} if value is MISSING else body
 
 
