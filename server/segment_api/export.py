@@ -24,7 +24,7 @@ from server.domain.timeutil import format_timestamp
 from server.runtime.errors import InvalidInput
 from server.runtime.routing import StorableRoute
 from server.segment_api.routes import Repository, Store
-from server.stores.profile_store import Membership, ProfileStore
+from server.stores.profile_store import Membership, ProfileStore, trait_at
 
 log = logging.getLogger("segment-api.export")
 
@@ -70,16 +70,6 @@ def trait_names(traits: str | None) -> list[str]:
     return names
 
 
-def trait_value(profile: Mapping[str, Any] | None, path: str) -> Any:
-    """The value at `path` in the profile's traits, or None when absent."""
-    value: Any = (profile or {}).get("traits")
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
 def slug(name: str) -> str:
     """A segment name as a file name: ASCII letters and digits joined by dashes."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
@@ -93,7 +83,7 @@ def records(members: Sequence[Membership], profiles: Mapping[str, Mapping[str, A
         profile = profiles.get(member.user_id)
         yield {"userId": member.user_id, "enteredAt": format_timestamp(member.entered_at),
                "segmentVersion": member.segment_version, "source": member.source,
-               **{f"traits.{name}": trait_value(profile, name) for name in traits}}
+               **{f"traits.{name}": trait_at(profile, name) for name in traits}}
 
 
 def csv_cell(value: Any) -> str:

@@ -13,15 +13,16 @@ import httpx
 import orjson
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Message
 from fastapi.testclient import TestClient
 
 from server.domain.pipeline import StaticMembership, keyed_input
 from server.runtime.settings import ServiceSettings
 from server.segment_api.app import create_app
 from server.segment_api.references import MAX_REFERENCE_DEPTH, REFERENCE_LOCK
-from server.stores.topics import REEVALUATIONS, TOPICS
+from server.stores.topics import REEVALUATIONS
 from tests.api.test_segments import add_profiles, spender
+from tests.api.test_static_members import topic_records
 
 pytestmark = pytest.mark.api
 
@@ -172,24 +173,9 @@ def test_preview_reads_the_referenced_segments_memberships_from_the_store(client
     assert client.post("/api/segments/preview", json={"rules": rich_members}).json()["sample"] == ["ann", "ben"]
 
 
-def job_records(settings: ServiceSettings, expected: int, quiet_s: float = 1.0) -> list[Message]:
-    """Every record on the test's rule-job feedback topic (all partitions, from offset 0): at least `expected`,
-    then until none came for `quiet_s` (the local broker's high watermark cannot say where a topic ends)."""
-    topic = settings.topic(REEVALUATIONS)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "test-reader",
-                         "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(TOPICS[REEVALUATIONS])])
-    records: list[Message] = []
-    deadline, last = time.monotonic() + 15, time.monotonic()
-    try:
-        while time.monotonic() < deadline and (len(records) < expected or time.monotonic() - last < quiet_s):
-            message = consumer.poll(0.1)
-            if message is not None and not message.error():
-                records.append(message)
-                last = time.monotonic()
-    finally:
-        consumer.close()
-    return records
+def job_records(settings: ServiceSettings, expected: int) -> list[Message]:
+    """Every record on the test's rule-job feedback topic (see `topic_records`)."""
+    return topic_records(settings, REEVALUATIONS, expected)
 
 
 def static_records(settings: ServiceSettings, expected: int) -> list[tuple[bytes, StaticMembership]]:

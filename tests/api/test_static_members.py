@@ -29,13 +29,12 @@ def client(service_settings: ServiceSettings) -> Iterator[TestClient]:
         yield c
 
 
-def membership_records(settings: ServiceSettings, expected: int, quiet_s: float = 1.0) -> list[Message]:
-    """Every record on the test's `segment-membership` (all partitions, from offset 0): at least `expected`,
-    then until none came for `quiet_s` (the local broker's high watermark cannot say where a topic ends)."""
-    topic = settings.topic(SEGMENT_MEMBERSHIP)
+def topic_records(settings: ServiceSettings, name: str, expected: int, quiet_s: float = 1.0) -> list[Message]:
+    """Every record on the test's topic `name` (all partitions, from offset 0): at least `expected`, then until
+    none came for `quiet_s` (the local broker's high watermark cannot say where a topic ends)."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "test-reader",
                          "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(TOPICS[SEGMENT_MEMBERSHIP])])
+    consumer.assign([TopicPartition(settings.topic(name), p, 0) for p in range(TOPICS[name])])
     records: list[Message] = []
     deadline, last = time.monotonic() + 15, time.monotonic()
     try:
@@ -47,6 +46,11 @@ def membership_records(settings: ServiceSettings, expected: int, quiet_s: float 
     finally:
         consumer.close()
     return records
+
+
+def membership_records(settings: ServiceSettings, expected: int, quiet_s: float = 1.0) -> list[Message]:
+    """Every record on the test's `segment-membership` (see `topic_records`)."""
+    return topic_records(settings, SEGMENT_MEMBERSHIP, expected, quiet_s)
 
 
 def static_segment(client: TestClient) -> str:
