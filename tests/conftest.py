@@ -20,10 +20,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from pydantic import SecretStr
 
 from amctl.local import processes
 from amctl.local.broker import EmbeddedBroker
 from amctl.local.postgres import EmbeddedPostgres
+from server.runtime.secrets import new_key
 from server.runtime.settings import ServiceSettings
 from server.stores.kafka import create_topics
 from server.stores.migrate import migrate
@@ -115,6 +117,9 @@ def topic_prefix(kafka_broker: EmbeddedBroker) -> str:
     return prefix
 
 
+SESSION_SECRETS_KEY = new_key()
+
+
 @pytest.fixture
 def service_settings(database_url: str, kafka_broker: EmbeddedBroker, topic_prefix: str) -> ServiceSettings:
     return ServiceSettings(
@@ -124,6 +129,7 @@ def service_settings(database_url: str, kafka_broker: EmbeddedBroker, topic_pref
         startup_wait_s=10,
         dependency_timeout_s=2,
         kafka_session_timeout_ms=2000,  # joins (and closes during a join) take 1 s instead of 3 s
+        secrets_key=SecretStr(SESSION_SECRETS_KEY),  # as amctl sets it: seals secrets, signs unsubscribe links
     )
 
 

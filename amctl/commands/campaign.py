@@ -68,7 +68,7 @@ def show_campaign(app_: AppContext, campaign: dict[str, Any], json_output: bool)
 def _done(campaign: dict[str, Any]) -> bool:
     if campaign["status"] in ("CANCELLED", "FAILED"):
         return True
-    return bool(campaign["status"] == "QUEUED" and campaign["counts"]["queued"] == 0)
+    return bool(campaign["status"] == "COMPLETED")
 
 
 def wait_for_delivery(app_: AppContext, client: CommunicationClient, campaign: dict[str, Any],
@@ -124,7 +124,7 @@ def create(
 @app.command("list")
 def list_campaigns(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option(help="SCHEDULED, SENDING, QUEUED, ACTIVE, CANCELLED or FAILED.")] = None,
+    status: Annotated[str | None, typer.Option(help="SCHEDULED, SENDING, COMPLETED, ACTIVE, CANCELLED or FAILED.")] = None,
     segment_id: Annotated[str | None, typer.Option("--segment", help="Only this segment's campaigns.")] = None,
     limit: Annotated[int, typer.Option(help="Page size.")] = 50,
     offset: Annotated[int, typer.Option(help="Skip this many.")] = 0,

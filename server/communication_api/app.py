@@ -14,15 +14,18 @@ from server.communication_api.destinations import destinations
 from server.communication_api.dispatch import FanOut, OnEnterTrigger, Recipients
 from server.communication_api.repository import CampaignRepository
 from server.communication_api.routes import campaigns
+from server.communication_api.unsubscribe import UnsubscribeLinks, unsubscribe
 from server.runtime.app import build_app
 from server.runtime.errors import ConfigurationError
 from server.runtime.secrets import SecretBox
 from server.runtime.settings import ServiceSettings
+from server.runtime.tokens import UnsubscribeTokens
 from server.stores.deliveries import DeliveryLedger
 from server.stores.destinations import DestinationRepository
 from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.postgres import Database
 from server.stores.selection import profile_store
+from server.stores.suppressions import SuppressionList
 from server.stores.topics import EMAIL_JOBS, SEGMENT_MEMBERSHIP
 from server.stores.webhooks import DestinationGuard, WebhookClient
 
@@ -57,15 +60,21 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app = build_app(
         service="communication-api",
         title="Audience Manager — Communication API",
-        description="Email campaigns to the users of a segment: now, at a time, or when a user enters it; "
-                    "destinations (webhooks) that receive every user entering or leaving a segment.",
+        description="Email campaigns to the users of a segment: now, at a time, or when a user enters it, with "
+                    "one-click unsubscribe, a suppression list, frequency caps and quiet hours; destinations "
+                    "(webhooks) that receive every user entering or leaving a segment.",
         settings=settings,
         lifespan=lifespan,
         requires_api_keys=True,
     )
     store = profile_store(settings, db)  # after build_app: a refused start connects to nothing
-    recipients = Recipients(ledger, producer, settings.topic(EMAIL_JOBS), app.state.metrics_registry)
-    app.state.campaigns, app.state.ledger = repository, ledger
+    suppressions = SuppressionList(db)
+    links = UnsubscribeLinks(UnsubscribeTokens(settings.secrets_key.get_secret_value()),
+                             settings.unsubscribe_base_url, settings.email_unsubscribe_mailto)
+    recipients = Recipients(ledger, suppressions, links, producer, settings.topic(EMAIL_JOBS),
+                            app.state.metrics_registry)
+    app.state.campaigns, app.state.ledger, app.state.suppressions = repository, ledger, suppressions
+    app.state.unsubscribe_links = links
     app.state.destinations = DestinationRepository(db, box)
     app.state.fanout = FanOut(repository, store, recipients)
     app.state.trigger = OnEnterTrigger(settings.kafka_bootstrap, settings.topic(SEGMENT_MEMBERSHIP),
@@ -78,4 +87,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.health.add("onEnterTrigger", app.state.trigger.health)
     app.include_router(campaigns)
     app.include_router(destinations)
+    app.include_router(unsubscribe)
     return app

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +21,9 @@ from confluent_kafka import Consumer, KafkaException, Message
 from prometheus_client import CollectorRegistry, Counter
 
 from server.communication_api.repository import CampaignRepository, CampaignRow
-from server.communication_api.templates import MessageTemplate, RenderError
-from server.domain.email import EmailJob
+from server.communication_api.templates import MessageTemplate, RenderedMail, RenderError
+from server.communication_api.unsubscribe import UnsubscribeLinks
+from server.domain.email import EmailJob, normalized_address, zone
 from server.domain.pipeline import MembershipOutput, membership_record
 from server.runtime.health import ComponentHealth
 from server.runtime.metrics import register_metric_name
@@ -30,11 +32,13 @@ from server.stores.kafka import AsyncProducer, group_consumer_config
 from server.stores.outages import DEPENDENCY_OUTAGES
 from server.stores.profile_store import ProfileStore
 from server.stores.records import RejectedRecords, value_read_by
+from server.stores.suppressions import SuppressionList, SuppressionReason
 
 log = logging.getLogger("campaigns")
 AUDIENCE_PAGE = 500
 OPT_OUT_TRAIT = "emailOptOut"
 EMAIL_TRAIT = "email"
+TIMEZONE_TRAIT = "timezone"
 JOBS_QUEUED = register_metric_name("am_campaign_jobs_queued_total")
 RECIPIENTS_SKIPPED = register_metric_name("am_campaign_recipients_skipped_total")
 RECORDS_REJECTED = register_metric_name("am_on_enter_records_rejected_total")
@@ -44,52 +48,98 @@ def _opted_out(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "yes", "1"))
 
 
+def address_of(profile: Mapping[str, Any] | None) -> str | None:
+    """The profile's email trait when it looks like an address."""
+    address = ((profile or {}).get("traits") or {}).get(EMAIL_TRAIT)
+    return address.strip() if isinstance(address, str) and "@" in address else None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """For one recipient: the delivery row to record, the mail when it is queued, and a suppression to add."""
+
+    entry: DeliveryEntry
+    mail: RenderedMail | None = None
+    suppress: SuppressionReason | None = None
+
+
 def delivery_for(template: MessageTemplate, user_id: str, profile: Mapping[str, Any] | None,
-                 ) -> tuple[DeliveryEntry, tuple[str, str] | None]:
-    """What to do for one recipient: skip (opted out, no address), fail (template), or queue a message."""
+                 suppressed: Mapping[str, SuppressionReason] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> Decision:
+    """What to do for one recipient: skip (suppressed, opted out, no address), fail (template), or queue a mail.
+    `suppressed` holds the page's suppressed addresses (normalized); `extra` names of the mail itself."""
     traits = (profile or {}).get("traits") or {}
-    address = traits.get(EMAIL_TRAIT)
-    email = address.strip() if isinstance(address, str) and "@" in address else None
+    email = address_of(profile)
+    known = (suppressed or {}).get(normalized_address(email)) if email else None
+    if known is not None:
+        return Decision(DeliveryEntry(user_id, email, DeliveryStatus.SKIPPED, known.skip_reason))
     if _opted_out(traits.get(OPT_OUT_TRAIT)):
-        return DeliveryEntry(user_id, email, DeliveryStatus.SKIPPED, f"opted out ({OPT_OUT_TRAIT})"), None
+        opted_out = SuppressionReason.OPTED_OUT
+        return Decision(DeliveryEntry(user_id, email, DeliveryStatus.SKIPPED, opted_out.skip_reason),
+                        suppress=opted_out if email else None)
     if email is None:
-        return DeliveryEntry(user_id, None, DeliveryStatus.SKIPPED, f"no email address (trait '{EMAIL_TRAIT}')"), None
+        reason = f"no email address (trait '{EMAIL_TRAIT}')"
+        return Decision(DeliveryEntry(user_id, None, DeliveryStatus.SKIPPED, reason))
     try:
-        message = template.render(profile or {"userId": user_id})
+        mail = template.render(profile or {"userId": user_id}, extra)
     except RenderError as exc:
-        return DeliveryEntry(user_id, email, DeliveryStatus.FAILED, str(exc)), None
-    return DeliveryEntry(user_id, email, DeliveryStatus.QUEUED), message
+        return Decision(DeliveryEntry(user_id, email, DeliveryStatus.FAILED, str(exc)))
+    return Decision(DeliveryEntry(user_id, email, DeliveryStatus.QUEUED), mail)
+
+
+def _skip_label(decision: Decision, suppressed: Mapping[str, SuppressionReason]) -> str:
+    email = decision.entry.email
+    known = suppressed.get(normalized_address(email)) if email else None
+    if known is not None:
+        return known.value
+    return SuppressionReason.OPTED_OUT.value if decision.suppress else "no_email"
 
 
 class Recipients:
     """Renders, records and publishes the jobs of one campaign, a page of recipients at a time."""
 
-    def __init__(self, ledger: DeliveryLedger, producer: AsyncProducer, topic: str,
-                 registry: CollectorRegistry) -> None:
-        self.ledger, self.producer, self.topic = ledger, producer, topic
+    def __init__(self, ledger: DeliveryLedger, suppressions: SuppressionList, links: UnsubscribeLinks,
+                 producer: AsyncProducer, topic: str, registry: CollectorRegistry) -> None:
+        self.ledger, self.suppressions, self.links, self.producer, self.topic = (
+            ledger, suppressions, links, producer, topic)
         self.queued = Counter(JOBS_QUEUED.removesuffix("_total"), "Email jobs published on email-jobs",
                               ["trigger"], registry=registry)
-        self.skipped = Counter(RECIPIENTS_SKIPPED.removesuffix("_total"), "Recipients not sent to",
+        self.skipped = Counter(RECIPIENTS_SKIPPED.removesuffix("_total"), "Recipients not sent to at the fan-out",
                                ["reason"], registry=registry)
 
     async def queue(self, campaign: CampaignRow, profiles: Sequence[tuple[str, Mapping[str, Any] | None]]) -> int:
         """Queue jobs for `profiles` (user id, profile); returns how many jobs were published."""
-        template = MessageTemplate(campaign.subject, campaign.body)
-        decided = await asyncio.to_thread(lambda: [delivery_for(template, u, p) for u, p in profiles])
-        messages = {entry.user_id: (entry.email, message) for entry, message in decided if message is not None}
-        for entry, _ in decided:
-            if entry.status is DeliveryStatus.SKIPPED:
-                self.skipped.labels("opt_out" if entry.reason and "opted" in entry.reason else "no_email").inc()
-        to_publish = await self.ledger.record(campaign.id, [entry for entry, _ in decided])
+        template = MessageTemplate(campaign.subject, campaign.body, campaign.body_html)
+        suppressed = await self.suppressions.reasons([a for _, p in profiles if (a := address_of(p))])
+
+        def decide(user: str, profile: Mapping[str, Any] | None) -> tuple[Decision, str]:
+            url = self.links.url(campaign.id, user)
+            return delivery_for(template, user, profile, suppressed, {"unsubscribe_url": url}), url
+
+        decided = await asyncio.to_thread(lambda: [(u, p, *decide(u, p)) for u, p in profiles])
+        await self.suppressions.add_many([(d.entry.email, d.suppress, campaign.id, u) for u, _, d, _ in decided
+                                          if d.suppress is not None and d.entry.email is not None])
+        for _, _, decision, _ in decided:
+            if decision.entry.status is DeliveryStatus.SKIPPED:
+                self.skipped.labels(_skip_label(decision, suppressed)).inc()
+        to_publish = set(await self.ledger.record(campaign.id, [d.entry for _, _, d, _ in decided]))
         now = datetime.now(UTC)
-        jobs = [EmailJob(campaign.id, user, str(messages[user][0]), *messages[user][1], queued_at=now)
-                for user in to_publish if user in messages]
+        jobs = [EmailJob(campaign.id, user, str(d.entry.email), d.mail.subject, d.mail.body, queued_at=now,
+                         body_html=d.mail.body_html, unsubscribe_url=url,
+                         unsubscribe_mailto=self.links.mailto(campaign.id, user), timezone=_timezone_of(profile))
+                for user, profile, d, url in decided if d.mail is not None and user in to_publish]
         failures = await self.producer.send_many(self.topic, [(job.user_id, _encode(job)) for job in jobs])
         failed = next((f for f in failures if f is not None), None)
         if failed is not None:  # their rows stay queued: a retried fan-out publishes them again
             raise failed
         self.queued.labels(campaign.trigger).inc(len(jobs))
         return len(jobs)
+
+
+def _timezone_of(profile: Mapping[str, Any] | None) -> str | None:
+    """The recipient's `timezone` trait when it names an IANA zone (quiet hours use the campaign's otherwise)."""
+    value = ((profile or {}).get("traits") or {}).get(TIMEZONE_TRAIT)
+    return value if isinstance(value, str) and zone(value) is not None else None
 
 
 def _encode(job: EmailJob) -> bytes:
@@ -136,7 +186,7 @@ class FanOut:
             if not await self.campaigns.still_sending(campaign.id):
                 log.info("campaign %s cancelled during fan-out after %d recipients", campaign.id, audience)
                 return
-        await self.campaigns.finish_fanout(campaign.id, "QUEUED", audience)
+        await self.campaigns.finish_fanout(campaign.id, audience)
         log.info("campaign %s: %d recipients, %d jobs queued in %.2f s", campaign.id, audience, queued,
                  time.monotonic() - started)
 

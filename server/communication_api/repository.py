@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from psycopg.rows import dict_row
 
+from server.domain.email import FrequencyCap, QuietHours
 from server.runtime.errors import Conflict, NotFound
+from server.stores.deliveries import NOTHING_PENDING
 from server.stores.postgres import Database
 
-_COLUMNS = ("id::text AS id, name, segment_id::text AS segment_id, channel, subject, body, trigger, send_at, status,"
-            " audience_size, error, created_at, updated_at")
+_COLUMNS = ("id::text AS id, name, segment_id::text AS segment_id, channel, subject, body, body_html, trigger, send_at,"
+            " status, audience_size, error, frequency_cap_max, frequency_cap_within, quiet_start, quiet_end,"
+            " quiet_timezone, fanned_out_at, completed_at, created_at, updated_at")
+
 _FIND_FILTER = ("(%(status)s::text IS NULL OR status = %(status)s)"
                 " AND (%(segment)s::uuid IS NULL OR segment_id = %(segment)s)")
 # A fan-out whose dispatcher has not reported progress for this long is taken over (crash, restart).
@@ -28,13 +32,48 @@ class CampaignRow:
     channel: str
     subject: str
     body: str
+    body_html: str | None
     trigger: str  # now | at | on_enter
     send_at: datetime | None
-    status: str  # SCHEDULED | SENDING | QUEUED | ACTIVE | CANCELLED | FAILED
+    status: str  # SCHEDULED | SENDING | COMPLETED | ACTIVE | CANCELLED | FAILED
     audience_size: int | None
     error: str | None
+    frequency_cap_max: int | None
+    frequency_cap_within: timedelta | None
+    quiet_start: time | None
+    quiet_end: time | None
+    quiet_timezone: str | None
+    fanned_out_at: datetime | None  # every recipient is recorded (and queued); deliveries may still be under way
+    completed_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def frequency_cap(self) -> FrequencyCap | None:
+        if self.frequency_cap_max is None or self.frequency_cap_within is None:
+            return None
+        return FrequencyCap(self.frequency_cap_max, self.frequency_cap_within)
+
+    @property
+    def quiet_hours(self) -> QuietHours | None:
+        if self.quiet_start is None or self.quiet_end is None:
+            return None
+        return QuietHours(self.quiet_start, self.quiet_end, self.quiet_timezone or "UTC")
+
+
+@dataclass(frozen=True)
+class CampaignDraft:
+    """A campaign as it is created: what to send, to whom, when, and the sending rules that apply to it."""
+
+    name: str
+    segment_id: str
+    subject: str
+    body: str
+    body_html: str | None
+    trigger: str
+    send_at: datetime | None
+    frequency_cap: FrequencyCap | None
+    quiet_hours: QuietHours | None
 
 
 def _uuid(value: str, what: str) -> uuid.UUID:
@@ -58,13 +97,16 @@ class CampaignRepository:
             raise NotFound(f"no segment with id '{segment_id}'")
         return str(row[0])
 
-    async def create(self, name: str, segment_id: str, subject: str, body: str, trigger: str,
-                     send_at: datetime | None) -> CampaignRow:
-        status = "ACTIVE" if trigger == "on_enter" else "SCHEDULED"
+    async def create(self, draft: CampaignDraft) -> CampaignRow:
+        status = "ACTIVE" if draft.trigger == "on_enter" else "SCHEDULED"
+        cap, quiet = draft.frequency_cap, draft.quiet_hours
         return await self._one(
-            f"INSERT INTO campaigns (id, name, segment_id, subject, body, trigger, send_at, status)"
-            f" VALUES (%s, %s, %s, %s, %s, %s, COALESCE(%s, now()), %s) RETURNING {_COLUMNS}",
-            (uuid.uuid4(), name, segment_id, subject, body, trigger, send_at, status),
+            "INSERT INTO campaigns (id, name, segment_id, subject, body, body_html, trigger, send_at, status,"
+            " frequency_cap_max, frequency_cap_within, quiet_start, quiet_end, quiet_timezone)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, COALESCE(%s, now()), %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+            (uuid.uuid4(), draft.name, draft.segment_id, draft.subject, draft.body, draft.body_html, draft.trigger,
+             draft.send_at, status, cap.max if cap else None, cap.within if cap else None,
+             quiet.start if quiet else None, quiet.end if quiet else None, quiet.timezone if quiet else None),
         )
 
     async def get(self, campaign_id: str) -> CampaignRow:
@@ -103,7 +145,7 @@ class CampaignRepository:
         return await self._maybe(
             f"UPDATE campaigns SET status = 'SENDING', updated_at = now() WHERE id = ("
             f" SELECT id FROM campaigns WHERE (status = 'SCHEDULED' AND send_at <= now())"
-            f" OR (status = 'SENDING' AND updated_at < now() - make_interval(secs => %s))"
+            f" OR (status = 'SENDING' AND fanned_out_at IS NULL AND updated_at < now() - make_interval(secs => %s))"
             f" ORDER BY send_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
             (DISPATCH_LEASE_S,),
         )
@@ -115,13 +157,16 @@ class CampaignRepository:
                                      (campaign_id,))
             return cur.rowcount == 1
 
-    async def finish_fanout(self, campaign_id: str, status: str, audience_size: int | None,
-                            error: str | None = None) -> None:
+    async def finish_fanout(self, campaign_id: str, audience_size: int) -> None:
+        """Every recipient is recorded: the campaign stays SENDING until each has an outcome, and is COMPLETED
+        at once when none is pending (all skipped, say). The worker completes it after the last delivery."""
         async with self.db.connection() as conn:
             await conn.execute(
-                "UPDATE campaigns SET status = %s, audience_size = %s, error = %s, updated_at = now()"
+                "UPDATE campaigns SET audience_size = %s, fanned_out_at = now(), updated_at = now(),"
+                f" status = CASE WHEN {NOTHING_PENDING} THEN 'COMPLETED' ELSE status END,"
+                f" completed_at = CASE WHEN {NOTHING_PENDING} THEN now() END"
                 " WHERE id = %s AND status = 'SENDING'",
-                (status, audience_size, error, campaign_id),
+                (audience_size, campaign_id),
             )
 
     async def active_on_enter(self) -> dict[str, list[CampaignRow]]:

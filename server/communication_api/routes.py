@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from server.communication_api.dispatch import FanOut, OnEnterTrigger
-from server.communication_api.repository import CampaignRepository, CampaignRow
+from server.communication_api.repository import CampaignDraft, CampaignRepository, CampaignRow
 from server.communication_api.schemas import (
     CampaignCreate,
     CampaignPage,
@@ -18,10 +18,14 @@ from server.communication_api.schemas import (
     DeliveryCounts,
     DeliveryPage,
     DeliveryPublic,
+    FrequencyCapIn,
     MessageTemplateIn,
+    QuietHoursIn,
     ScheduleAt,
 )
 from server.communication_api.templates import RenderError, validate
+from server.domain.email import FrequencyCap
+from server.domain.timeutil import format_duration
 from server.runtime.errors import InvalidInput
 from server.runtime.fields import ID_PATTERN, MAX_ID_CHARS, MAX_OFFSET
 from server.runtime.routing import StorableRoute
@@ -56,39 +60,55 @@ campaigns = APIRouter(prefix="/api/campaigns", tags=["campaigns"], route_class=S
 
 
 def public(row: CampaignRow, counts: dict[str, int]) -> CampaignPublic:
+    cap, quiet = row.frequency_cap, row.quiet_hours
     return CampaignPublic(
         id=row.id, name=row.name, segment_id=row.segment_id, channel=Channel(row.channel),
-        template=MessageTemplateIn(subject=row.subject, body=row.body), schedule=row.trigger, send_at=row.send_at,
-        status=CampaignStatus(row.status), audience_size=row.audience_size,
+        template=MessageTemplateIn(subject=row.subject, body=row.body, body_html=row.body_html),
+        schedule=row.trigger, send_at=row.send_at, status=CampaignStatus(row.status), audience_size=row.audience_size,
+        frequency_cap=FrequencyCapIn(max=cap.max, within=format_duration(cap.within)) if cap else None,
+        quiet_hours=QuietHoursIn(start=quiet.start.strftime("%H:%M"), end=quiet.end.strftime("%H:%M"),
+                                 timezone=quiet.timezone) if quiet else None,
         counts=DeliveryCounts(queued=counts["queued"] + counts["sending"], sent=counts["sent"],
-                              failed=counts["failed"], skipped=counts["skipped"], cancelled=counts["cancelled"]),
-        error=row.error, created_at=row.created_at, updated_at=row.updated_at,
+                              failed=counts["failed"], skipped=counts["skipped"], deferred=counts["deferred"],
+                              cancelled=counts["cancelled"]),
+        error=row.error, created_at=row.created_at, updated_at=row.updated_at, completed_at=row.completed_at,
     )
 
 
 def _checked_template(body: CampaignCreate) -> None:
+    template = body.template
     try:
-        validate(body.template.subject, body.template.body)
+        validate(template.subject, template.body, template.body_html)
     except RenderError as exc:
-        part = "subject" if str(exc).startswith("template.subject") else "body"
+        part = str(exc).removeprefix("template.").split(":")[0]
         raise InvalidInput(str(exc), [(["body", "template", part], str(exc))]) from None
+
+
+def _draft(body: CampaignCreate, send_at: datetime | None, default_cap: FrequencyCap | None) -> CampaignDraft:
+    # an absent frequencyCap takes the installation's default; an explicit null means none
+    cap = body.frequency_cap.cap() if body.frequency_cap else None
+    if "frequency_cap" not in body.model_fields_set:
+        cap = default_cap
+    trigger = "at" if send_at is not None else str(body.schedule)
+    return CampaignDraft(body.name, body.segment_id, body.template.subject, body.template.body,
+                         body.template.body_html, trigger, send_at, cap,
+                         body.quiet_hours.hours() if body.quiet_hours else None)
 
 
 @campaigns.post("", status_code=status.HTTP_201_CREATED, response_model=CampaignPublic,
                 summary="Create a campaign: send now, at a time, or whenever a user enters the segment",
                 responses={404: {"description": "Unknown segment"},
                            422: {"description": "Invalid template or schedule, with its path"}})
-async def create_campaign(body: CampaignCreate, repo: Campaigns, fanout: Dispatcher, trigger: Trigger,
-                          response: Response) -> CampaignPublic:
+async def create_campaign(body: CampaignCreate, request: Request, repo: Campaigns, fanout: Dispatcher,
+                          trigger: Trigger, response: Response) -> CampaignPublic:
     _checked_template(body)
     send_at = body.schedule.at if isinstance(body.schedule, ScheduleAt) else None
     if send_at is not None and send_at < datetime.now(UTC) - PAST_TOLERANCE:
         raise InvalidInput("schedule.at is in the past", [(["body", "schedule", "at"], "in the past")])
+    fanout.recipients.links.require()  # 503 saying what to set: no mail goes out without its unsubscribe link
     await repo.segment_name(body.segment_id)  # 404 for an unknown segment
-    trigger_name = "at" if send_at is not None else str(body.schedule)
-    row = await repo.create(body.name, body.segment_id, body.template.subject, body.template.body,
-                            trigger_name, send_at)
-    fanout.wake() if trigger_name != "on_enter" else trigger.refresh()
+    row = await repo.create(_draft(body, send_at, request.app.state.settings.default_frequency_cap))
+    fanout.wake() if row.trigger != "on_enter" else trigger.refresh()
     response.headers["Location"] = f"/api/campaigns/{row.id}"
     return public(row, {s.value: 0 for s in DeliveryStatus})
 

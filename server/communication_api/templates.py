@@ -2,7 +2,9 @@
 
 A template sees the recipient's profile: `userId`, `traits` (also each trait by name, so
 `{{ firstName }}` works), `totalSpent`, `purchaseCount`, `eventCount`, `firstSeen`, `lastSeen`,
-`eventCounts`. Unknown names render empty (`{{ nickname | default("there") }}` for a fallback).
+`eventCounts`, and `unsubscribe_url` (the mail's one-click link). The HTML body (`bodyHtml`) is
+rendered with autoescaping: a trait's `<` arrives as `&lt;`. Unknown names render empty
+(`{{ nickname | default("there") }}` for a fallback).
 The sandbox refuses attribute escapes (`__class__`, `mro`, …) and mutation; `range` is capped and
 every loop step over it and every chunk of output checks the deadline, so no template can hold
 the dispatcher for long or produce an oversized mail.
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import ChainableUndefined, TemplateError
+from jinja2 import ChainableUndefined, Template, TemplateError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -30,6 +32,7 @@ SAMPLE_PROFILE: dict[str, Any] = {
     "purchaseCount": 2, "eventCount": 5, "firstSeen": "2026-01-01T00:00:00Z", "lastSeen": "2026-01-02T00:00:00Z",
     "eventCounts": {"purchase": 2, "page_view": 3},
 }
+SAMPLE_EXTRA: dict[str, Any] = {"unsubscribe_url": "http://127.0.0.1:30083/unsubscribe/sample-token"}
 
 
 class RenderError(ValueError):
@@ -50,8 +53,8 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "%"})
 
-    def __init__(self) -> None:
-        super().__init__(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=True)
+    def __init__(self, autoescape: bool) -> None:
+        super().__init__(undefined=ChainableUndefined, autoescape=autoescape, keep_trailing_newline=True)
         self.globals.pop("lipsum", None)
         for name in ("center", "indent", "wordwrap", "truncate", "format"):
             self.filters[name] = _capped(self.filters[name])
@@ -94,7 +97,8 @@ def _capped(filter_: Callable[..., Any]) -> Callable[..., Any]:
     return capped
 
 
-_ENV = _Environment()
+_ENV = _Environment(autoescape=False)
+_HTML_ENV = _Environment(autoescape=True)  # a trait value is text, never markup: `<` arrives as &lt;
 
 
 def template_context(profile: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,30 +108,32 @@ def template_context(profile: Mapping[str, Any]) -> dict[str, Any]:
     return {**(traits if isinstance(traits, Mapping) else {}), **fields}
 
 
-class MessageTemplate:
-    """A parsed subject + body pair; `render(profile)` gives (subject, body) or raises RenderError."""
+@dataclass(frozen=True, slots=True)
+class RenderedMail:
+    subject: str
+    body: str
+    body_html: str | None = None
 
-    def __init__(self, subject: str, body: str) -> None:
-        problems = []
-        for name, source in (("subject", subject), ("body", body)):
-            if len(source) > MAX_TEMPLATE_CHARS:
-                problems.append(f"template.{name}: longer than {MAX_TEMPLATE_CHARS} characters")
+
+class MessageTemplate:
+    """A parsed subject, text body and optional HTML body; `render(profile)` gives a RenderedMail or
+    raises RenderError naming the part (`template.bodyHtml: …`)."""
+
+    def __init__(self, subject: str, body: str, body_html: str | None = None) -> None:
+        sources = {"subject": subject, "body": body, **({"bodyHtml": body_html} if body_html is not None else {})}
+        problems = [f"template.{name}: longer than {MAX_TEMPLATE_CHARS} characters"
+                    for name, source in sources.items() if len(source) > MAX_TEMPLATE_CHARS]
         if problems:
             raise RenderError("; ".join(problems))
-        try:
-            self._subject = _ENV.from_string(subject)
-        except TemplateError as exc:
-            raise RenderError(f"template.subject: {_describe(exc)}") from None
-        try:
-            self._body = _ENV.from_string(body)
-        except TemplateError as exc:
-            raise RenderError(f"template.body: {_describe(exc)}") from None
+        self._parts = {name: _parse(name, source, _HTML_ENV if name == "bodyHtml" else _ENV)
+                       for name, source in sources.items()}
 
-    def render(self, profile: Mapping[str, Any]) -> tuple[str, str]:
+    def render(self, profile: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> RenderedMail:
+        """`extra` adds names of the mail itself, such as `unsubscribe_url`, over the profile's."""
         budget = _Budget(time.monotonic() + RENDER_BUDGET_S)
-        context = {**template_context(profile), "range": _bounded_range(budget)}
-        subject = " ".join(self._render("subject", self._subject.generate(context), budget).split())
-        return subject, self._render("body", self._body.generate(context), budget)
+        context = {**template_context(profile), **(extra or {}), "range": _bounded_range(budget)}
+        rendered = {name: self._render(name, part.generate(context), budget) for name, part in self._parts.items()}
+        return RenderedMail(" ".join(rendered["subject"].split()), rendered["body"], rendered.get("bodyHtml"))
 
     @staticmethod
     def _render(part: str, chunks: Iterator[str], budget: _Budget) -> str:
@@ -148,6 +154,13 @@ class MessageTemplate:
         return "".join(out)
 
 
+def _parse(name: str, source: str, env: _Environment) -> Template:
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        raise RenderError(f"template.{name}: {_describe(exc)}") from None
+
+
 def _bounded_range(budget: _Budget) -> Any:
     def bounded(*args: int) -> Iterator[int]:
         values = range(*args)
@@ -165,8 +178,8 @@ def _describe(exc: Exception) -> str:
     return f"line {line}: {exc}" if line else str(exc) or type(exc).__name__
 
 
-def validate(subject: str, body: str) -> MessageTemplate:
+def validate(subject: str, body: str, body_html: str | None = None) -> MessageTemplate:
     """Parse and render once against a sample profile, so a broken template fails at creation."""
-    template = MessageTemplate(subject, body)
-    template.render(SAMPLE_PROFILE)
+    template = MessageTemplate(subject, body, body_html)
+    template.render(SAMPLE_PROFILE, SAMPLE_EXTRA)
     return template

@@ -16,6 +16,7 @@ from server.runtime.settings import ServiceSettings
 from server.stores.deliveries import DeliveryLedger
 from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.postgres import Database
+from server.stores.suppressions import SuppressionList
 
 log = logging.getLogger("email-worker")
 
@@ -35,6 +36,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await asyncio.wait_for(task, timeout=settings.smtp_timeout_s + 5)
         except (TimeoutError, asyncio.CancelledError):
             log.warning("the worker did not stop in time; mails it had claimed will be reported in doubt")
+        sender.close()
         producer.close()
         await db.close()
 
@@ -45,7 +47,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         settings=settings,
         lifespan=lifespan,
     )
-    app.state.worker = EmailWorker(settings, DeliveryLedger(db), sender, producer, app.state.metrics_registry)
+    app.state.worker = EmailWorker(settings, DeliveryLedger(db), SuppressionList(db), sender, producer,
+                                   app.state.metrics_registry)
     app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))
     app.state.health.add("worker", app.state.worker.health)

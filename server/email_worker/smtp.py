@@ -10,11 +10,12 @@ from server.domain.email import EmailJob
 
 
 class DeliveryFailed(Exception):
-    """The mail was not delivered; `permanent` says whether retrying could help."""
+    """The mail was not delivered; `permanent` says whether retrying could help, `hard_bounce` whether the
+    address itself was refused for good (it is then suppressed)."""
 
-    def __init__(self, message: str, permanent: bool) -> None:
+    def __init__(self, message: str, permanent: bool, hard_bounce: bool = False) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent, self.hard_bounce = permanent, hard_bounce
 
 
 def build_message(job: EmailJob, sender: str) -> EmailMessage:
@@ -37,6 +38,9 @@ class SmtpSender:
     def __init__(self, host: str, port: int, timeout_s: float, sender: str) -> None:
         self.host, self.port, self.timeout_s, self.sender = host, port, timeout_s, sender
 
+    def close(self) -> None:
+        """Close the connections kept open (none yet: one connection per mail)."""
+
     def send(self, job: EmailJob) -> None:
         message = build_message(job, self.sender)
         try:
@@ -44,7 +48,8 @@ class SmtpSender:
                 client.send_message(message)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
-            raise DeliveryFailed(f"recipient refused: {exc.recipients}", all(c >= 500 for c in codes)) from None
+            permanent = all(c >= 500 for c in codes)
+            raise DeliveryFailed(f"recipient refused: {exc.recipients}", permanent, hard_bounce=permanent) from None
         except smtplib.SMTPResponseException as exc:
             text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
             raise DeliveryFailed(f"SMTP {exc.smtp_code}: {text}", exc.smtp_code >= 500) from None

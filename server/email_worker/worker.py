@@ -2,8 +2,10 @@
 
 Each job is sent at most once (see `server.stores.deliveries`). Transient failures (SMTP server
 down, 4xx) are retried with exponential backoff up to `email_max_attempts`; permanent ones (5xx)
-and exhausted retries mark the delivery failed and copy the job to `email-jobs-dead-letter`.
-Offsets are committed once every job of a batch has reached an outcome.
+and exhausted retries mark the delivery failed and copy the job to `email-jobs-dead-letter`. A
+permanent refusal of the recipient (a hard bounce) also suppresses the address.
+Offsets are committed once every job of a batch has reached an outcome; a deferred job (quiet hours) has
+one too: the ledger keeps it, and the sweep publishes it again when the recipient's quiet hours end.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from datetime import UTC, datetime
 
 import psycopg
 from confluent_kafka import Consumer, KafkaException, Message
@@ -27,6 +30,7 @@ from server.runtime.metrics import LATENCY_BUCKETS, register_metric_name
 from server.runtime.settings import ServiceSettings
 from server.stores.deliveries import ClaimResult, DeliveryLedger, DeliveryStatus
 from server.stores.kafka import AsyncProducer, group_consumer_config
+from server.stores.suppressions import SuppressionList, SuppressionReason
 from server.stores.topics import EMAIL_DEAD_LETTERS, EMAIL_JOBS
 
 log = logging.getLogger("email-worker")
@@ -37,9 +41,10 @@ STORE_ERRORS = (DependencyUnavailable, psycopg.OperationalError, PoolTimeout)
 
 
 class EmailWorker:
-    def __init__(self, settings: ServiceSettings, ledger: DeliveryLedger, sender: SmtpSender,
-                 producer: AsyncProducer, registry: CollectorRegistry) -> None:
-        self.settings, self.ledger, self.sender, self.producer = settings, ledger, sender, producer
+    def __init__(self, settings: ServiceSettings, ledger: DeliveryLedger, suppressions: SuppressionList,
+                 sender: SmtpSender, producer: AsyncProducer, registry: CollectorRegistry) -> None:
+        self.settings, self.ledger, self.suppressions, self.sender, self.producer = (
+            settings, ledger, suppressions, sender, producer)
         self.dead_letter_topic = settings.topic(EMAIL_DEAD_LETTERS)
         self.topic = settings.topic(EMAIL_JOBS)
         # the consumer is made by `run`: a worker that is built but never run holds no client
@@ -84,6 +89,19 @@ class EmailWorker:
             if expired:
                 self.outcomes.labels("in_doubt").inc(expired)
                 log.warning("%d deliveries were claimed by a worker that stopped; marked failed (in doubt)", expired)
+            await self.ledger.complete_finished()
+            await self._publish_due_deferred()
+
+    async def _publish_due_deferred(self) -> None:
+        """Jobs whose quiet hours have ended go back on email-jobs (a failed publish is retried next sweep)."""
+        due = await self.ledger.due_deferred(datetime.now(UTC))
+        if not due:
+            return
+        failures = await self.producer.send_many(self.topic, [(j.user_id, json.dumps(j.to_json()).encode())
+                                                              for j in due])
+        published = sum(1 for f in failures if f is None)
+        self.outcomes.labels("resumed").inc(published)
+        log.info("%d deferred mails published again after quiet hours (%d failed)", published, len(due) - published)
 
     async def _handle(self, message: Message) -> bool:
         """Bring one job to an outcome; False when stopping left it queued for the next worker."""
@@ -111,7 +129,7 @@ class EmailWorker:
     async def deliver(self, job: EmailJob) -> bool:
         """Claim, send with retries, record the outcome; False if stopping cut the retries short."""
         while True:
-            claim = await self.ledger.claim(job.campaign_id, job.user_id)
+            claim = await self.ledger.claim(job)
             if claim.result is not ClaimResult.SEND:
                 self.outcomes.labels(claim.result.value).inc()
                 return True
@@ -122,6 +140,9 @@ class EmailWorker:
             except DeliveryFailed as exc:
                 if exc.permanent or claim.attempts >= self.settings.email_max_attempts:
                     reason = f"{exc} (after {claim.attempts} attempt{'s' if claim.attempts > 1 else ''})"
+                    if exc.hard_bounce:  # before the outcome: the campaign may complete with it
+                        await self.suppressions.add(job.to, SuppressionReason.HARD_BOUNCE, job.campaign_id,
+                                                    job.user_id, str(exc))
                     await self.ledger.finish(job.campaign_id, job.user_id, DeliveryStatus.FAILED, reason)
                     self.outcomes.labels("failed").inc()
                     await self._dead_letter(job.user_id.encode(), json.dumps(job.to_json()).encode(), reason)

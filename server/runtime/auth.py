@@ -2,8 +2,8 @@
 
 What an operation needs: GET/HEAD = read, any other method = write, unless the route says
 otherwise with `openapi_extra={REQUIRED_SCOPE: "admin"}` (shown in the OpenAPI document).
-`/actuator/health`, `/metrics` and the API docs are always open. On Kubernetes the APIs refuse
-to start without keys (`require_api_keys`), unless AM_ALLOW_ANONYMOUS opts out on purpose.
+`/actuator/health`, `/metrics`, the API docs and the unsubscribe link are always open. On Kubernetes
+the APIs refuse to start without keys (`require_api_keys`), unless AM_ALLOW_ANONYMOUS opts out on purpose.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from server.runtime.settings import Environment, ServiceSettings
 
 API_KEY_HEADER = "X-API-Key"
 REQUIRED_SCOPE = "x-required-scope"
-OPEN_PATHS = frozenset({"/actuator/health"})
+# the one-click unsubscribe link: recipients follow it from a mail, with no key (its token is the credential)
+OPEN_PATHS = frozenset({"/actuator/health", "/unsubscribe/{token}"})
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 log = logging.getLogger("server.auth")
 

@@ -9,6 +9,7 @@ from psycopg.conninfo import make_conninfo
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.domain.email import FrequencyCap
 from server.runtime.api_keys import read_api_keys
 
 PLACEHOLDER_PASSWORDS = frozenset({"", "postgres", "password", "changeme", "admin"})
@@ -50,6 +51,20 @@ class ServiceSettings(BaseSettings):
     email_retry_base_s: float = Field(default=0.5, description="First retry delay; doubles on every try")
     email_concurrency: int = Field(default=8, description="Mails sent at the same time")
     email_claim_lease_s: float = Field(default=120.0, description="A mail claimed longer ago is failed as in doubt")
+    email_frequency_cap_max: int | None = Field(default=None, ge=1, description="Default frequency cap of a "
+                                                "campaign that sets none: at most this many mails per address…")
+    email_frequency_cap_within: str = Field(default="P1D", description="…within this ISO-8601 duration")
+    email_unsubscribe_mailto: str = Field(default="unsubscribe@audience-manager.local", description="The "
+                                          "List-Unsubscribe mailto: address (its subject carries the token)")
+    public_base_url: str = Field(default="", description="Where recipients reach the Communication API (the "
+                                 "unsubscribe links); default: its own http://host:port")
+    smtp_pool_size: int = Field(default=8, ge=1, description="SMTP connections the worker keeps open and reuses")
+    smtp_pool_idle_s: float = Field(default=30.0, description="An SMTP connection idle longer is closed")
+    email_dkim_domain: str = Field(default="", description="DKIM signing domain (d=); signing is off while empty")
+    email_dkim_selector: str = Field(default="", description="DKIM selector (s=)")
+    email_dkim_private_key: SecretStr = Field(default=SecretStr(""), description="DKIM private key, PEM")
+    email_dkim_key_file: Path | None = Field(default=None, description="DKIM private key from a file "
+                                             "(a mounted Secret)")
     # Destinations (webhooks): the Communication API stores them, the delivery worker calls them
     secrets_key: SecretStr = Field(default=SecretStr(""), description="Key that seals destination secrets and "
                                    "headers in the database (Fernet, urlsafe base64 of 32 bytes); amctl sets it")
@@ -86,7 +101,23 @@ class ServiceSettings(BaseSettings):
         ):
             raise ValueError("AM_DATABASE_PASSWORD is unset or a placeholder; set it from the Kubernetes Secret")
         read_api_keys(self.api_keys.get_secret_value(), self.api_keys_file)  # refuse to start with a bad entry
+        try:
+            self.default_frequency_cap  # noqa: B018 -- refuse to start with a cap that cannot be read
+        except ValueError as exc:
+            raise ValueError(f"AM_EMAIL_FREQUENCY_CAP_WITHIN: {exc}") from None
         return self
+
+    @property
+    def default_frequency_cap(self) -> FrequencyCap | None:
+        """The cap of campaigns that set none (None: no default cap)."""
+        if self.email_frequency_cap_max is None:
+            return None
+        return FrequencyCap.parse(self.email_frequency_cap_max, self.email_frequency_cap_within)
+
+    @property
+    def unsubscribe_base_url(self) -> str:
+        """The Communication API as recipients reach it, without a trailing slash."""
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def blocks_private_destinations(self) -> bool:

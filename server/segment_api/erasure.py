@@ -31,6 +31,7 @@ from server.stores.kafka import AsyncProducer
 from server.stores.postgres import Database
 from server.stores.profile_store import ProfileStore
 from server.stores.records import encode
+from server.stores.suppressions import forget_suppressed_users
 from server.stores.topics import REEVALUATIONS
 
 ANONYMOUS_CALLER = "anonymous"  # `requested_by` when the API runs without keys
@@ -91,6 +92,7 @@ async def erase_user(user_id: UserIdPath, request: Request, store: Store, db: Db
             "INSERT INTO user_deletions (user_id_hash, requested_by, requested_at, aliases) VALUES (%s, %s, %s, %s)",
             (user_id_hash(canonical), caller_id(request) or ANONYMOUS_CALLER, now, len(aliases)))
         await erase_recipients(conn, [canonical, *aliases])
+        await forget_suppressed_users(conn, [canonical, *aliases])
         await erase_finished(conn, [canonical, *aliases])
         # DependencyUnavailable here rolls all of it back
         await producer.send(settings.topic(REEVALUATIONS), canonical, encode(ForgetRecord(canonical, now)))

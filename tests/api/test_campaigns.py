@@ -141,8 +141,8 @@ def test_campaign_mails_each_member_once_and_skips_opt_outs(
     cid = created["id"]
     eventually(lambda: counts(api, cid)["sent"] == 2, "two mails sent")
     body = api.get(f"/api/campaigns/{cid}").json()
-    assert body["status"] == "QUEUED" and body["audienceSize"] == 5
-    assert body["counts"] == {"queued": 0, "sent": 2, "failed": 0, "skipped": 3, "cancelled": 0}
+    assert body["status"] == "COMPLETED" and body["audienceSize"] == 5 and body["completedAt"]
+    assert body["counts"] == {"queued": 0, "sent": 2, "failed": 0, "skipped": 3, "deferred": 0, "cancelled": 0}
     mails = sink.mails(cid)
     assert sorted((m.rcpt_to[0], m.subject) for m in mails) == [
         ("ann@example.com", "Hello Ann"), ("bob@example.com", "Hello friend")]
@@ -275,11 +275,12 @@ def test_a_delivery_interrupted_mid_send_is_failed_in_doubt_not_resent(
         try:
             ledger = DeliveryLedger(db)
             queued = await ledger.record(cid, [DeliveryEntry("ann", "ann@example.com", DeliveryStatus.QUEUED)])
-            first = await ledger.claim(cid, "ann")  # ...and the worker dies here
+            job = EmailJob(cid, "ann", "ann@example.com", "s", "b", datetime.now(UTC))
+            first = await ledger.claim(job)  # ...and the worker dies here
             assert first.result is ClaimResult.SEND and first.attempts == 1
-            while_claimed = (await ledger.claim(cid, "ann")).result
+            while_claimed = (await ledger.claim(job)).result
             assert await ledger.expire_stale_claims(lease_s=0) == 1
-            after = (await ledger.claim(cid, "ann")).result
+            after = (await ledger.claim(job)).result
             again = await ledger.record(cid, [DeliveryEntry("ann", "ann@example.com", DeliveryStatus.QUEUED)])
             assert again == []  # a recorded recipient is never queued a second time
             return queued, while_claimed.value, after.value

@@ -385,12 +385,18 @@ def test_deliveries_counts_lag_pages_replay_and_delete(api: TestClient, receiver
 
 def test_without_a_secrets_key_destinations_say_what_to_set_and_the_rest_works(
         service_settings: ServiceSettings, receiver: Receiver, database_url: str) -> None:
-    with TestClient(communication_app(service_settings)) as api:
+    keyless = service_settings.model_copy(update={"secrets_key": SecretStr("")})
+    with TestClient(communication_app(keyless)) as api:
         response = api.post("/api/destinations", json={"name": "no key", "url": receiver.status_url()})
         assert response.status_code == 503 and "AM_SECRETS_KEY" in response.json()["detail"], response.text
         assert response.headers["retry-after"]
         assert api.get("/api/destinations").json()["total"] == 0
         assert api.get("/api/campaigns").status_code == 200
+        # a mail needs its signed unsubscribe link: campaigns are refused the same way, before anything is stored
+        campaign = api.post("/api/campaigns", json={"name": "c", "segmentId": str(uuid.uuid4()),
+                                                    "template": {"subject": "s", "body": "b"}})
+        assert campaign.status_code == 503 and "unsubscribe links" in campaign.json()["detail"], campaign.text
+    assert stored(database_url, "SELECT count(*) FROM campaigns") == [(0,)]
     assert stored(database_url, "SELECT count(*) FROM destinations") == [(0,)]
     malformed = "not-a-fernet-key-0123456789"
     with pytest.raises(ConfigurationError, match="AM_SECRETS_KEY") as refused:

@@ -72,7 +72,7 @@ def seed(settings: ServiceSettings) -> None:
     campaign, destination = str(uuid.uuid4()), str(uuid.uuid4())
     with psycopg.connect(settings.database_conninfo, autocommit=True) as conn:
         conn.execute("INSERT INTO campaigns (id, name, segment_id, subject, body, trigger, status)"
-                     " VALUES (%s, 'spring', %s, 'Hi', 'Thanks', 'now', 'QUEUED')", (campaign, SEGMENT))
+                     " VALUES (%s, 'spring', %s, 'Hi', 'Thanks', 'now', 'COMPLETED')", (campaign, SEGMENT))
         for user, email, status, reason in [
                 (ANN, ANN_EMAIL, "failed", f"550 recipient {ANN_EMAIL} refused"), (ANON, None, "skipped", "no email"),
                 (BEN, "ben@example.com", "sent", None)]:

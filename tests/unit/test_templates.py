@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from server.communication_api.dispatch import delivery_for
-from server.communication_api.templates import MessageTemplate, RenderError, validate
+from server.communication_api.templates import MessageTemplate, RenderedMail, RenderError, validate
 from server.stores.deliveries import DeliveryStatus
+from server.stores.suppressions import SuppressionReason
 
 pytestmark = pytest.mark.unit
 
@@ -23,11 +24,11 @@ PROFILE = {"userId": "u1", "traits": {"firstName": "Ann", "email": "ann@example.
     ("{{ '%05.1f' % totalSpent }}", "1500.0"),
 ])
 def test_profile_fields_render(body: str, expected: str) -> None:
-    assert MessageTemplate("s", body).render(PROFILE)[1] == expected
+    assert MessageTemplate("s", body).render(PROFILE).body == expected
 
 
 def test_subject_is_one_line() -> None:
-    assert MessageTemplate("Hi\n {{ firstName }}\n", "b").render(PROFILE)[0] == "Hi Ann"
+    assert MessageTemplate("Hi\n {{ firstName }}\n", "b").render(PROFILE).subject == "Hi Ann"
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -49,17 +50,36 @@ def test_the_sandbox_refuses(body: str, message: str) -> None:
     assert message in str(raised.value)
 
 
-def test_recipients_are_skipped_for_opt_out_or_no_address() -> None:
-    template = MessageTemplate("Hi {{ firstName }}", "b")
-    entry, message = delivery_for(template, "u1", PROFILE)
-    assert entry.status is DeliveryStatus.QUEUED and message == ("Hi Ann", "b")
-    for traits, reason in [({"email": "a@b.c", "emailOptOut": True}, "opted out"),
-                           ({"email": "a@b.c", "emailOptOut": "yes"}, "opted out"),
-                           ({"email": "not-an-address"}, "no email address"), ({}, "no email address")]:
-        entry, message = delivery_for(template, "u1", {"userId": "u1", "traits": traits})
-        assert entry.status is DeliveryStatus.SKIPPED and message is None and reason in str(entry.reason)
-    entry, message = delivery_for(template, "u1", None)
-    assert entry.status is DeliveryStatus.SKIPPED and message is None
+def test_recipients_are_skipped_when_suppressed_opted_out_or_without_an_address() -> None:
+    template = MessageTemplate("Hi {{ firstName }}", "b", "<p>{{ firstName }}</p>")
+    queued = delivery_for(template, "u1", PROFILE)
+    assert queued.entry.status is DeliveryStatus.QUEUED and queued.suppress is None
+    assert queued.mail == RenderedMail("Hi Ann", "b", "<p>Ann</p>")
+    for traits, reason, suppress in [
+            ({"email": "a@b.c", "emailOptOut": True}, "opted out", SuppressionReason.OPTED_OUT),
+            ({"email": "a@b.c", "emailOptOut": "yes"}, "opted out", SuppressionReason.OPTED_OUT),
+            ({"emailOptOut": True}, "opted out", None),  # nothing to put on the list without an address
+            ({"email": "not-an-address"}, "no email address", None), ({}, "no email address", None)]:
+        decision = delivery_for(template, "u1", {"userId": "u1", "traits": traits})
+        assert decision.entry.status is DeliveryStatus.SKIPPED and decision.mail is None
+        assert reason in str(decision.entry.reason) and decision.suppress is suppress
+    assert delivery_for(template, "u1", None).entry.status is DeliveryStatus.SKIPPED
+    # the page's suppressed addresses are matched as normalized: case and spaces do not get past the list
+    shouting = {"userId": "u1", "traits": {"email": " ANN@Example.com "}}
+    listed = delivery_for(template, "u1", shouting, {"ann@example.com": SuppressionReason.UNSUBSCRIBED})
+    assert listed.entry.status is DeliveryStatus.SKIPPED and listed.entry.reason == "unsubscribed"
     failing = MessageTemplate("s", "{{ 1 / traits.zero }}")
-    entry, message = delivery_for(failing, "u1", {"userId": "u1", "traits": {"email": "a@b.c", "zero": 0}})
-    assert entry.status is DeliveryStatus.FAILED and "division" in str(entry.reason)
+    failed = delivery_for(failing, "u1", {"userId": "u1", "traits": {"email": "a@b.c", "zero": 0}})
+    assert failed.entry.status is DeliveryStatus.FAILED and "division" in str(failed.entry.reason)
+
+
+def test_the_html_part_is_autoescaped_and_the_text_part_is_not() -> None:
+    profile = {"userId": "u1", "traits": {"firstName": "<b>Ann</b> & co"}}
+    html = "<p>{{ firstName }}</p><a href='{{ unsubscribe_url }}'>x</a>"
+    mail = MessageTemplate("{{ firstName }}", "{{ firstName }}", html).render(
+        profile, {"unsubscribe_url": "https://e.example/u/t?a=1&b=2"})
+    assert mail.subject == "<b>Ann</b> & co" and mail.body == "<b>Ann</b> & co"
+    assert mail.body_html == ("<p>&lt;b&gt;Ann&lt;/b&gt; &amp; co</p>"
+                              "<a href='https://e.example/u/t?a=1&amp;b=2'>x</a>")
+    with pytest.raises(RenderError, match=r"^template\.bodyHtml: "):
+        validate("s", "b", "{% if %}")
