@@ -124,7 +124,8 @@ def create(
 @app.command("list")
 def list_campaigns(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option(help="SCHEDULED, SENDING, COMPLETED, ACTIVE, CANCELLED or FAILED.")] = None,
+    status: Annotated[str | None, typer.Option(
+        help="SCHEDULED, SENDING, COMPLETED, ACTIVE, CANCELLED or FAILED.")] = None,
     segment_id: Annotated[str | None, typer.Option("--segment", help="Only this segment's campaigns.")] = None,
     limit: Annotated[int, typer.Option(help="Page size.")] = 50,
     offset: Annotated[int, typer.Option(help="Skip this many.")] = 0,

@@ -94,7 +94,8 @@ def zone(name: str | None) -> ZoneInfo | None:
 def parse_clock(text: str) -> time:
     """`21:00` → 21:00; ValueError for anything that is not HH:MM on a 24-hour clock."""
     hours, sep, minutes = text.partition(":")
-    if not (sep and len(hours) == 2 and len(minutes) == 2 and hours.isdigit() and minutes.isdigit()):
+    if not (sep and len(hours) == 2 and len(minutes) == 2 and hours.isdigit() and minutes.isdigit()
+            and int(hours) < 24 and int(minutes) < 60):
         raise ValueError(f"'{text}' is not a time of day as HH:MM")
     return time(int(hours), int(minutes))
 

@@ -8,64 +8,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from aiosmtpd.controller import Controller
 from confluent_kafka import Consumer, Producer, TopicPartition
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
-from amctl.local import processes
-from amctl.local.mail_sink import MailStore, ReceivedMail, read_mails
 from server.communication_api.app import create_app as communication_app
 from server.domain.email import EmailJob
 from server.email_worker.app import create_app as worker_app
 from server.runtime.settings import ServiceSettings
-from server.segment_api.app import create_app as segment_app
 from server.stores.deliveries import ClaimResult, DeliveryEntry, DeliveryLedger, DeliveryStatus
 from server.stores.postgres import Database
 from server.stores.topics import EMAIL_DEAD_LETTERS, EMAIL_JOBS, SEGMENT_MEMBERSHIP
+from tests.api.conftest import Sink
 
 pytestmark = pytest.mark.api
-
-
-class BouncingStore(MailStore):
-    """Refuses recipients at bounce.example permanently, like a real server's 550."""
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # the name aiosmtpd calls
-                          options: list[str]) -> str:
-        if address.endswith("@bounce.example"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-
-class Sink:
-    def __init__(self, path: Path, port: int) -> None:
-        self.path, self.port = path, port
-        self.controller: Controller | None = None
-
-    def start(self) -> None:
-        self.controller = Controller(BouncingStore(self.path), hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-
-    def mails(self, campaign_id: str) -> list[ReceivedMail]:
-        return read_mails(self.path, campaign_id)
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[Sink]:
-    sink = Sink(tmp_path / "mails.jsonl", processes.free_port())
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture
@@ -85,12 +45,6 @@ def worker(settings: ServiceSettings) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture
-def segments(settings: ServiceSettings) -> Iterator[TestClient]:
-    with TestClient(segment_app(settings)) as client:
-        yield client
-
-
 def put_profiles(database_url: str, profiles: dict[str, dict[str, Any]]) -> None:
     """Profiles as the rule engine writes them."""
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -107,11 +61,12 @@ def static_segment(segments: TestClient, members: list[str]) -> str:
     return sid
 
 
-def campaign(api: TestClient, segment_id: str, schedule: Any = "now", **template: str) -> dict[str, Any]:
-    body = {"name": f"c-{uuid.uuid4().hex[:6]}", "segmentId": segment_id, "channel": "EMAIL", "schedule": schedule,
-            "template": {"subject": template.get("subject", "Hello {{ firstName | default('friend') }}"),
-                         "body": template.get("body", "You spent ${{ totalSpent }}.")}}
-    response = api.post("/api/campaigns", json=body)
+def campaign(api: TestClient, segment_id: str, schedule: Any = "now", subject: str = "Hello {{ firstName | "
+             "default('friend') }}", body: str = "You spent ${{ totalSpent }}.", **fields: Any) -> dict[str, Any]:
+    """Create a campaign; `fields` are more of its body by their wire names (frequencyCap=…, quietHours=…)."""
+    request = {"name": f"c-{uuid.uuid4().hex[:6]}", "segmentId": segment_id, "channel": "EMAIL", "schedule": schedule,
+               "template": {"subject": subject, "body": body}, **fields}
+    response = api.post("/api/campaigns", json=request)
     assert response.status_code == 201, response.text
     return dict(response.json())
 
