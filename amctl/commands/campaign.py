@@ -50,14 +50,42 @@ def _schedule(value: str) -> Any:
     return {"at": at.isoformat()}
 
 
+def _frequency_cap(value: str | None, none: bool) -> dict[str, Any]:
+    """`--frequency-cap 2/P1D` → the request's frequencyCap; `--no-frequency-cap` → null (no default either)."""
+    if none and value is not None:
+        raise UsageError("give --frequency-cap or --no-frequency-cap, not both")
+    if none:
+        return {"frequencyCap": None}
+    if value is None:
+        return {}  # the installation's default cap applies
+    count, sep, within = value.partition("/")
+    if not (sep and count.isdigit()):
+        raise UsageError(f"--frequency-cap: '{value}' is not MAX/DURATION", hint="e.g. --frequency-cap 2/P1D")
+    return {"frequencyCap": {"max": int(count), "within": within}}
+
+
+def _quiet_hours(value: str | None, timezone: str) -> dict[str, Any]:
+    """`--quiet-hours 21:00-08:00` → the request's quietHours, in `timezone` for recipients without one."""
+    if value is None:
+        return {}
+    start, sep, end = value.partition("-")
+    if not sep:
+        raise UsageError(f"--quiet-hours: '{value}' is not START-END", hint="e.g. --quiet-hours 21:00-08:00")
+    return {"quietHours": {"start": start.strip(), "end": end.strip(), "timezone": timezone}}
+
+
 def show_campaign(app_: AppContext, campaign: dict[str, Any], json_output: bool) -> None:
     if json_output:
         app_.print_json(campaign)
         return
     table = Table(show_header=False, title=plain(campaign["name"]))
-    for key in ("id", "segmentId", "schedule", "sendAt", "status", "audienceSize", "createdAt"):
+    for key in ("id", "segmentId", "schedule", "sendAt", "status", "audienceSize", "createdAt", "completedAt"):
         add_row(table, key, str(campaign.get(key)))
     add_row(table, "subject", campaign["template"]["subject"])
+    add_row(table, "html part", "yes" if campaign["template"].get("bodyHtml") else "no")
+    cap, quiet = campaign.get("frequencyCap"), campaign.get("quietHours")
+    add_row(table, "frequency cap", f"{cap['max']} within {cap['within']}" if cap else "none")
+    add_row(table, "quiet hours", f"{quiet['start']}-{quiet['end']} ({quiet['timezone']})" if quiet else "none")
     counts = campaign["counts"]
     add_row(table, "deliveries", ", ".join(f"{k} {v}" for k, v in counts.items()))
     if campaign.get("error"):
@@ -73,7 +101,7 @@ def _done(campaign: dict[str, Any]) -> bool:
 
 def wait_for_delivery(app_: AppContext, client: CommunicationClient, campaign: dict[str, Any],
                       timeout_s: float) -> dict[str, Any]:
-    """Follow a scheduled campaign until every recipient has an outcome (sent, failed or skipped)."""
+    """Follow a scheduled campaign until it is COMPLETED (every recipient has an outcome), CANCELLED or FAILED."""
     deadline = time.monotonic() + timeout_s
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total}"),
                   TimeElapsedColumn(), console=app_.err, transient=True) as progress:
@@ -85,8 +113,9 @@ def wait_for_delivery(app_: AppContext, client: CommunicationClient, campaign: d
                                  hint=f"follow it with: amctl campaign get {campaign['id']}")
             counts = campaign["counts"]
             finished = counts["sent"] + counts["failed"] + counts["skipped"] + counts["cancelled"]
+            held = f", deferred {counts['deferred']} (quiet hours)" if counts.get("deferred") else ""
             progress.update(task, description=escape(f"{campaign['status'].lower()}: sent {counts['sent']}, "
-                                                     f"failed {counts['failed']}, skipped {counts['skipped']}"),
+                                                     f"failed {counts['failed']}, skipped {counts['skipped']}{held}"),
                             total=campaign["audienceSize"], completed=finished)
             time.sleep(0.25)
             campaign = client.get(campaign["id"])
@@ -102,16 +131,32 @@ def create(
     subject_file: Annotated[Path | None, typer.Option(help="Subject template from a file.")] = None,
     body: Annotated[str | None, typer.Option(help="Body template, e.g. 'Hi {{ firstName }}'.")] = None,
     body_file: Annotated[Path | None, typer.Option(help="Body template from a file.")] = None,
+    body_html: Annotated[str | None, typer.Option(help="An HTML part (autoescaped), e.g. '<p>Hi {{ firstName }}'.")
+                         ] = None,
+    body_html_file: Annotated[Path | None, typer.Option(help="The HTML part from a file.")] = None,
     schedule: Annotated[str, typer.Option(help="now, on_enter, or an ISO time with a zone.")] = "now",
+    frequency_cap: Annotated[str | None, typer.Option(
+        help="MAX/DURATION: skip recipients who already got MAX mails from any campaign within it, e.g. 2/P1D.")
+    ] = None,
+    no_frequency_cap: Annotated[bool, typer.Option("--no-frequency-cap",
+                                                   help="No cap, not even the installation's default.")] = False,
+    quiet_hours: Annotated[str | None, typer.Option(
+        help="START-END in the recipient's local time (their timezone trait), e.g. 21:00-08:00: mail waits.")
+    ] = None,
+    quiet_timezone: Annotated[str, typer.Option(help="Zone for recipients without a timezone trait.")] = "UTC",
     wait: Annotated[bool, typer.Option("--wait", help="Follow the campaign until every mail has an outcome.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 120.0,
     json_output: JsonOption = False,
 ) -> None:
     """Create a campaign: send to the segment's members now or at a time, or to each user who enters it."""
     with service_call(ctx, communication_client) as (app_, client):
+        template = {"subject": _template_part(subject, subject_file, "subject"),
+                    "body": _template_part(body, body_file, "body")}
+        if body_html is not None or body_html_file is not None:
+            template["bodyHtml"] = _template_part(body_html, body_html_file, "body-html")
         request = {"name": name, "segmentId": segment_id, "channel": "EMAIL", "schedule": _schedule(schedule),
-                   "template": {"subject": _template_part(subject, subject_file, "subject"),
-                                "body": _template_part(body, body_file, "body")}}
+                   "template": template, **_frequency_cap(frequency_cap, no_frequency_cap),
+                   **_quiet_hours(quiet_hours, quiet_timezone)}
         campaign = client.create(request)
         if wait and campaign["schedule"] == "now":
             campaign = wait_for_delivery(app_, client, campaign, timeout)
@@ -152,12 +197,19 @@ def get(
     ctx: typer.Context,
     campaign_id: str,
     deliveries: Annotated[str | None, typer.Option("--deliveries", help="Also list deliveries in this status "
-                                                   "(queued, sent, failed, skipped, cancelled) or 'all'.")] = None,
+                                                   "(queued, sent, failed, skipped, deferred, cancelled) or 'all'.")
+                          ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the campaign until it is COMPLETED.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 120.0,
     json_output: JsonOption = False,
 ) -> None:
     """Show a campaign, its counts and optionally its deliveries."""
     with service_call(ctx, communication_client) as (app_, client):
         campaign = client.get(campaign_id)
+        if wait and campaign["schedule"] != "on_enter":
+            campaign = wait_for_delivery(app_, client, campaign, timeout)
+        elif wait:
+            app_.err.print("--wait ignored: an on_enter campaign stays ACTIVE until it is cancelled", markup=False)
         if deliveries is not None:
             status = None if deliveries == "all" else deliveries
             campaign["deliveries"] = client.deliveries(campaign_id, status, 1000, None)["items"]

@@ -342,3 +342,26 @@ def test_segment_insights_from_the_command_line(services: dict[str, str]) -> Non
                     ["(missing)", "0", "0.0%"]]  # a value is shown as it is, never as markup; ties by JSON text
     bad = run("segment", "breakdown", a, "--trait", "no way", env=services)
     assert bad.returncode == 1 and "(HTTP 422)" in one_error(bad.stderr)
+
+
+def test_campaign_sending_rules_from_the_command_line(services: dict[str, str]) -> None:
+    segment_id = _static_segment(services, "rules-cli", ["nobody-with-a-profile"])
+    created = invoke("campaign", "create", "ruled", "--segment", segment_id, "--subject", "s", "--body", "b",
+                     "--body-html", "<p>{{ firstName }}</p>", "--frequency-cap", "2/P1D",
+                     "--quiet-hours", "21:00-08:00", "--quiet-timezone", "Europe/Paris", "--json", env=services)
+    assert created.exit_code == 0, created.output
+    campaign = json.loads(created.stdout)
+    assert campaign["frequencyCap"] == {"max": 2, "within": "P1D"} and campaign["template"]["bodyHtml"]
+    assert campaign["quietHours"] == {"start": "21:00", "end": "08:00", "timezone": "Europe/Paris"}
+    # its one recipient has no profile, so no address: skipped at the fan-out, and the campaign is done
+    done = invoke("campaign", "get", campaign["id"], "--wait", "--timeout", "30", "--json", env=services)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["status"] == "COMPLETED" and json.loads(done.stdout)["counts"]["skipped"] == 1
+    table = invoke("campaign", "get", campaign["id"], env=services)
+    assert "2 within P1D" in table.stdout and "21:00-08:00 (Europe/Paris)" in table.stdout
+    for args, message in ((["--frequency-cap", "two"], "MAX/DURATION"), (["--quiet-hours", "21:00"], "START-END"),
+                          (["--frequency-cap", "2/P1D", "--no-frequency-cap"], "not both"),
+                          (["--quiet-hours", "21:00-08:00", "--quiet-timezone", "Mars/Olympus"], "IANA")):
+        refused = invoke("campaign", "create", "x", "--segment", segment_id, "--subject", "s", "--body", "b", *args,
+                         env=services)
+        assert refused.exit_code != 0 and message in refused.stderr, (args, refused.output)
