@@ -129,7 +129,7 @@ def test_campaigns_reach_the_mail_sink_once_per_member(running_stack: Stack) -> 
     assert now.returncode == 0, now.stderr
     done = json.loads(now.stdout)
     assert done["status"] == "COMPLETED" and done["audienceSize"] == 3
-    assert done["counts"] == {"queued": 0, "sent": 2, "failed": 0, "skipped": 1, "cancelled": 0}
+    assert done["counts"] == {"queued": 0, "sent": 2, "failed": 0, "skipped": 1, "deferred": 0, "cancelled": 0}
     assert len(run_json(running_stack, "campaign", "mails", done["id"])) == 2  # type: ignore[arg-type]
     bad = amctl(running_stack.env, "campaign", "create", "x", "--segment", segment["id"], "--subject", "s",
                 "--body", "{% if %}")
