@@ -125,12 +125,18 @@ class Profile(Strict):
     autoscaling: Autoscaling | None = None
     exporters: dict[str, bool]
     node_ports: dict[str, int]
+    public_base_url: str = Field(default="", description="Where recipients reach the Communication API's "
+                                 "unsubscribe links; default: http://localhost:<its node port>")
     components: dict[str, Resources]
     kafka: Jvm
     kafka_ui: Jvm
     submitter: Jvm
     flink: Flink
     aerospike: Aerospike
+
+    @property
+    def unsubscribe_base_url(self) -> str:
+        return self.public_base_url or f"http://localhost:{self.node_ports['communication-api']}"
 
     def resources(self, component: str) -> Resources:
         return self.components[component]

@@ -80,7 +80,7 @@ def test_metric_names_of_the_code_match_its_registries() -> None:
     registry = CollectorRegistry()
     HttpMetrics("probe", registry)
     IngestionMetrics(registry)
-    Recipients(None, None, "email-jobs", registry)  # type: ignore[arg-type]  # only its counters are used
+    Recipients(None, None, None, None, "email-jobs", registry)  # type: ignore[arg-type]  # only its counters
     metrics = DeliveryMetrics(registry)
     metrics.outcome("d1", "delivered")
     metrics.queue_depth.labels("d1").set(3)
