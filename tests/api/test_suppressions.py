@@ -1,4 +1,4 @@
-"""The suppression list's HTTP API, against the real PostgreSQL, broker and an SMTP server."""
+"""The suppression list's HTTP API and `amctl suppression`, against the real PostgreSQL, broker and an SMTP server."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from server.email_worker.app import create_app as worker_app
 from server.runtime.settings import ServiceSettings
 from tests.api.conftest import Sink
 from tests.api.test_campaigns import campaign, counts, eventually, put_profiles, static_segment
+from tests.cli import invoke, json_of, one_error, run
 
 pytestmark = pytest.mark.api
 
@@ -195,3 +196,69 @@ def test_a_campaign_skips_an_address_suppressed_by_hand_and_mails_it_once_remove
     eventually(lambda: counts(api, second)["sent"] == 2, "both mailed")
     assert sorted(m.rcpt_to[0] for m in sink.mails(second)) == ["Ann@Example.com", "bob@example.com"]
     assert counts(api, second)["skipped"] == 0
+
+
+# -- amctl suppression, against the Communication API as a process ---------------------------------
+
+
+def test_suppression_commands_add_show_list_and_remove(services: dict[str, str]) -> None:
+    added = invoke("suppression", "add", " Cli.Ann@Example.com", "--detail", "[b]by phone[/b]", env=services)
+    assert added.exit_code == 0, added.output
+    assert "cli.ann@example.com" in added.stdout and "[b]by phone[/b]" in added.stdout  # text as it is
+    assert added.stderr == ""
+    entry = json_of(invoke("suppression", "add", "cli.bob@example.com", "--reason", "unsubscribed", "--json",
+                           env=services))
+    assert (entry["address"], entry["reason"], entry["detail"]) == ("cli.bob@example.com", "unsubscribed", None)
+
+    again = invoke("suppression", "add", "CLI.BOB@example.com", "--json", env=services)
+    assert json_of(again) == entry  # stdout is the entry alone; the note goes to stderr
+    assert "cli.bob@example.com was already suppressed (unsubscribed, since " in again.stderr
+    assert "its entry is unchanged" in again.stderr
+
+    shown = invoke("suppression", "get", "cli.ann@EXAMPLE.com", env=services)
+    assert shown.exit_code == 0, shown.output
+    rows = {cells[0]: cells[1] for cells in ([c.strip() for c in line.split("│")[1:-1]]
+                                             for line in shown.stdout.splitlines() if line.startswith("│"))}
+    assert rows == {"reason": "manual", "createdAt": rows["createdAt"], "campaignId": "", "userId": "",
+                    "detail": "[b]by phone[/b]"} and "cli.ann@example.com" in shown.stdout
+    assert json_of(invoke("suppression", "get", "cli.bob@example.com", "--json", env=services)) == entry
+
+    page = json_of(invoke("suppression", "list", "--limit", "1", "--json", env=services))
+    assert [e["address"] for e in page["items"]] == ["cli.ann@example.com"] and page["total"] == 2
+    assert page["nextCursor"] == "cli.ann@example.com"
+    table = invoke("suppression", "list", "--limit", "1", env=services)
+    assert table.exit_code == 0, table.output
+    assert "suppressed addresses (2 in all)" in table.stdout and "│ cli.ann@example.com │ manual" in table.stdout
+    assert table.stdout.rstrip().endswith("more: --cursor cli.ann@example.com")
+    rest = json_of(invoke("suppression", "list", "--cursor", "cli.ann@example.com", "--json", env=services))
+    assert [e["address"] for e in rest["items"]] == ["cli.bob@example.com"] and rest["nextCursor"] is None
+    only = invoke("suppression", "list", "--reason", "unsubscribed", env=services)
+    assert "(1 unsubscribed in all)" in only.stdout and "cli.ann" not in only.stdout
+
+    removed = run("suppression", "remove", "Cli.Ann@example.com", env=services)  # the installed executable
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.strip() == "removed Cli.Ann@example.com from the suppression list: campaigns mail it again"
+    assert json_of(invoke("suppression", "list", "--json", env=services))["total"] == 1
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["get", "cli.nobody@example.com"],
+     "error: Communication API: cli.nobody@example.com is not suppressed (HTTP 404)"),
+    (["remove", "cli.nobody@example.com"],
+     "error: Communication API: cli.nobody@example.com is not suppressed (HTTP 404)"),
+    (["add", "nobody"],
+     "error: Communication API: address: 'nobody' is not an email address: it needs the form name@example.com "
+     "(HTTP 422)"),
+    (["add", "cli.x@example.com", "--reason", "hard_bounce"],
+     "error: Communication API: reason: Input should be 'manual' or 'unsubscribed' (HTTP 422)"),
+    (["list", "--reason", "bounced"],
+     "error: Communication API: query.reason: Input should be 'unsubscribed', 'hard_bounce', 'opted_out' or "
+     "'manual' (HTTP 422)"),
+    (["get", "nobody"],
+     "error: Communication API: path.address: 'nobody' is not an email address: it needs the form "
+     "name@example.com (HTTP 422)"),
+])
+def test_a_refused_suppression_command_is_one_line(services: dict[str, str], args: list[str], line: str) -> None:
+    refused = run("suppression", *args, env=services)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert one_error(refused.stderr) == line
