@@ -15,7 +15,20 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 
 from amctl import __version__
-from amctl.commands import bench, campaign, destination, events, k8s, scenario, segment, smoke, stack, top, user
+from amctl.commands import (
+    bench,
+    campaign,
+    destination,
+    events,
+    k8s,
+    scenario,
+    segment,
+    smoke,
+    stack,
+    suppression,
+    top,
+    user,
+)
 from amctl.console import print_error, stderr_console
 from amctl.context import AppContext
 from amctl.errors import AmctlError, UsageError
@@ -67,6 +80,7 @@ app.add_typer(destination.app, name="destination")
 app.add_typer(events.app, name="events")
 app.add_typer(scenario.app, name="scenario")
 app.add_typer(segment.segment_app, name="segment")
+app.add_typer(suppression.app, name="suppression")
 app.add_typer(user.app, name="user")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -274,6 +275,30 @@ class CommunicationClient(ServiceClient):
         params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
         return self.request("GET", f"/api/campaigns/{campaign_id}/deliveries",  # type: ignore[no-any-return]
                             params=params)
+
+    def list_suppressions(self, reason: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        """One page of the suppression list, in address order."""
+        params = {k: v for k, v in {"reason": reason, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return self.request("GET", "/api/suppressions", params=params)  # type: ignore[no-any-return]
+
+    def get_suppression(self, address: str) -> dict[str, Any]:
+        """The address's entry; an ApiError with status 404 when it is not suppressed."""
+        return self.request("GET", _suppression_path(address))  # type: ignore[no-any-return]
+
+    def add_suppression(self, address: str, reason: str | None, detail: str | None) -> tuple[dict[str, Any], bool]:
+        """The entry, and whether this call added it (False: it was suppressed already and stays as it was)."""
+        body = {k: v for k, v in {"address": address, "reason": reason, "detail": detail}.items() if v is not None}
+        status, entry = self.answer("POST", "/api/suppressions", json=body)
+        return entry, status == 201
+
+    def remove_suppression(self, address: str) -> None:
+        """Mail the address again (needs an admin key)."""
+        self.request("DELETE", _suppression_path(address))
+
+
+def _suppression_path(address: str) -> str:
+    # percent-encoded whole: a local part may hold '/', '?', '#' or '%'
+    return f"/api/suppressions/{urllib.parse.quote(address, safe='@+')}"
 
 
 class DestinationClient(ServiceClient):

@@ -7,10 +7,12 @@ with one; `one_error` checks that a failure says itself in exactly one `error:` 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner, Result
 
@@ -48,3 +50,9 @@ def one_error(stderr: str) -> str:
     after = lines[errors[0] + 1:]
     assert len(after) <= 1 and all(line.startswith("  ") for line in after), stderr
     return lines[errors[0]]
+
+
+def json_of(result: Result) -> dict[str, Any]:
+    """The JSON object a `--json` command printed, once checked that it succeeded."""
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))

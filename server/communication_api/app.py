@@ -14,6 +14,7 @@ from server.communication_api.destinations import destinations
 from server.communication_api.dispatch import FanOut, OnEnterTrigger, Recipients
 from server.communication_api.repository import CampaignRepository
 from server.communication_api.routes import campaigns
+from server.communication_api.suppressions import suppressions as suppression_routes
 from server.communication_api.unsubscribe import UnsubscribeLinks, unsubscribe
 from server.runtime.app import build_app
 from server.runtime.errors import ConfigurationError
@@ -88,4 +89,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(campaigns)
     app.include_router(destinations)
     app.include_router(unsubscribe)
+    app.include_router(suppression_routes)
     return app

@@ -86,6 +86,15 @@ class SuppressionList:
         assert entry is not None, "inserted or already there"
         return entry
 
+    async def add_new(self, address: str, reason: SuppressionReason, campaign_id: str | None = None,
+                      user_id: str | None = None, detail: str | None = None) -> tuple[Suppression, bool]:
+        """`add`, and whether this call added the entry (False: it was there already, and is left as it was)."""
+        async with self.db.connection() as conn:
+            added = await suppress(conn, address, reason, campaign_id, user_id, detail)
+            entry = await self._get(conn, address)
+        assert entry is not None, "inserted or already there"
+        return entry, added
+
     async def add_many(self, entries: Sequence[tuple[str, SuppressionReason, str | None, str | None]]) -> None:
         """(address, reason, campaign id, user id) each; existing entries are kept as they are."""
         if not entries:

@@ -5,72 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.types.json import Jsonb
-from typer.testing import Result
 
 from amctl.local import processes
-from amctl.local.broker import EmbeddedBroker
-from amctl.local.postgres import EmbeddedPostgres
 from amctl.local.webhook_sink import RequestStore, create_app, running, store_path
-from server.runtime.secrets import new_key
-from server.stores.kafka import create_topics
-from tests.cli import invoke, one_error, run
-from tests.conftest import unique_name
+from tests.cli import invoke, json_of, one_error, run
 
 pytestmark = pytest.mark.api
 RULES = '{"conditions":[{"field":"totalSpent","operator":"gt","value":1000}]}'
-SERVICES = {"segment_api": "server.segment_api", "communication_api": "server.communication_api",
-            "ingestion_api": "server.ingestion_api"}
-
-
-@pytest.fixture(scope="module")
-def services(postgres_server: EmbeddedPostgres, template_database: str, kafka_broker: EmbeddedBroker,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The two APIs as `amctl up` runs them, on a database and topics of this module's own, and the
-    environment that points amctl at them (the tests use names of their own)."""
-    database, prefix, logs = unique_name("db_cli_"), unique_name("cli") + ".", tmp_path_factory.mktemp("cli")
-    with psycopg.connect(postgres_server.conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(database),
-                                                                      sql.Identifier(template_database)))
-    create_topics(kafka_broker.bootstrap, prefix)
-    database_url = f"postgresql://postgres@{postgres_server.host}:{postgres_server.port}/{database}"
-    env = {**os.environ, "AMCTL_STATE_DIR": str(logs / "state"), "COLUMNS": "200", "NO_COLOR": "1",
-           "AM_DATABASE_URL": database_url}  # the services' setting; amctl ignores it, tests may seed the store
-    env.pop("AMCTL_API_KEY", None)
-    started: list[int] = []
-    try:
-        for setting, module in SERVICES.items():
-            port, log = processes.free_port(), logs / f"{module}.log"
-            service_env = {**os.environ, "AM_PORT": str(port), "AM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-                           "AM_DATABASE_URL": database_url, "AM_TOPIC_PREFIX": prefix,
-                           "AM_SECRETS_KEY": new_key()}
-            started.append(processes.spawn([sys.executable, "-m", module], service_env, log))
-            env[f"AMCTL_PORT_{setting.upper()}"] = str(port)
-            deadline = time.monotonic() + 30
-            while not _healthy(port):
-                assert time.monotonic() < deadline and processes.process_alive(started[-1]), log.read_text()
-                time.sleep(0.1)
-        yield env
-    finally:
-        for pid in started:
-            processes.stop(pid)
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/actuator/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_a_name_that_exists_is_one_line(services: dict[str, str]) -> None:
@@ -182,17 +128,12 @@ def _umask() -> int:
     return mask
 
 
-def _json(result: Result) -> dict[str, Any]:
-    assert result.exit_code == 0, result.output
-    return dict(json.loads(result.stdout))
-
-
 def test_a_destination_from_create_to_delete_with_the_local_receiver(services: dict[str, str]) -> None:
     """Created with the default URL (the local receiver), tested with one signed call that the receiver
     kept and `received --secret` verifies, changed, paused and resumed, rotated, replayed, deleted."""
     port = processes.free_port()
     env = {**services, "AMCTL_PORT_WEBHOOK_SINK": str(port)}
-    segment = _json(invoke("segment", "create", "hooked", "--rules", RULES, "--json", env=env))
+    segment = json_of(invoke("segment", "create", "hooked", "--rules", RULES, "--json", env=env))
     store = RequestStore(store_path(Path(env["AMCTL_STATE_DIR"])))
     with running(create_app(store.keep), "127.0.0.1", port):
         created = invoke("destination", "create", "CRM [sync]", "--segment", str(segment["id"]), "--events",
@@ -213,17 +154,17 @@ def test_a_destination_from_create_to_delete_with_the_local_receiver(services: d
     shown = invoke("destination", "get", did, env=env)
     assert shown.exit_code == 0 and "CRM [sync]" in shown.stdout and "whsec_…" in shown.stdout
     assert destination["secret"] not in shown.stdout
-    listed = _json(invoke("destination", "list", "--json", env=env))
+    listed = json_of(invoke("destination", "list", "--json", env=env))
     assert did in [d["id"] for d in listed["items"]]
-    paused = _json(invoke("destination", "update", did, "--pause", "--events", "entered,exited", "--json", env=env))
+    paused = json_of(invoke("destination", "update", did, "--pause", "--events", "entered,exited", "--json", env=env))
     assert paused["status"] == "PAUSED" and paused["events"] == ["entered", "exited"]
     assert paused["headers"] == {"Authorization": "•••"} and paused["segmentIds"] == [segment["id"]]  # kept
-    resumed = _json(invoke("destination", "update", did, "--resume", "--all-segments", "--clear-headers", "--json",
+    resumed = json_of(invoke("destination", "update", did, "--resume", "--all-segments", "--clear-headers", "--json",
                            env=env))
     assert resumed["status"] == "ACTIVE" and resumed["segmentIds"] is None and resumed["headers"] == {}
-    rotated = _json(invoke("destination", "rotate-secret", did, "--grace", "1h", "--json", env=env))
+    rotated = json_of(invoke("destination", "rotate-secret", did, "--grace", "1h", "--json", env=env))
     assert rotated["secret"] != destination["secret"] and rotated["previousSecretExpiresAt"]
-    deliveries = _json(invoke("destination", "deliveries", did, "--status", "failed", "--json", env=env))
+    deliveries = json_of(invoke("destination", "deliveries", did, "--status", "failed", "--json", env=env))
     assert deliveries == {"items": [], "nextCursor": None}  # no delivery worker runs here
     replayed = invoke("destination", "replay", did, "--from", "1h", "--failed-only", env=env)
     assert replayed.exit_code == 0 and f"requeued 0 deliveries of {did}" in replayed.stdout
@@ -243,7 +184,7 @@ def test_a_destination_the_api_refuses_is_one_line(services: dict[str, str]) -> 
     assert missing.exit_code == 1 and "00000000-0000-0000-0000-000000000000" in one_error(missing.stderr)
     bad = invoke("destination", "create", "ftp", "--url", "ftp://example.com/x", env=services)
     assert bad.exit_code == 1 and "(HTTP 422)" in one_error(bad.stderr)
-    created = _json(invoke("destination", "create", "closed", *url, "--json", env=services))
+    created = json_of(invoke("destination", "create", "closed", *url, "--json", env=services))
     refused = invoke("destination", "test", str(created["id"]), env=services)  # nothing listens on port 9
     assert refused.exit_code == 1 and "did not accept the test call" in one_error(refused.stderr)
 
@@ -258,10 +199,10 @@ def test_a_user_read_by_a_linked_anonymous_id_shows_the_user_and_its_aliases(ser
     assert shown.exit_code == 0, shown.output
     assert "profile of cli-alice (asked as cli-anon-1)" in shown.stdout
     assert "cli-anon-1, cli-anon-2" in shown.stdout and "recentEvents" not in shown.stdout
-    profile = _json(invoke("user", "profile", "cli-anon-2", "--after", "e-2", "--json", env=services))
+    profile = json_of(invoke("user", "profile", "cli-anon-2", "--after", "e-2", "--json", env=services))
     assert (profile["userId"], profile["resolvedFrom"], profile["totalSpent"]) == ("cli-alice", "cli-anon-2", 1200)
     assert profile["aliases"] == ["cli-anon-1", "cli-anon-2"] and profile["anonymous"] is False
-    segments = _json(invoke("user", "segments", "cli-anon-1", "--json", env=services))
+    segments = json_of(invoke("user", "segments", "cli-anon-1", "--json", env=services))
     assert segments == {"userId": "cli-alice", "resolvedFrom": "cli-anon-1", "segments": []}
     table = invoke("user", "segments", "cli-anon-1", env=services)
     assert table.exit_code == 0  # the title wraps to the width of the empty table
@@ -301,12 +242,12 @@ def test_segment_insights_from_the_command_line(services: dict[str, str]) -> Non
     ids = []
     for name, members in (("Insights A", ["ins-ann", "ins-ben", "ins-cid"]), ("Insights B", ["ins-ben", "ins-cid"]),
                           ("Insights C", ["ins-cid", "ins-dan"])):
-        segment_id = str(_json(invoke("segment", "create", name, "--static", "--json", env=services))["id"])
+        segment_id = str(json_of(invoke("segment", "create", name, "--static", "--json", env=services))["id"])
         added = invoke("segment", "members", segment_id, *(f"--add={m}" for m in members), env=services)
         assert added.exit_code == 0, added.output
         ids.append(segment_id)
     a, b, c = ids
-    assert _json(invoke("segment", "overlap", a, b, c, "--json", env=services)) == {
+    assert json_of(invoke("segment", "overlap", a, b, c, "--json", env=services)) == {
         "sizes": {a: 3, b: 2, c: 2}, "intersection": 1, "pairs": [{"a": a, "b": b, "intersection": 2},
                                                                   {"a": a, "b": c, "intersection": 1},
                                                                   {"a": b, "b": c, "intersection": 1}]}
@@ -316,7 +257,7 @@ def test_segment_insights_from_the_command_line(services: dict[str, str]) -> Non
     one = run("segment", "overlap", a, env=services)
     assert one.returncode == 1 and "(HTTP 422)" in one_error(one.stderr) and "at least 2" in one.stderr
 
-    history = _json(invoke("segment", "history", a, "--json", env=services))
+    history = json_of(invoke("segment", "history", a, "--json", env=services))
     assert sum(p["entered"] for p in history["points"]) == 3 and history["points"][-1]["size"] == 3
     window = invoke("segment", "history", a, "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T03:00:00Z",
                     env=services)
@@ -331,7 +272,7 @@ def test_segment_insights_from_the_command_line(services: dict[str, str]) -> Non
         cur.executemany("INSERT INTO user_profiles (user_id, profile) VALUES (%s, %s)", [
             (user, Jsonb({"userId": user, "traits": traits})) for user, traits in (
                 ("ins-ann", {"country": "de"}), ("ins-ben", {"country": "de"}), ("ins-cid", {"country": "[/x]"}))])
-    assert _json(invoke("segment", "breakdown", a, "--trait", "country", "--limit", "1", "--json", env=services)) == {
+    assert json_of(invoke("segment", "breakdown", a, "--trait", "country", "--limit", "1", "--json", env=services)) == {
         "segmentId": a, "trait": "country", "members": 3, "values": [{"value": "de", "count": 2}], "other": 1,
         "missing": 0}
     shown = invoke("segment", "breakdown", b, "--trait", "country", env=services)
