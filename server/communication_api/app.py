@@ -15,12 +15,12 @@ from server.communication_api.dispatch import FanOut, OnEnterTrigger, Recipients
 from server.communication_api.repository import CampaignRepository
 from server.communication_api.routes import campaigns
 from server.communication_api.suppressions import suppressions as suppression_routes
-from server.communication_api.unsubscribe import UnsubscribeLinks, unsubscribe
+from server.communication_api.unsubscribe import unsubscribe
 from server.runtime.app import build_app
 from server.runtime.errors import ConfigurationError
 from server.runtime.secrets import SecretBox
 from server.runtime.settings import ServiceSettings
-from server.runtime.tokens import UnsubscribeTokens
+from server.runtime.tokens import UnsubscribeLinks, UnsubscribeTokens
 from server.stores.deliveries import DeliveryLedger
 from server.stores.destinations import DestinationRepository
 from server.stores.kafka import AsyncProducer, BrokerHealth

@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry, Counter
 
 from server.communication_api.repository import CampaignRepository, CampaignRow
 from server.communication_api.templates import MessageTemplate, RenderedMail, RenderError
-from server.communication_api.unsubscribe import UnsubscribeLinks
 from server.domain.email import EmailJob, normalized_address, zone
 from server.domain.pipeline import MembershipOutput, membership_record
 from server.runtime.health import ComponentHealth
 from server.runtime.metrics import register_metric_name
+from server.runtime.tokens import UnsubscribeLinks
 from server.stores.deliveries import DeliveryEntry, DeliveryLedger, DeliveryStatus
 from server.stores.kafka import AsyncProducer, group_consumer_config
 from server.stores.outages import DEPENDENCY_OUTAGES

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import urllib.parse
-from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Annotated
@@ -18,50 +17,21 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
+from server.communication_api.routes import Ledger
+from server.communication_api.suppressions import Suppressions
 from server.runtime.routing import StorableRoute
-from server.runtime.tokens import InvalidUnsubscribeToken, Unsubscribe, UnsubscribeTokens
-from server.stores.deliveries import DeliveryLedger
-from server.stores.suppressions import SuppressionList, SuppressionReason
+from server.runtime.tokens import InvalidUnsubscribeToken, Unsubscribe, UnsubscribeLinks
+from server.stores.suppressions import SuppressionReason
 
 ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"
 MAX_FORM_BYTES = 8 * 1024
-
-
-@dataclass(frozen=True)
-class UnsubscribeLinks:
-    """The two List-Unsubscribe targets of one recipient's mail: the one-click URL and a mailto."""
-
-    tokens: UnsubscribeTokens
-    base_url: str
-    mailto_address: str
-
-    def require(self) -> None:
-        """SecretsUnavailable (a 503 saying what to set) when links cannot be signed."""
-        self.tokens.token("check", "check")
-
-    def url(self, campaign_id: str, user_id: str) -> str:
-        return f"{self.base_url}/unsubscribe/{self.tokens.token(campaign_id, user_id)}"
-
-    def mailto(self, campaign_id: str, user_id: str) -> str:
-        subject = urllib.parse.quote(f"unsubscribe {self.tokens.token(campaign_id, user_id)}")
-        return f"mailto:{self.mailto_address}?subject={subject}"
 
 
 def get_links(request: Request) -> UnsubscribeLinks:
     return request.app.state.unsubscribe_links  # type: ignore[no-any-return]
 
 
-def get_ledger(request: Request) -> DeliveryLedger:
-    return request.app.state.ledger  # type: ignore[no-any-return]
-
-
-def get_suppressions(request: Request) -> SuppressionList:
-    return request.app.state.suppressions  # type: ignore[no-any-return]
-
-
 Links = Annotated[UnsubscribeLinks, Depends(get_links)]
-Ledger = Annotated[DeliveryLedger, Depends(get_ledger)]
-Suppressions = Annotated[SuppressionList, Depends(get_suppressions)]
 
 unsubscribe = APIRouter(prefix="/unsubscribe", tags=["unsubscribe"], route_class=StorableRoute)
 

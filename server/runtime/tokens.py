@@ -1,4 +1,4 @@
-"""Unsubscribe tokens: one per (campaign, user), carried in the mail's one-click URL.
+"""Unsubscribe tokens, one per (campaign, user), and the links they make: the one-click URL and the mailto.
 
 A token is the (campaign, user) pair sealed with AES-SIV under a key derived from AM_SECRETS_KEY:
 authenticated (a changed or made-up token does not open, so one user's token cannot name another) and
@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import urllib.parse
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -65,3 +66,23 @@ class UnsubscribeTokens:
         except (InvalidTag, binascii.Error, ValueError, TypeError):
             raise InvalidUnsubscribeToken("not an unsubscribe token of this installation") from None
         return Unsubscribe(str(campaign_id), str(user_id))
+
+
+@dataclass(frozen=True)
+class UnsubscribeLinks:
+    """The two List-Unsubscribe targets of one recipient's mail: the one-click URL and a mailto."""
+
+    tokens: UnsubscribeTokens
+    base_url: str
+    mailto_address: str
+
+    def require(self) -> None:
+        """SecretsUnavailable (a 503 saying what to set) when links cannot be signed."""
+        self.tokens.token("check", "check")
+
+    def url(self, campaign_id: str, user_id: str) -> str:
+        return f"{self.base_url}/unsubscribe/{self.tokens.token(campaign_id, user_id)}"
+
+    def mailto(self, campaign_id: str, user_id: str) -> str:
+        subject = urllib.parse.quote(f"unsubscribe {self.tokens.token(campaign_id, user_id)}")
+        return f"mailto:{self.mailto_address}?subject={subject}"

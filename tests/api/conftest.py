@@ -21,6 +21,8 @@ from amctl.local import processes
 from amctl.local.broker import EmbeddedBroker
 from amctl.local.mail_sink import MailStore, ReceivedMail, read_mails
 from amctl.local.postgres import EmbeddedPostgres
+from server.communication_api.app import create_app as communication_app
+from server.email_worker.app import create_app as worker_app
 from server.runtime.secrets import new_key
 from server.runtime.settings import ServiceSettings
 from server.segment_api.app import create_app as segment_app
@@ -65,6 +67,31 @@ def sink(tmp_path: Path) -> Iterator[Sink]:
 
 
 @pytest.fixture
+def campaign_settings(service_settings: ServiceSettings, sink: Sink) -> ServiceSettings:
+    """The services' settings with the SMTP server above and quick retries."""
+    return service_settings.model_copy(update={"smtp_port": sink.port, "email_retry_base_s": 0.2})
+
+
+@pytest.fixture
+def settings(campaign_settings: ServiceSettings) -> ServiceSettings:
+    return campaign_settings
+
+
+@pytest.fixture
+def api(settings: ServiceSettings) -> Iterator[TestClient]:
+    """The Communication API on `settings`."""
+    with TestClient(communication_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def worker(settings: ServiceSettings) -> Iterator[TestClient]:
+    """The email worker on `settings`."""
+    with TestClient(worker_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
 def segments(settings: ServiceSettings) -> Iterator[TestClient]:
     with TestClient(segment_app(settings)) as client:
         yield client
@@ -98,7 +125,7 @@ def services(postgres_server: EmbeddedPostgres, template_database: str, kafka_br
             started.append(processes.spawn([sys.executable, "-m", module], service_env, log))
             env[f"AMCTL_PORT_{setting.upper()}"] = str(port)
             deadline = time.monotonic() + 30
-            while not _healthy(port):
+            while not healthy(port):
                 assert time.monotonic() < deadline and processes.process_alive(started[-1]), log.read_text()
                 time.sleep(0.1)
         yield env
@@ -107,7 +134,7 @@ def services(postgres_server: EmbeddedPostgres, template_database: str, kafka_br
             processes.stop(pid)
 
 
-def _healthy(port: int) -> bool:
+def healthy(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/actuator/health", timeout=1).status_code == 200
     except httpx.HTTPError:

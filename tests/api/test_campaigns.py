@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
-from server.communication_api.app import create_app as communication_app
 from server.domain.email import EmailJob
 from server.email_worker.app import create_app as worker_app
 from server.runtime.settings import ServiceSettings
@@ -26,23 +25,6 @@ from server.stores.topics import EMAIL_DEAD_LETTERS, EMAIL_JOBS, SEGMENT_MEMBERS
 from tests.api.conftest import Sink
 
 pytestmark = pytest.mark.api
-
-
-@pytest.fixture
-def settings(service_settings: ServiceSettings, sink: Sink) -> ServiceSettings:
-    return service_settings.model_copy(update={"smtp_port": sink.port, "email_retry_base_s": 0.2})
-
-
-@pytest.fixture
-def api(settings: ServiceSettings) -> Iterator[TestClient]:
-    with TestClient(communication_app(settings)) as client:
-        yield client
-
-
-@pytest.fixture
-def worker(settings: ServiceSettings) -> Iterator[TestClient]:
-    with TestClient(worker_app(settings)) as client:
-        yield client
 
 
 def put_profiles(database_url: str, profiles: dict[str, dict[str, Any]]) -> None:

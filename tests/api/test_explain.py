@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from confluent_kafka import Producer
@@ -38,6 +37,7 @@ from server.stores.postgres import Database
 from server.stores.postgres_profiles import PostgresProfileStore
 from server.stores.records import encode
 from server.stores.topics import SEGMENT_MEMBERSHIP
+from tests.api.conftest import healthy
 from tests.cli import invoke, one_error
 from tests.conftest import unique_name
 from tests.contracts import membership_validator
@@ -270,7 +270,7 @@ def segment_api(postgres_server: EmbeddedPostgres, template_database: str, kafka
         "AM_DATABASE_URL": database_url, "AM_TOPIC_PREFIX": prefix, "AM_SECRETS_KEY": new_key()}, log)
     try:
         deadline = time.monotonic() + 30
-        while not _healthy(port):
+        while not healthy(port):
             assert time.monotonic() < deadline and processes.process_alive(pid), log.read_text()
             time.sleep(0.1)
         env = {**os.environ, "AMCTL_STATE_DIR": str(logs / "state"), "COLUMNS": "200", "NO_COLOR": "1",
@@ -281,11 +281,6 @@ def segment_api(postgres_server: EmbeddedPostgres, template_database: str, kafka
         processes.stop(pid)
 
 
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/actuator/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _segment(env: dict[str, str], name: str, rules: dict[str, Any]) -> str:

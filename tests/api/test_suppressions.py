@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from server.communication_api.app import create_app as communication_app
-from server.email_worker.app import create_app as worker_app
 from server.runtime.settings import ServiceSettings
 from tests.api.conftest import Sink
 from tests.api.test_campaigns import campaign, counts, eventually, put_profiles, static_segment
@@ -20,23 +19,6 @@ from tests.cli import invoke, json_of, one_error, run
 pytestmark = pytest.mark.api
 
 KEYS = {"read": "read-key-2c8e6a1f4b93", "write": "write-key-7d3b9e0a5c12", "admin": "admin-key-9f1a4c7e2d58"}
-
-
-@pytest.fixture
-def settings(service_settings: ServiceSettings, sink: Sink) -> ServiceSettings:
-    return service_settings.model_copy(update={"smtp_port": sink.port, "email_retry_base_s": 0.2})
-
-
-@pytest.fixture
-def api(settings: ServiceSettings) -> Iterator[TestClient]:
-    with TestClient(communication_app(settings)) as client:
-        yield client
-
-
-@pytest.fixture
-def worker(settings: ServiceSettings) -> Iterator[TestClient]:
-    with TestClient(worker_app(settings)) as client:
-        yield client
 
 
 def add(api: TestClient, address: str, **fields: Any) -> Any:
