@@ -23,11 +23,12 @@ log = logging.getLogger("email-worker")
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
-    db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
-    producer = AsyncProducer.for_service(settings)
+    # first: a DKIM setting that cannot sign refuses the start before any client is made
     sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout_s, settings.email_from,
                         pool_size=settings.smtp_pool_size, pool_idle_s=settings.smtp_pool_idle_s,
-                        signer=dkim_signer(settings))  # a DKIM setting that cannot sign refuses the start
+                        signer=dkim_signer(settings))
+    db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
+    producer = AsyncProducer.for_service(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -4,7 +4,10 @@ signature that verifies against the published key and breaks when the mail is ch
 from __future__ import annotations
 
 import base64
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -200,6 +203,17 @@ def test_dkim_settings_that_cannot_sign_refuse_the_start_naming_the_setting(
         with pytest.raises(ConfigurationError, match=re.escape(message)) as refused:
             dkim_signer(settings(**values))
         assert "\n" not in str(refused.value) and "PRIVATE KEY-----" not in str(refused.value)
+
+
+def test_the_email_worker_refuses_to_start_with_one_line_naming_the_setting() -> None:
+    env = {**os.environ, "AM_EMAIL_DKIM_DOMAIN": "news.example.com", "AM_EMAIL_DKIM_SELECTOR": "",
+           "AM_PORT": "0", "AM_STARTUP_WAIT_S": "1"}
+    done = subprocess.run([sys.executable, "-m", "server.email_worker"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].endswith(
+        "refusing to start: AM_EMAIL_DKIM_DOMAIN is set without AM_EMAIL_DKIM_SELECTOR; set both or neither")
 
 
 def test_on_kubernetes_the_worker_reads_dkim_from_an_optional_secret() -> None:
