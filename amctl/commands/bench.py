@@ -36,6 +36,7 @@ def measurements(quick: bool) -> list[Measurement]:
         # after the read, ingestion and export stages, so they run in the same context as before it existed
         Measurement("identify_latency", "amctl.load.identity_measure:measure_identify_latency",
                     {"visitors": 40 if quick else 200}),
+        Measurement("email", "amctl.load.email_measure:measure_email_throughput", {"recipients": 1000}),
         Measurement("job_throughput", "flinkjob.bench:measure_job_throughput", {"events": 20_000 if quick else 60_000}),
         Measurement("assignment_latency", "amctl.load.measures:measure_assignment_latency",
                     {"seconds": seconds, "rates": [100, 500, 1000],
@@ -62,7 +63,8 @@ def bench(
     """Cold start, memory, rule evaluations/s, ingestion events/s (vs bare FastAPI and a raw producer),
     end-to-end assignment latency at 100/500/1,000 ev/s, sustained rate, rule propagation, API p50/p99,
     event → signed webhook delivered p50/p99,
-    identify → merged profile p50/p99, the rule job's state bytes per user."""
+    identify → merged profile p50/p99, the rule job's state bytes per user, campaign mails/s with kept SMTP
+    connections and with one per mail."""
     app = get_context(ctx)
     with app.err.status("benchmarking") as status:
         report = run_bench(measurements(quick), lambda text: status.update(escape(text))).as_json()

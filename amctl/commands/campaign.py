@@ -17,7 +17,7 @@ from amctl.client import CommunicationClient, communication_client
 from amctl.console import add_row, plain
 from amctl.context import AppContext, get_context, service_call
 from amctl.errors import AmctlError, UsageError
-from amctl.local.mail_sink import read_mails, store_path
+from amctl.local.mail_sink import ReceivedMail, read_mails, store_path
 from amctl.options import JsonOption
 from amctl.settings import Target
 
@@ -230,9 +230,17 @@ def cancel(ctx: typer.Context, campaign_id: str, json_output: JsonOption = False
         show_campaign(app_, client.cancel(campaign_id), json_output)
 
 
+def _parts(mail: ReceivedMail) -> str:
+    """What a mailbox provider looks for beside the text: the unsubscribe header, an HTML part, a signature."""
+    found = [label for label, present in (("List-Unsubscribe", mail.has_list_unsubscribe),
+                                          ("HTML", mail.body_html is not None),
+                                          ("DKIM", mail.header("DKIM-Signature") is not None)) if present]
+    return ", ".join(found) or "-"
+
+
 @app.command("mails")
 def mails(ctx: typer.Context, campaign_id: str, json_output: JsonOption = False) -> None:
-    """The mails the local SMTP sink received for a campaign (local target)."""
+    """The mails the local SMTP sink received for a campaign (local target); --json includes every header."""
     app_ = get_context(ctx)
     app_.require(Target.LOCAL, "amctl campaign mails reads the local mail sink; on k8s open the mail catcher's web UI")
     received = read_mails(store_path(app_.settings.state_dir), campaign_id)
@@ -243,9 +251,10 @@ def mails(ctx: typer.Context, campaign_id: str, json_output: JsonOption = False)
         app_.err.print(f"no mails received for campaign {campaign_id} yet", markup=False)
         return
     table = Table(title=f"{len(received)} mails received")
-    for column in ("received", "to", "subject", "body"):
+    for column in ("received", "to", "subject", "body", "has"):
         table.add_column(column)
     for m in received:
         body = m.body.strip().replace("\n", " ")
-        add_row(table, m.received_at, ", ".join(m.rcpt_to), m.subject, body[:60] + ("…" if len(body) > 60 else ""))
+        add_row(table, m.received_at, ", ".join(m.rcpt_to), m.subject, body[:60] + ("…" if len(body) > 60 else ""),
+                _parts(m))
     app_.console.print(table)

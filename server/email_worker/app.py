@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from server.email_worker.signing import dkim_signer
 from server.email_worker.smtp import SmtpSender
 from server.email_worker.worker import EmailWorker
 from server.runtime.app import build_app
@@ -22,9 +23,12 @@ log = logging.getLogger("email-worker")
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
+    # first: a DKIM setting that cannot sign refuses the start before any client is made
+    sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout_s, settings.email_from,
+                        pool_size=settings.smtp_pool_size, pool_idle_s=settings.smtp_pool_idle_s,
+                        signer=dkim_signer(settings))
     db = Database(settings.database_conninfo, settings.database_pool_max, settings.dependency_timeout_s)
     producer = AsyncProducer.for_service(settings)
-    sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout_s, settings.email_from)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ import pytest
 
 from amctl.benchmarks import BENCH_SERVICE_ENV, BenchReport, Measurement, MeasurementResult, run_measurement
 from amctl.commands.bench import measurements
+from amctl.load import email_measure
 from amctl.load.identity_measure import Outcome, is_merged, make_visitors, summarize
 from amctl.local.stack import LocalStack
 from amctl.settings import AmctlSettings
@@ -68,3 +69,27 @@ def test_the_bench_runs_the_identify_stage() -> None:
     stages = {m.name: m for m in measurements(quick=True)}
     assert stages["identify_latency"].function == "amctl.load.identity_measure:measure_identify_latency"
     assert stages["identify_latency"].needs_stack
+
+
+def test_the_email_stage_reports_kept_connections_beside_one_per_mail() -> None:
+    pooled_mode, one_mode, order = email_measure.POOLED, email_measure.ONE_PER_MAIL, email_measure.ORDER
+    assert pooled_mode.env() == {"AM_SMTP_POOL_SIZE": "8", "AM_SMTP_POOL_IDLE_S": "30.0"}
+    assert one_mode.env()["AM_SMTP_POOL_IDLE_S"] == "0.0"  # the sender keeps none: one connection per mail
+    assert order.count(pooled_mode) == order.count(one_mode) and order[::-1] == order  # drift weighs on both alike
+    run = email_measure.CampaignRun
+    pooled = email_measure.combine([run(1000, 1000, 4.0, 5), run(1000, 1000, 6.0, 6)])
+    assert pooled == run(1000, 1000, 5.0, 6)
+    one = email_measure.combine([run(1000, 1000, 8.0, 1000), run(1000, 998, 12.0, 998)])
+    assert one == run(1000, 998, 10.0, 1000)  # the fewest sent: a lost mail is not averaged away
+    assert email_measure.summarize(pooled, one, 8) == {
+        "recipients": 1000, "sent": 1000, "duration_s": 5.0, "mails_per_s": 200.0, "smtp_connections": 6,
+        "pool_size": 8, "campaigns_each": 2,
+        "one_connection_per_mail": {"sent": 998, "duration_s": 10.0, "mails_per_s": 99.8, "smtp_connections": 1000},
+        "pooled_vs_one_per_mail": 2.0}
+    assert "pooled_vs_one_per_mail" not in email_measure.summarize(pooled, run(1000, 0, 0.0, 0), 8)
+
+
+def test_the_bench_runs_the_email_stage_on_the_stack() -> None:
+    stage = {m.name: m for m in measurements(quick=True)}["email"]
+    assert stage.function == "amctl.load.email_measure:measure_email_throughput" and stage.needs_stack
+    assert stage.kwargs == {"recipients": 1000}
