@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import psycopg
@@ -51,6 +52,8 @@ class EmailWorker:
         self.consumer_config = group_consumer_config(settings.kafka_bootstrap, f"{settings.topic_prefix}email-worker",
                                                      settings.kafka_session_timeout_ms)
         self.slots = asyncio.Semaphore(settings.email_concurrency)
+        # its own threads, as many as the slots: asyncio's default pool has cpu + 4 (6 here), fewer than 8 slots
+        self.smtp_threads = ThreadPoolExecutor(settings.email_concurrency, thread_name_prefix="smtp")
         self.outcomes = Counter(EMAILS.removesuffix("_total"), "Email jobs by outcome",
                                 ["outcome"], registry=registry)
         self.smtp_seconds = Histogram(SMTP_SECONDS, "Time to hand one mail to the SMTP server",
@@ -74,6 +77,7 @@ class EmailWorker:
                 await self._sweep()
         finally:
             await asyncio.to_thread(consumer.close)
+            self.smtp_threads.shutdown(wait=False)
 
     def stop(self) -> None:
         """Take no new job; mails being handed to SMTP finish, jobs waiting for a retry are left
@@ -135,7 +139,7 @@ class EmailWorker:
                 return True
             try:
                 started = time.perf_counter()
-                await asyncio.to_thread(self.sender.send, job)
+                await asyncio.get_running_loop().run_in_executor(self.smtp_threads, self.sender.send, job)
                 self.smtp_seconds.observe(time.perf_counter() - started)
             except DeliveryFailed as exc:
                 if exc.permanent or claim.attempts >= self.settings.email_max_attempts:
