@@ -69,6 +69,10 @@ def test_one_click_unsubscribe_stops_the_next_campaign_and_one_token_cannot_unsu
     assert completed(api, first["id"])["counts"]["sent"] == 2
     links = {m.rcpt_to[0]: link_in(m.body) for m in sink.mails(first["id"])}
     ann, bob = links["Ann@Example.com"], links["bob@example.com"]
+    for mail in sink.mails(first["id"]):  # both headers at the sink, naming the link the body shows
+        url, mailto = str(mail.header("List-Unsubscribe")).split(", ")
+        assert url == f"<{PUBLIC_BASE}{links[mail.rcpt_to[0]]}>" and mailto.startswith("<mailto:unsubscribe@")
+        assert mail.header("List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
     assert ann != bob and "ann" not in ann.lower() and "bob" not in bob  # no user id in clear
 
     page = api.get(ann)  # what a person (or a link scanner) sees: a button, and nothing unsubscribed yet
