@@ -36,12 +36,23 @@ def measurements(quick: bool) -> list[Measurement]:
         # after the read, ingestion and export stages, so they run in the same context as before it existed
         Measurement("identify_latency", "amctl.load.identity_measure:measure_identify_latency",
                     {"visitors": 40 if quick else 200}),
-        Measurement("email", "amctl.load.email_measure:measure_email_throughput", {"recipients": 1000}),
         Measurement("job_throughput", "flinkjob.bench:measure_job_throughput", {"events": 20_000 if quick else 60_000}),
         Measurement("assignment_latency", "amctl.load.measures:measure_assignment_latency",
                     {"seconds": seconds, "rates": [100, 500, 1000],
                      "batch_rates": [2000] if quick else [2000, 5000, 10000]}),
+        # last, so every figure before it runs in the same context as before it existed; it needs no rule job
+        Measurement("email", "amctl.load.email_measure:measure_email_throughput", {"recipients": 1000}),
     ]
+
+
+def selected(plan: list[Measurement], only: list[str]) -> list[Measurement]:
+    """The stages named in `only` (all of them when it is empty), in the plan's order."""
+    names = {m.name for m in plan}
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise typer.BadParameter(f"no stage {', '.join(map(repr, unknown))}; the stages are {', '.join(sorted(names))}",
+                                 param_hint="--only")
+    return [m for m in plan if not only or m.name in only]
 
 
 def _rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -58,6 +69,9 @@ def bench(
     ctx: typer.Context,
     quick: Annotated[bool, typer.Option("--quick", help="Shorter runs (for a smoke check of the bench).")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report here.")] = None,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help="Run just this stage (repeatable), e.g. --only job_throughput; the stack still starts for "
+                       "stages that need it.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Cold start, memory, rule evaluations/s, ingestion events/s (vs bare FastAPI and a raw producer),
@@ -66,8 +80,9 @@ def bench(
     identify → merged profile p50/p99, the rule job's state bytes per user, campaign mails/s with kept SMTP
     connections and with one per mail."""
     app = get_context(ctx)
+    plan = selected(measurements(quick), only or [])
     with app.err.status("benchmarking") as status:
-        report = run_bench(measurements(quick), lambda text: status.update(escape(text))).as_json()
+        report = run_bench(plan, lambda text: status.update(escape(text))).as_json()
     if output is not None:
         output.write_text(json.dumps(report, indent=2))
     if json_output:

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+import typer
 
 from amctl.benchmarks import BENCH_SERVICE_ENV, BenchReport, Measurement, MeasurementResult, run_measurement
-from amctl.commands.bench import measurements
+from amctl.commands.bench import measurements, selected
 from amctl.load import email_measure
 from amctl.load.identity_measure import Outcome, is_merged, make_visitors, summarize
 from amctl.local.stack import LocalStack
@@ -93,3 +94,12 @@ def test_the_bench_runs_the_email_stage_on_the_stack() -> None:
     stage = {m.name: m for m in measurements(quick=True)}["email"]
     assert stage.function == "amctl.load.email_measure:measure_email_throughput" and stage.needs_stack
     assert stage.kwargs == {"recipients": 1000}
+
+
+def test_only_runs_the_named_stages_in_the_plans_order() -> None:
+    plan = measurements(quick=True)
+    assert [m.name for m in selected(plan, ["email", "seed_flow"])] == ["seed_flow", "email"]
+    assert selected(plan, []) == plan
+    with pytest.raises(typer.BadParameter, match="no stage 'nope'"):
+        selected(plan, ["nope"])
+    assert plan[-1].name == "email"  # after every figure that existed before it
