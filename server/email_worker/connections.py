@@ -43,6 +43,15 @@ def _closed_by_server(client: smtplib.SMTP) -> bool:
     return bool(readable)
 
 
+def answers_ok(command: Callable[[], tuple[int, bytes]]) -> bool:
+    """Whether an SMTP command such as `client.noop` or `client.rset` is answered 250; False when the
+    connection is no good."""
+    try:
+        return command()[0] == 250
+    except (smtplib.SMTPException, OSError):
+        return False
+
+
 def discard(client: smtplib.SMTP, polite: bool = True) -> None:
     """Close a connection, with QUIT when `polite` (never raises: the server may already be gone)."""
     if polite:
@@ -124,14 +133,7 @@ class SmtpConnections:
         idle = now - kept.idle_since
         if idle > self.idle_s or _closed_by_server(kept.client):
             return False
-        return idle <= NOOP_AFTER_IDLE_S or self._answers_noop(kept.client)
-
-    @staticmethod
-    def _answers_noop(client: smtplib.SMTP) -> bool:
-        try:
-            return client.noop()[0] == 250
-        except (smtplib.SMTPException, OSError):
-            return False
+        return idle <= NOOP_AFTER_IDLE_S or answers_ok(kept.client.noop)
 
     def _give_back(self, lease: Lease) -> None:
         if lease.keep is not False and self.idle_s > 0:

@@ -16,7 +16,7 @@ from email.utils import formatdate, make_msgid, parseaddr
 from typing import Any
 
 from server.domain.email import EmailJob
-from server.email_worker.connections import ConnectionsBusy, Lease, SmtpConnections
+from server.email_worker.connections import ConnectionsBusy, Lease, SmtpConnections, answers_ok
 from server.email_worker.signing import DkimSigner
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -169,10 +169,10 @@ class SmtpSender:
             if code != 250:
                 raise smtplib.SMTPDataError(code, reply)
         except smtplib.SMTPResponseException as exc:
-            lease.keep = exc.smtp_code != 421 and self._reset(client)
+            lease.keep = exc.smtp_code != 421 and answers_ok(client.rset)  # RSET: the next mail starts clean
             raise
         except smtplib.SMTPRecipientsRefused as exc:
-            lease.keep = all(c != 421 for c, _ in exc.recipients.values()) and self._reset(client)
+            lease.keep = all(c != 421 for c, _ in exc.recipients.values()) and answers_ok(client.rset)
             raise
 
     def _mail(self, client: smtplib.SMTP, options: list[str], size: int) -> tuple[int, bytes]:
@@ -181,11 +181,3 @@ class SmtpSender:
         if options and "SMTPUTF8" in options and not client.has_extn("smtputf8"):
             raise smtplib.SMTPNotSupportedError("the server does not accept non-ASCII addresses (SMTPUTF8)")
         return client.mail(self.envelope_from, options)
-
-    @staticmethod
-    def _reset(client: smtplib.SMTP) -> bool:
-        """RSET after a refusal, so the next mail starts clean; False when the connection is no good."""
-        try:
-            return client.rset()[0] == 250
-        except (smtplib.SMTPException, OSError):
-            return False
