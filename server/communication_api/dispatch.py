@@ -56,11 +56,13 @@ def address_of(profile: Mapping[str, Any] | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """For one recipient: the delivery row to record, the mail when it is queued, and a suppression to add."""
+    """For one recipient: the delivery row to record, the mail when it is queued, a suppression to add, and
+    why it was skipped (the metric's label)."""
 
     entry: DeliveryEntry
     mail: RenderedMail | None = None
     suppress: SuppressionReason | None = None
+    skipped_for: str | None = None
 
 
 def delivery_for(template: MessageTemplate, user_id: str, profile: Mapping[str, Any] | None,
@@ -72,27 +74,21 @@ def delivery_for(template: MessageTemplate, user_id: str, profile: Mapping[str, 
     email = address_of(profile)
     known = (suppressed or {}).get(normalized_address(email)) if email else None
     if known is not None:
-        return Decision(DeliveryEntry(user_id, email, DeliveryStatus.SKIPPED, known.skip_reason))
+        return Decision(DeliveryEntry(user_id, email, DeliveryStatus.SKIPPED, known.skip_reason),
+                        skipped_for=known.value)
     if _opted_out(traits.get(OPT_OUT_TRAIT)):
         opted_out = SuppressionReason.OPTED_OUT
         return Decision(DeliveryEntry(user_id, email, DeliveryStatus.SKIPPED, opted_out.skip_reason),
-                        suppress=opted_out if email else None)
+                        suppress=opted_out if email else None,
+                        skipped_for=opted_out.value if email else "no_email")
     if email is None:
         reason = f"no email address (trait '{EMAIL_TRAIT}')"
-        return Decision(DeliveryEntry(user_id, None, DeliveryStatus.SKIPPED, reason))
+        return Decision(DeliveryEntry(user_id, None, DeliveryStatus.SKIPPED, reason), skipped_for="no_email")
     try:
         mail = template.render(profile or {"userId": user_id}, extra)
     except RenderError as exc:
         return Decision(DeliveryEntry(user_id, email, DeliveryStatus.FAILED, str(exc)))
     return Decision(DeliveryEntry(user_id, email, DeliveryStatus.QUEUED), mail)
-
-
-def _skip_label(decision: Decision, suppressed: Mapping[str, SuppressionReason]) -> str:
-    email = decision.entry.email
-    known = suppressed.get(normalized_address(email)) if email else None
-    if known is not None:
-        return known.value
-    return SuppressionReason.OPTED_OUT.value if decision.suppress else "no_email"
 
 
 class Recipients:
@@ -120,8 +116,8 @@ class Recipients:
         await self.suppressions.add_many([(d.entry.email, d.suppress, campaign.id, u) for u, _, d, _ in decided
                                           if d.suppress is not None and d.entry.email is not None])
         for _, _, decision, _ in decided:
-            if decision.entry.status is DeliveryStatus.SKIPPED:
-                self.skipped.labels(_skip_label(decision, suppressed)).inc()
+            if decision.skipped_for is not None:
+                self.skipped.labels(decision.skipped_for).inc()
         to_publish = set(await self.ledger.record(campaign.id, [d.entry for _, _, d, _ in decided]))
         now = datetime.now(UTC)
         jobs = [EmailJob(campaign.id, user, str(d.entry.email), d.mail.subject, d.mail.body, queued_at=now,
