@@ -15,7 +15,7 @@ from typing import Any
 from amctl.load.cpu import CpuUse
 
 LADDER_RATES = (500, 1000, 2000, 3000, 5000, 8000, 10_000)
-QUICK_LADDER_RATES = (500, 2000, 5000, 10_000)
+QUICK_LADDER_RATES = (500, 2000, 3000, 5000, 10_000)  # --quick leaves out 1,000 and 8,000
 SINGLE_UP_TO = 2000  # events/s sent one per request; above it, in batches
 BATCH_SIZE = 100
 P99_BOUND_MS = 1000.0

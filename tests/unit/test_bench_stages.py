@@ -237,6 +237,10 @@ def test_each_process_goes_to_its_nearest_component() -> None:
     assert cpu.children_named({**stats, 103: ProcStat(103, "java", 100, 0, 0)}, 100, "java") == [103]
 
 
+def test_a_stack_that_is_not_running_has_only_the_load_generator_to_measure(tmp_path: Path) -> None:
+    assert cpu.local_stack_roots(AmctlSettings(state_dir=tmp_path)) == {cpu.LOAD_GENERATOR: os.getpid()}
+
+
 # A component's root that starts a child burning CPU it keeps running, and a second one that burns and exits
 # (reaped: its CPU reaches the root's cutime); each waits for a line on stdin before the next part.
 BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
