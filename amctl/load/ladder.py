@@ -142,9 +142,19 @@ def step_figures(rung: Rung) -> dict[str, Any]:
             "verdict": str(rung.verdict), "reason": rung.reason, "cpu": r.cpu.as_json()}
 
 
-def report(rungs: Sequence[Rung], planned: Sequence[Step]) -> dict[str, Any]:
-    """The ladder's figures: every step, the single-event steps by rate (`by_rate`), the batched ones
-    (`sustained`), the highest rate sustained with p99 under 1 s and the CPU at it, and where it stopped."""
+@dataclass(frozen=True)
+class Setup:
+    """What came before the first step: the segments created, their backfill, the stack's CPU at rest."""
+
+    segments: int
+    backfill_drain_s: float
+    idle: CpuUse
+
+
+def report(setup: Setup, rungs: Sequence[Rung], planned: Sequence[Step]) -> dict[str, Any]:
+    """The stage's figures: the keys it always had first (the single-event steps by rate in `by_rate`, the
+    batched ones in `sustained`, the highest rate sustained with p99 under 1 s), then every step of the
+    ladder, where it stopped and what it did not run, the stack's CPU at rest and at the highest rate."""
     passed = [rung for rung in rungs if rung.verdict is Verdict.PASSED]
     best = max(passed, key=lambda rung: rung.result.step.rate, default=None)
     last = rungs[-1] if rungs else None
@@ -156,14 +166,17 @@ def report(rungs: Sequence[Rung], planned: Sequence[Step]) -> dict[str, Any]:
                 if (rung.result.step.batch_size == 1) == single}
 
     return {
-        "ladder": [step_figures(rung) for rung in rungs],
-        "ladder_stopped": ({"at_rate": last.result.step.rate, "reason": last.reason}
-                           if last is not None and last.verdict in (Verdict.STOPPED, Verdict.UNDELIVERED) else None),
-        "ladder_not_run": [step.rate for step in planned if step.rate not in ran],
+        "segments": setup.segments,
+        "backfill_drain_s": round(setup.backfill_drain_s, 1),
         "by_rate": by(single=True),
         "sustained": by(single=False),
         "max_rate_with_p99_under_1s": best.result.step.rate if best is not None else None,
         "max_single_event_rate_with_p99_under_1s": max(
             (r.result.step.rate for r in passed if r.result.step.batch_size == 1), default=None),
+        "ladder": [step_figures(rung) for rung in rungs],
+        "ladder_stopped": ({"at_rate": last.result.step.rate, "reason": last.reason}
+                           if last is not None and last.verdict in (Verdict.STOPPED, Verdict.UNDELIVERED) else None),
+        "ladder_not_run": [step.rate for step in planned if step.rate not in ran],
+        "cpu_idle": setup.idle.as_json(),
         "cpu_at_max_rate": best.result.cpu.as_json() if best is not None else None,
     }

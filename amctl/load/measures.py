@@ -231,8 +231,7 @@ def measure_assignment_latency(
     idle_use = cpu.cpu_use(idle, cpu.snapshot(roots))
     steps = ladder.plan(rates, seconds, single_up_to, batch_size)
     rungs = ladder.climb(steps, run)
-    return {"segments": segments, "backfill_drain_s": round(backfill + 4, 1),
-            "cpu_idle": idle_use.as_json(), **ladder.report(rungs, steps)}
+    return ladder.report(ladder.Setup(segments, backfill + 4, idle_use), rungs, steps)
 
 
 def measure_seed_flow(trials: int = 5) -> dict[str, Any]:

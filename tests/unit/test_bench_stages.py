@@ -113,6 +113,9 @@ def test_only_runs_the_named_stages_in_the_plans_order() -> None:
     assert plan[-1].name == "email"  # after every figure that existed before it
 
 
+SETUP = ladder.Setup(20, 10.08, CpuUse({"rule-engine": 0.3, "kafka": 0.15}, 0.6, 2, 3.0))
+
+
 def result(rate: int, p99_ms: float | None = 400.0, achieved: float | None = None, dropped: int = 0,
            errors: int = 0, drained: bool = True, generator_cores: float = 0.1) -> StepResult:
     step = ladder.plan([rate], 3.0)[0]
@@ -168,7 +171,7 @@ def test_the_climb_goes_on_past_a_miss_and_stops_at_a_clear_failure() -> None:
     rungs = ladder.climb(steps, run)
     assert ran == [500, 1000, 2000, 3000]  # 5,000 is never sent: 3,000 clearly failed
     assert [r.verdict for r in rungs] == [Verdict.PASSED, Verdict.MISSED, Verdict.PASSED, Verdict.STOPPED]
-    figures = ladder.report(rungs, steps)
+    figures = ladder.report(SETUP, rungs, steps)
     assert figures["max_rate_with_p99_under_1s"] == 2000
     assert figures["ladder_stopped"] == {"at_rate": 3000, "reason": "p99 4000 ms, well over 1 s"}
     assert figures["ladder_not_run"] == [5000]
@@ -186,7 +189,7 @@ def test_one_event_requests_that_cannot_keep_up_give_way_to_batches_which_end_th
     rungs = ladder.climb(steps, run)
     assert ran == [500, 1000, 3000, 5000]  # no more one-event steps after 1,000; no more steps after 5,000
     assert [r.verdict for r in rungs] == [Verdict.PASSED, Verdict.UNDELIVERED, Verdict.PASSED, Verdict.UNDELIVERED]
-    figures = ladder.report(rungs, steps)
+    figures = ladder.report(SETUP, rungs, steps)
     assert figures["max_rate_with_p99_under_1s"] == 3000 and figures["max_single_event_rate_with_p99_under_1s"] == 500
     assert figures["ladder_stopped"] == {"at_rate": 5000, "reason": "achieved 3500 of 5000 ev/s "
                                                                      "(the load generator used 0.10 cores)"}
@@ -196,10 +199,12 @@ def test_one_event_requests_that_cannot_keep_up_give_way_to_batches_which_end_th
 def test_the_report_keeps_the_earlier_keys_beside_the_ladder() -> None:
     steps = ladder.plan([500, 5000], 3.0)
     rungs = [Rung(result(500), *ladder.judge(result(500))), Rung(result(5000, 900.0), Verdict.PASSED, "p99 900 ms")]
-    figures = ladder.report(rungs, steps)
-    assert list(figures) == ["ladder", "ladder_stopped", "ladder_not_run", "by_rate", "sustained",
-                             "max_rate_with_p99_under_1s", "max_single_event_rate_with_p99_under_1s",
-                             "cpu_at_max_rate"]
+    figures = ladder.report(SETUP, rungs, steps)
+    assert list(figures) == ["segments", "backfill_drain_s", "by_rate", "sustained", "max_rate_with_p99_under_1s",
+                             "max_single_event_rate_with_p99_under_1s", "ladder", "ladder_stopped", "ladder_not_run",
+                             "cpu_idle", "cpu_at_max_rate"]
+    assert figures["segments"] == 20 and figures["backfill_drain_s"] == 10.1
+    assert figures["cpu_idle"]["cores"] == {"rule-engine": 0.3, "kafka": 0.15}
     assert list(figures["by_rate"]) == ["500"] and list(figures["sustained"]) == ["5000"]
     assert figures["by_rate"]["500"] == {"achieved_rate": 500.0, "dropped": 0, "errors": 0, "drain_s_after_load": 6.5,
                                          "assignments": 1500, "p50_ms": 133.3, "p99_ms": 400.0}
@@ -210,7 +215,7 @@ def test_the_report_keeps_the_earlier_keys_beside_the_ladder() -> None:
                            "machine_busy_cores": 1.9, "machine_cpus": 2, "seconds": 3.0}
     assert figures["max_rate_with_p99_under_1s"] == 5000 and figures["cpu_at_max_rate"] == step["cpu"]
     assert figures["ladder_stopped"] is None and figures["ladder_not_run"] == []
-    nothing = ladder.report([Rung(result(500, 1500.0), Verdict.MISSED, "p99 1500 ms")], steps)
+    nothing = ladder.report(SETUP, [Rung(result(500, 1500.0), Verdict.MISSED, "p99 1500 ms")], steps)
     assert nothing["max_rate_with_p99_under_1s"] is None and nothing["cpu_at_max_rate"] is None
 
 
