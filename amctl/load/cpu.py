@@ -120,9 +120,11 @@ class CpuUse:
 
     @property
     def outside(self) -> float:
+        """Busy cores of the machine not charged to any component (other users' work, the kernel)."""
         return max(self.machine_busy - sum(self.by_component.values()), 0.0)
 
     def as_json(self) -> dict[str, Any]:
+        """Rounded to thousandths of a core, as the bench reports it."""
         return {"cores": {name: round(value, 3) for name, value in self.by_component.items()},
                 "outside_stack_cores": round(self.outside, 3), "machine_busy_cores": round(self.machine_busy, 3),
                 "machine_cpus": self.machine_cpus, "seconds": round(self.seconds, 2)}

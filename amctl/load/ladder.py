@@ -74,6 +74,8 @@ class StepResult:
 
 
 class Verdict(StrEnum):
+    """What one step showed, and so whether the climb goes on."""
+
     PASSED = "passed"  # p99 under 1 s at the target rate, nothing dropped or failed
     MISSED = "missed"  # not sustained, but close enough that the next step may still tell something
     # the events could not be sent at the rate (far under it, or failed requests): the request path is the
@@ -109,6 +111,8 @@ def judge(result: StepResult, generator: str = "load-generator") -> tuple[Verdic
 
 @dataclass(frozen=True)
 class Rung:
+    """A step that ran, with its verdict and the reason in a few words."""
+
     result: StepResult
     verdict: Verdict
     reason: str
