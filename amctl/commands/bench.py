@@ -37,9 +37,10 @@ def measurements(quick: bool) -> list[Measurement]:
         Measurement("identify_latency", "amctl.load.identity_measure:measure_identify_latency",
                     {"visitors": 40 if quick else 200}),
         Measurement("job_throughput", "flinkjob.bench:measure_job_throughput", {"events": 20_000 if quick else 60_000}),
+        # the end-to-end ladder: single events up to 2,000 ev/s, batches of 100 above; --quick climbs fewer rungs
         Measurement("assignment_latency", "amctl.load.measures:measure_assignment_latency",
-                    {"seconds": seconds, "rates": [100, 500, 1000],
-                     "batch_rates": [2000] if quick else [2000, 5000, 10000]}),
+                    {"seconds": seconds, "rates": [500, 2000, 3000, 5000, 10_000] if quick
+                     else [500, 1000, 2000, 3000, 5000, 8000, 10_000]}, timeout_s=900.0),
         # last, so every figure before it runs in the same context as before it existed; it needs no rule job
         Measurement("email", "amctl.load.email_measure:measure_email_throughput", {"recipients": 1000}),
     ]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from amctl.load import cpu, ladder
 from amctl.load.http1 import HttpPool
 from amctl.load.profile import CATEGORIES, MIXES, EventFactory
 from amctl.load.runner import LoadPlan, run_load
@@ -92,19 +93,28 @@ def _bare_server(*flags: str) -> Iterator[str]:
         bare.wait(10)
 
 
-def measure_generator_accuracy(rates: list[float], seconds: float = 5.0) -> dict[str, Any]:
-    """`amctl events send`'s achieved rate against a target that keeps up (a raw 202 responder)."""
+def measure_generator_accuracy(rates: list[float], seconds: float = 5.0,
+                               batch_rates: Sequence[float] = (10_000,), batch_size: int = 100) -> dict[str, Any]:
+    """`amctl events send`'s achieved rate against a target that keeps up (a raw 202 responder), one event
+    per request at `rates` and in batches of `batch_size` at `batch_rates` (events/s), with the cores the
+    generator itself used: the end-to-end ladder's top steps are batched, and the generator must not be their
+    ceiling."""
     figures: dict[str, Any] = {}
     with _bare_server("--raw") as bare:
-        for rate in rates:
-            plan = LoadPlan(url=f"{bare}/api/events", schedule=ArrivalSchedule([Stage(rate, seconds)]),
-                            events=EventFactory(users=1000, mix=MIXES["default"]))
+        runs = [(rate, 1, f"at_{rate:g}") for rate in rates]
+        runs += [(rate, batch_size, f"batch_at_{rate:g}") for rate in batch_rates]
+        for rate, batch, key in runs:
+            path = "/api/events/batch" if batch > 1 else "/api/events"
+            plan = LoadPlan(url=f"{bare}{path}", schedule=ArrivalSchedule([Stage(rate / batch, seconds)]),
+                            events=EventFactory(users=1000, mix=MIXES["default"]), batch_size=batch)
+            cpu_started, started = time.process_time(), time.perf_counter()
             summary = asyncio.run(run_load(plan)).as_json()
-            figures[f"at_{rate:g}"] = {
+            cores = (time.process_time() - cpu_started) / (time.perf_counter() - started)
+            figures[key] = {
                 "achieved_rate": summary["achieved_rate"],
                 "achieved_vs_target": round(summary["achieved_rate"] / rate, 4),
                 "late": summary["late"], "dropped": summary["dropped"], "errors": summary["errors"],
-                "p99_ms": summary["latency_ms"]["p99"],
+                "p99_ms": summary["latency_ms"]["p99"], "generator_cpu_cores": round(cores, 3),
             }
     return figures
 
@@ -140,7 +150,10 @@ def _scrape(url: str) -> Sample:
     return parse(httpx.get(url, timeout=5).text, time.monotonic())
 
 
-def _drain(metrics_url: str, timeout_s: float = 180.0) -> float:
+DRAIN_TIMEOUT_S = 180.0
+
+
+def _drain(metrics_url: str, timeout_s: float = DRAIN_TIMEOUT_S) -> float:
     """Wait until the rule engine has worked off everything queued — its written profiles and the
     records its job evaluated (events and backfill requests) both stand still for 6 s, longer than
     the job's metrics can lag (Flink's metric fetcher, then the rule engine's refresh, 2 s each) and
@@ -170,11 +183,13 @@ def _segments(settings: AmctlSettings, count: int) -> None:
 
 
 def measure_assignment_latency(
-    rates: tuple[int, ...] = (100, 500, 1000), seconds: float = 10.0, segments: int = 20,
-    batch_rates: tuple[int, ...] = (2000, 5000, 10000),
+    rates: Sequence[int] = ladder.LADDER_RATES, seconds: float = 10.0, segments: int = 20,
+    single_up_to: int = ladder.SINGLE_UP_TO, batch_size: int = ladder.BATCH_SIZE, idle_s: float = 3.0,
+    warmup_s: float = 2.0,
 ) -> dict[str, Any]:
-    """Event received → membership written, p50/p99, at fixed open-model rates with `segments` active
-    segments; then batched rates to find the highest one whose p99 stays under 1 s."""
+    """Event received → membership written (p50/p99/max) with `segments` active segments, on a ladder of
+    open-model rates (single events up to `single_up_to` ev/s, batches above), draining between steps and
+    stopping once a step clearly fails; with the cores each component of the stack used at every step."""
     settings = AmctlSettings()
     metrics = f"{settings.url(settings.ports.rule_engine)}/metrics"
     _drain(metrics)  # what earlier measurements sent
@@ -182,36 +197,41 @@ def measure_assignment_latency(
     time.sleep(4)  # the new segments' backfill starts (and its settle pass three seconds later)
     backfill = _drain(metrics)
     name = "am_segment_assignment_seconds"
-    results: dict[str, Any] = {"segments": segments, "backfill_drain_s": round(backfill + 4, 1),
-                               "by_rate": {}, "sustained": {}}
+    roots = cpu.local_stack_roots(settings)
 
-    def run(rate: int, batch: int) -> dict[str, Any]:
-        before = _scrape(metrics).buckets(name)
-        path = "/api/events/batch" if batch > 1 else "/api/events"
+    def send(step: ladder.Step) -> dict[str, Any]:
+        path = "/api/events/batch" if step.batch_size > 1 else "/api/events"
         plan = LoadPlan(url=settings.url(settings.ports.ingestion_api) + path,
-                        schedule=ArrivalSchedule([Stage(rate / batch, seconds)]),
+                        schedule=ArrivalSchedule([Stage(step.rate / step.batch_size, step.seconds)]),
                         events=EventFactory(users=5_000_000, mix=MIXES["default"], seed=random.randrange(10**6)),
-                        batch_size=batch)
-        load = asyncio.run(run_load(plan)).as_json()
-        drained = _drain(metrics)
+                        batch_size=step.batch_size)
+        return asyncio.run(run_load(plan)).as_json()
+
+    def run(step: ladder.Step) -> ladder.StepResult:
+        before = _scrape(metrics).buckets(name)
+        started = cpu.snapshot(roots)
+        load = send(step)
+        use = cpu.cpu_use(started, cpu.snapshot(roots))
+        drain_s = _drain(metrics)
         after = _scrape(metrics).buckets(name)
         p50, p99 = quantile(before, after, 0.5), quantile(before, after, 0.99)
-        return {"achieved_rate": load["achieved_rate"], "dropped": load["dropped"], "errors": load["errors"],
-                "drain_s_after_load": round(drained, 1),
-                "assignments": int(after.get(float("inf"), 0) - before.get(float("inf"), 0)),
-                "p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
-                "p99_ms": round(p99 * 1000, 1) if p99 is not None else None}
+        top = ladder.highest_bucket(before, after)
+        return ladder.StepResult(
+            step, load["achieved_rate"], load["sent"], load["dropped"], load["errors"], load["late"],
+            int(after.get(float("inf"), 0) - before.get(float("inf"), 0)),
+            p50 * 1000 if p50 is not None else None, p99 * 1000 if p99 is not None else None,
+            top * 1000 if top is not None and top != float("inf") else None, drain_s, drain_s < DRAIN_TIMEOUT_S,
+            use)
 
-    for rate in rates:
-        results["by_rate"][str(rate)] = run(rate, 1)
-    best = None
-    for rate in batch_rates:
-        figures = run(rate, 100)
-        results["sustained"][str(rate)] = figures
-        if figures["p99_ms"] is not None and figures["p99_ms"] < 1000 and not figures["dropped"]:
-            best = rate
-    results["max_rate_with_p99_under_1s"] = best
-    return results
+    if warmup_s > 0:  # the services' first connections and code paths, not measured
+        send(ladder.Step(200, 1, warmup_s))
+        _drain(metrics)
+    idle = cpu.snapshot(roots)
+    time.sleep(idle_s)  # what the stack burns with no load: the floor under every step's figures
+    idle_use = cpu.cpu_use(idle, cpu.snapshot(roots))
+    steps = ladder.plan(rates, seconds, single_up_to, batch_size)
+    rungs = ladder.climb(steps, run)
+    return ladder.report(ladder.Setup(segments, backfill + 4, idle_use), rungs, steps)
 
 
 def measure_seed_flow(trials: int = 5) -> dict[str, Any]:
