@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
+from server.ingestion_api.fast_path import EventFastPath
 from server.ingestion_api.ingestor import Ingestor
 from server.ingestion_api.metrics import IngestionMetrics
 from server.ingestion_api.routes import identity, router
@@ -57,6 +59,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         requires_api_keys=True,
     )
     app.add_middleware(WriteKeyAuth)
+    # appended, not added: innermost of the middlewares, so the body limit and the HTTP metrics still apply
+    app.user_middleware.append(Middleware(EventFastPath, routes=router.routes))
     if uses_postgres:
         app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))

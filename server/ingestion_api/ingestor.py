@@ -72,8 +72,11 @@ class Ingestor:
         self.links = links if links is not None else LinkCache()
 
     def admit(self, request: Request, count: int) -> None:
-        client = caller_id(request) or _hashed(request.headers.get("x-api-key")) \
-            or (request.client.host if request.client else "unknown")
+        """Take `count` events from the caller's rate (RateLimited when over it)."""
+        self.admit_client(client_of(request), count)
+
+    def admit_client(self, client: str, count: int) -> None:
+        """Take `count` events from `client`'s rate (RateLimited when over it); `client` as `client_name` says."""
         decision = self.limiter.take(client, count)
         if not decision.allowed:
             self.metrics.rate_limited.inc(count)
@@ -203,6 +206,17 @@ def _event(body: EventIn, received_at: datetime) -> UserEvent:
     return UserEvent(user_id=user_id, event_type=body.eventType, event_id=body.eventId or str(uuid.uuid4()),
                      timestamp=body.timestamp or received_at, properties=body.properties, received_at=received_at,
                      anonymous_id=body.anonymousId, anonymous=body.userId is None)
+
+
+def client_of(request: Request) -> str:
+    """Whose rate a request counts against (`client_name` of what the request carries)."""
+    return client_name(caller_id(request), request.headers.get("x-api-key"),
+                       request.client.host if request.client else None)
+
+
+def client_name(caller: str | None, api_key: str | None, host: str | None) -> str:
+    """The authenticated key's id; with keys off the caller's own X-API-Key (hashed), else its address."""
+    return caller or _hashed(api_key) or host or "unknown"
 
 
 def _hashed(header: str | None) -> str | None:
