@@ -30,7 +30,7 @@ from server.ingestion_api.ingestor import Ingestor, client_name
 from server.ingestion_api.schemas import MAX_BATCH_EVENTS, EventIn
 from server.runtime.api_keys import ApiKeys
 from server.runtime.api_keys import Scope as KeyScope
-from server.runtime.storable import unstorable
+from server.runtime.storable import is_storable
 
 EVENTS, BATCH = "/api/events", "/api/events/batch"
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
@@ -84,7 +84,7 @@ async def _one(ingestor: Ingestor, raw: bytes, client: str) -> tuple[int, bytes]
     except ValidationError:
         return None
     # as deep as the route's check of the whole body sees them: the properties are one level down
-    if unstorable({"properties": body.properties}, ("body",)):
+    if not is_storable({"properties": body.properties}):
         return None
     return 202, await accept_event(ingestor, body, client)
 

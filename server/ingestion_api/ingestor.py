@@ -95,7 +95,8 @@ class Ingestor:
         job fails too, though the event itself is kept: its retry is a duplicate that finishes the link."""
         events = [_event(b, received_at) for b in bodies]
         fresh = [i for i, e in enumerate(events) if self.recent.first_seen(e.event_id)]
-        self.metrics.duplicates.inc(len(events) - len(fresh))
+        if len(fresh) < len(events):
+            self.metrics.duplicates.inc(len(events) - len(fresh))
         routed = await self._route([events[i] for i in fresh])
         for i, event in zip(fresh, routed, strict=True):
             events[i] = event
@@ -111,6 +112,7 @@ class Ingestor:
         unannounced = self._settle_links(identifies, failures[len(fresh):], links, identities)
         produced = dict(zip(fresh, failures[:len(fresh)], strict=True))
         outcomes: list[Outcome] = []
+        accepted: dict[str, int] = {}
         for i, event in enumerate(events):
             failure = produced.get(i)
             if failure is not None:
@@ -120,12 +122,13 @@ class Ingestor:
                 continue
             if i in produced:
                 self.metrics.produce_latency.observe(elapsed)
-                self.metrics.accepted.labels(event.event_type).inc()
+                accepted[event.event_type] = accepted.get(event.event_type, 0) + 1
             pair = _pair(event)
             if pair in unannounced:
                 outcomes.append(_broker_failure(unannounced[pair]))
             else:
                 outcomes.append(Stored(event, i in produced, identities.get(pair) if pair else None))
+        self.metrics.count_accepted(accepted)
         return outcomes
 
     async def identify(self, anonymous_id: str, user_id: str, traits: Mapping[str, Any], at: datetime) -> AliasLink:

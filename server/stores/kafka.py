@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -144,23 +145,25 @@ class AsyncProducer:
                 if pending == 0:
                     loop.call_soon_threadsafe(_set_result, all_settled, None)
 
-        def on_delivery(index: int) -> Callable[[KafkaError | None, Message], None]:
-            return lambda err, _msg: settle(index, None if err is None else DependencyUnavailable("kafka", err.str()))
+        def delivered(index: int, err: KafkaError | None, _msg: Message) -> None:
+            settle(index, None if err is None else DependencyUnavailable("kafka", err.str()))
 
+        produce = self._producer.produce
         for index, (key, value) in enumerate(records):
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery(index))
+                produce(topic, value=value, key=key, on_delivery=partial(delivered, index))
             except BufferError:
                 settle(index, DependencyUnavailable("kafka", "producer queue is full"))
             except KafkaException as exc:
                 settle(index, DependencyUnavailable("kafka", str(exc)))
         if timeout_s is None:
             timeout_s = self.delivery_timeout_s + 1
+        # a timer that settles the wait, lighter than asyncio.timeout's cancellation per call
+        timer = loop.call_later(timeout_s, _set_result, all_settled, None)
         try:
-            async with asyncio.timeout(timeout_s):
-                await all_settled
-        except TimeoutError:
-            pass
+            await all_settled
+        finally:
+            timer.cancel()
         with lock:
             late = DependencyUnavailable("kafka", f"no ack within {timeout_s:g} s")
             return cast(list[DependencyUnavailable | None], [late if o is _PENDING else o for o in outcomes])
