@@ -37,6 +37,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await db.open(settings.startup_wait_s)
         # one long-lived producer for every request: never a connection per event
         producer = AsyncProducer.for_service(settings)
+        producer.connect()  # started: the first event should not wait for the broker handshake
         app.state.ingestor = Ingestor(
             settings, producer, store,
             *request_guards(settings),

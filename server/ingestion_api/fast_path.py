@@ -55,8 +55,11 @@ class EventFastPath:
             return
         app: FastAPI = scope["app"]
         client = _writer(app.state.api_keys, scope)
+        if client is None:
+            await self.app(scope, receive, send)
+            return
         messages, raw = await _read_body(receive)
-        if client is None or raw is None:
+        if raw is None:
             await self.app(scope, _replay(messages, receive), send)
             return
         scope["route"] = self._routes[scope["path"]]  # the HTTP metrics label it by its template, as routed
