@@ -84,9 +84,11 @@ class AsyncProducer:
 
     @classmethod
     def for_service(cls, settings: ServiceSettings, delivery_timeout_s: float | None = None) -> AsyncProducer:
-        """A service's producer: its broker, how long to wait for an ack (produce_timeout_s) and idempotence."""
+        """A service's producer: its broker, how long to wait for an ack (produce_timeout_s), idempotence and
+        linger (AM_KAFKA_LINGER_MS)."""
         timeout_s = settings.produce_timeout_s if delivery_timeout_s is None else delivery_timeout_s
-        return cls(settings.kafka_bootstrap, timeout_s, idempotent=settings.kafka_idempotence)
+        return cls(settings.kafka_bootstrap, timeout_s, idempotent=settings.kafka_idempotence,
+                   **{"linger.ms": settings.kafka_linger_ms})
 
     @property
     def _producer(self) -> Producer:
