@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
+from server.ingestion_api.fast_path import EventFastPath
 from server.ingestion_api.ingestor import Ingestor
 from server.ingestion_api.metrics import IngestionMetrics
 from server.ingestion_api.routes import identity, router
@@ -35,6 +37,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await db.open(settings.startup_wait_s)
         # one long-lived producer for every request: never a connection per event
         producer = AsyncProducer.for_service(settings)
+        producer.connect()  # started: the first event should not wait for the broker handshake
         app.state.ingestor = Ingestor(
             settings, producer, store,
             *request_guards(settings),
@@ -57,6 +60,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         requires_api_keys=True,
     )
     app.add_middleware(WriteKeyAuth)
+    # appended, not added: innermost of the middlewares, so the body limit and the HTTP metrics still apply
+    app.user_middleware.append(Middleware(EventFastPath, routes=router.routes))
     if uses_postgres:
         app.state.health.add("db", db.health)
     app.state.health.add("kafka", BrokerHealth(settings.kafka_bootstrap, settings.dependency_timeout_s))

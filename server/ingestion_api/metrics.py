@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from server.runtime.metrics import LATENCY_BUCKETS, register_metric_name
@@ -15,6 +17,8 @@ IDENTITY_REFUSALS = register_metric_name("am_identity_refusals_total")
 
 
 class IngestionMetrics:
+    """The counters and the histogram, and the accepted counter's child per event type, looked up once."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.accepted = Counter(EVENTS_ACCEPTED.removesuffix("_total"), "Events stored on the broker",
                                 ["event_type"], registry=registry)
@@ -29,3 +33,12 @@ class IngestionMetrics:
                                          ["reason"], registry=registry)
         self.produce_latency = Histogram(PRODUCE_LATENCY, "Time from produce to broker ack",
                                          buckets=LATENCY_BUCKETS, registry=registry)
+        self._accepted: dict[str, Counter] = {}
+
+    def count_accepted(self, by_type: Mapping[str, int]) -> None:
+        """Count stored events, `by_type` = {event type: how many}."""
+        for event_type, count in by_type.items():
+            child = self._accepted.get(event_type)
+            if child is None:  # labels() takes a lock and builds a key: once per event type, not per event
+                child = self._accepted[event_type] = self.accepted.labels(event_type)
+            child.inc(count)

@@ -31,9 +31,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.ingestion_api.answers import item_refusal, validation_errors
 from server.ingestion_api.identity import made
 from server.ingestion_api.ingestor import Outcome
-from server.ingestion_api.routes import IngestorDep, batch_result, item_refusal, item_result, validation_errors
+from server.ingestion_api.routes import IngestorDep, batch_result, item_result
 from server.ingestion_api.schemas import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,

@@ -47,10 +47,16 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(self.service, route, method, str(status)).inc()
-        self.latency.labels(self.service, route, method).observe(seconds)
+        children = self._children.get((route, method, status))
+        if children is None:  # labels() takes a lock and builds a key: once per route and answer, not per request
+            children = self._children[route, method, status] = (
+                self.requests.labels(self.service, route, method, str(status)),
+                self.latency.labels(self.service, route, method))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class MetricsMiddleware:

@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:30092"
     kafka_idempotence: bool = Field(default=True, description="Idempotent producers; off for the local durable "
                                     "broker, which can acknowledge a lost batch's retry as a duplicate")
+    kafka_linger_ms: float = Field(default=5.0, ge=0, le=1000, description="How long a service's producer waits "
+                                   "to fill a batch: the floor of every acknowledgement's latency, and fewer, "
+                                   "larger produce requests for the local broker")
     aerospike_hosts: str = Field(default="", description="host:port,… — set on Kubernetes: profiles and caches "
                                                          "then live in Aerospike instead of PostgreSQL/memory")
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000, le=300000, description="Consumer group session "

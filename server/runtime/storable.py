@@ -139,11 +139,35 @@ def require_storable(value: Any, loc: Location = ()) -> None:
 
 def encode(value: Any) -> bytes:
     """`value` as the platform encodes it (orjson), or UnstorableValue saying where it cannot travel."""
+    encoded = _plainly_storable(value)
+    if encoded is not None:
+        return encoded
     require_storable(value)
     try:
         return orjson.dumps(value)
     except orjson.JSONEncodeError as exc:  # a type JSON has no form for
         raise UnstorableValue([((), f"cannot be encoded as JSON: {exc}")]) from None
+
+
+def is_storable(value: Any) -> bool:
+    """Whether `unstorable` would find nothing in `value` (most often without walking it)."""
+    return _plainly_storable(value) is not None or not unstorable(value)
+
+
+def _plainly_storable(value: Any) -> bytes | None:
+    """`value` encoded, when the encoding itself shows that the walk would find nothing; else None.
+
+    orjson refuses lone surrogates and integers beyond 64 bits, writes NUL as an escape and non-finite
+    numbers as null: bytes without `\\u0000` or `null`, with fewer brackets than the walk's depth limit,
+    hold no unstorable value. Anything else (a real null too) is left to the walk, which says where.
+    """
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+    if b"null" in encoded or b"\\u0000" in encoded or encoded.count(b"{") + encoded.count(b"[") >= _MAX_DEPTH:
+        return None
+    return encoded
 
 
 def decode(raw: bytes | str) -> Any:

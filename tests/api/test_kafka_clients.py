@@ -10,9 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from server.communication_api.app import create_app as communication_app
 from server.email_worker.app import create_app as email_worker_app
+from server.ingestion_api.app import create_app as ingestion_app
 from server.runtime.settings import ServiceSettings
 from server.segment_api.app import create_app as segment_app
 from server.stores.kafka import AsyncProducer, BrokerHealth
@@ -42,6 +44,16 @@ def test_a_producer_connects_on_its_first_send_and_close_releases_it(service_set
     message = asyncio.run(producer.send(service_settings.topic("user-events"), "u1", b"{}"))
     assert message.error() is None and client_threads() > before
     assert producer.close() == 0
+    assert client_threads() == before
+
+
+def test_a_started_ingestion_api_connects_its_producer_before_the_first_event_and_releases_it(
+        service_settings: ServiceSettings) -> None:
+    before = client_threads()
+    app = ingestion_app(service_settings)
+    assert client_threads() == before  # built, not started: no client yet
+    with TestClient(app):
+        assert client_threads() > before  # started: connecting already, with no event sent
     assert client_threads() == before
 
 

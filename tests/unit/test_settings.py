@@ -1,4 +1,5 @@
-"""Service settings: the database connection string psycopg is handed, with and without a password."""
+"""Service settings: the database connection string psycopg is handed, with and without a password; the
+producers' linger."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from server.runtime.settings import ServiceSettings
+from server.stores.kafka import AsyncProducer
 
 pytestmark = pytest.mark.unit
 
@@ -22,3 +24,9 @@ def test_a_password_is_added_to_a_url_or_a_key_value_dsn_as_libpq_reads_it(url: 
 def test_without_a_password_the_url_is_used_as_given() -> None:
     settings = ServiceSettings(database_url="postgresql://postgres@127.0.0.1:30432/audience")
     assert settings.database_conninfo == "postgresql://postgres@127.0.0.1:30432/audience"
+
+
+def test_a_services_producer_lingers_as_its_settings_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AsyncProducer.for_service(ServiceSettings())._config["linger.ms"] == 5.0
+    monkeypatch.setenv("AM_KAFKA_LINGER_MS", "1")
+    assert AsyncProducer.for_service(ServiceSettings())._config["linger.ms"] == 1.0

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.runtime.storable import UnstorableValue, decode, describe, echoable, encode, unstorable
+from server.runtime.storable import UnstorableValue, decode, describe, echoable, encode, is_storable, unstorable
 
 pytestmark = pytest.mark.unit
 
@@ -51,6 +51,38 @@ def test_an_unstorable_key_is_named_with_its_escape_and_every_problem_is_listed(
 def test_what_orjson_round_trips_is_storable(value: object) -> None:
     assert unstorable(value) == []
     assert decode(encode(value)) == orjson.loads(orjson.dumps(value))
+
+
+ANY_JSON = st.recursive(  # storable values and every kind the walk refuses, nested up past its depth limit
+    st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats() | st.text()
+    | st.sampled_from(["\ud800", "a\x00b", "\\u0000", "null", float("inf"), 2**64, -(2**63) - 1]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(), children, max_size=3),
+    max_leaves=80,
+)
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@given(ANY_JSON)
+def test_the_encoding_shortcut_agrees_with_the_walk(value: object) -> None:
+    problems = unstorable(value)
+    assert is_storable(value) is (problems == [])
+    if problems:
+        with pytest.raises(UnstorableValue):
+            encode(value)
+    else:
+        assert encode(value) == orjson.dumps(value)
+
+
+@pytest.mark.parametrize("depth", [62, 63, 64, 65, 100])
+def test_the_encoding_shortcut_keeps_the_depth_limit(depth: int) -> None:
+    assert is_storable(_nested(depth)) is (unstorable(_nested(depth)) == [])
+    assert is_storable(_nested(100)) is False
 
 
 def test_encode_and_decode_refuse_instead_of_losing_the_value() -> None:
