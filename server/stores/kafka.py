@@ -66,7 +66,8 @@ class AsyncProducer:
 
     The client connects on the first send (or `connect`, from a started service) and is released by `close`:
     a service that is built but never started (a refused start, a test) leaves no client behind that keeps
-    retrying the broker.
+    retrying the broker. A fatal error (the broker fenced the producer id, e.g. a fresh local broker answering
+    a retried handshake) leaves a client unusable for good: that send fails, and the next one gets a new client.
     """
 
     def __init__(self, bootstrap: str, delivery_timeout_s: float, idempotent: bool = True, **overrides: Any) -> None:
@@ -79,6 +80,7 @@ class AsyncProducer:
         }
         self._client: Producer | None = None
         self._poller: threading.Thread | None = None
+        self._retired: threading.Event = threading.Event()  # set when the current client had a fatal error
         self.delivery_timeout_s = delivery_timeout_s
         self._closed = threading.Event()
 
@@ -96,9 +98,9 @@ class AsyncProducer:
         if self._client is None:
             if self._closed.is_set():
                 raise DependencyUnavailable("kafka", "the producer is closed")
-            self._client = Producer(self._config)
-            self._poller = threading.Thread(target=self._poll, args=(self._client,), name="kafka-producer-poll",
-                                            daemon=True)
+            self._client, self._retired = Producer(self._config), threading.Event()
+            self._poller = threading.Thread(target=self._poll, args=(self._client, self._retired),
+                                            name="kafka-producer-poll", daemon=True)
             self._poller.start()
         return self._client
 
@@ -107,9 +109,24 @@ class AsyncProducer:
         first send does not wait for that (~0.5 s against the local broker)."""
         self._producer  # noqa: B018 - the property creates the client
 
-    def _poll(self, client: Producer) -> None:
-        while not self._closed.is_set():
+    def _poll(self, client: Producer, retired: threading.Event) -> None:
+        # a retired client is polled until the records it still holds are settled (they fail at once)
+        while not self._closed.is_set() and not (retired.is_set() and len(client) == 0):
             client.poll(0.05)
+
+    def _failed(self, failure: KafkaError | KafkaException) -> DependencyUnavailable:
+        """What a refused record answers; after a fatal error the client is retired (the next send makes one)."""
+        err = failure.args[0] if isinstance(failure, KafkaException) and failure.args else failure
+        if isinstance(err, KafkaError):
+            if err.fatal():
+                self._retire()
+            return DependencyUnavailable("kafka", err.str())
+        return DependencyUnavailable("kafka", str(failure))
+
+    def _retire(self) -> None:
+        # called from the poller thread: only drop the reference, the poller itself ends once the client is empty
+        self._retired.set()
+        self._client = None
 
     async def send(self, topic: str, key: str | bytes | None, value: bytes | None) -> Message:
         """Produce one record and wait for the broker's acknowledgement."""
@@ -118,7 +135,7 @@ class AsyncProducer:
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                loop.call_soon_threadsafe(_set_exception, future, DependencyUnavailable("kafka", err.str()))
+                loop.call_soon_threadsafe(_set_exception, future, self._failed(err))
             else:
                 loop.call_soon_threadsafe(_set_result, future, msg)
 
@@ -127,7 +144,7 @@ class AsyncProducer:
         except BufferError as exc:
             raise DependencyUnavailable("kafka", "producer queue is full") from exc
         except KafkaException as exc:
-            raise DependencyUnavailable("kafka", str(exc)) from exc
+            raise self._failed(exc) from exc
         return await future
 
     async def send_many(self, topic: str, records: Sequence[tuple[str | bytes | None, bytes | None]],
@@ -154,7 +171,7 @@ class AsyncProducer:
                     loop.call_soon_threadsafe(_set_result, all_settled, None)
 
         def delivered(index: int, err: KafkaError | None, _msg: Message) -> None:
-            settle(index, None if err is None else DependencyUnavailable("kafka", err.str()))
+            settle(index, None if err is None else self._failed(err))
 
         produce = self._producer.produce
         for index, (key, value) in enumerate(records):
@@ -163,7 +180,7 @@ class AsyncProducer:
             except BufferError:
                 settle(index, DependencyUnavailable("kafka", "producer queue is full"))
             except KafkaException as exc:
-                settle(index, DependencyUnavailable("kafka", str(exc)))
+                settle(index, self._failed(exc))
         if timeout_s is None:
             timeout_s = self.delivery_timeout_s + 1
         # a timer that settles the wait, lighter than asyncio.timeout's cancellation per call

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError
 from fastapi.testclient import TestClient
 
 from server.communication_api.app import create_app as communication_app
@@ -63,3 +64,24 @@ def test_the_broker_health_check_holds_no_client_between_checks(service_settings
     health = asyncio.run(check())
     assert health.status == "UP" and health.details["brokers"] == 1
     assert client_threads() == before
+
+
+def test_after_a_fatal_error_the_next_send_gets_a_new_client(service_settings: ServiceSettings) -> None:
+    """A fenced producer id is fatal for a librdkafka client, and it cannot be provoked on demand: the error is
+    handed to the producer as its delivery callback would, then the next send must be acknowledged."""
+    producer = AsyncProducer(service_settings.kafka_bootstrap, delivery_timeout_s=5.0)
+    topic = service_settings.topic("user-events")
+    try:
+        assert asyncio.run(producer.send(topic, "u1", b"{}")).error() is None
+        first = producer._client
+        fenced = KafkaError(KafkaError._FENCED, "Broker: producer fenced", fatal=True)
+        refusal = producer._failed(fenced)
+        assert refusal.dependency == "kafka" and "fenced" in str(refusal)
+        assert asyncio.run(producer.send(topic, "u1", b"{}")).error() is None
+        assert producer._client is not None and producer._client is not first
+        retriable = KafkaError(KafkaError._MSG_TIMED_OUT, "timed out", retriable=True)
+        kept = producer._client
+        producer._failed(retriable)
+        assert producer._client is kept  # only fatal errors replace the client
+    finally:
+        producer.close()
