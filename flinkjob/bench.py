@@ -7,13 +7,16 @@ mini-cluster in this process, with the live job's configuration (thread mode, bu
 
 After one discarded warm-up run, each is run twice, over a few records and over all of them;
 throughput is the difference in records over the difference in wall time, so job start-up (tasks,
-Python workers) cancels out.
+Python workers) cancels out. The two jobs take turns for a few rounds and the figures are the medians:
+on a shared machine one round's no-op figure can be off several times over (a one-second difference of
+two runs), and a ratio is only fair between runs that saw the same load.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import statistics
 import tempfile
 import time
 import uuid
@@ -108,30 +111,39 @@ def _timed_run(kind: str, settings: RuleEngineSettings, stop_at: StopAt) -> floa
         return time.perf_counter() - started
 
 
-def measure_job_throughput(events: int = 60_000, segments: int = 20, users: int = 20_000) -> dict[str, Any]:
+def measure_job_throughput(events: int = 60_000, segments: int = 20, users: int = 20_000,
+                           rounds: int = 3) -> dict[str, Any]:
+    """Events/s of the rule job and of the no-op job, each the median of `rounds` turns taken in alternation, and
+    the median of each round's ratio (`rules_to_noop_ratio`); `*_runs` are the rounds' own figures."""
     bootstrap = os.environ["AM_KAFKA_BOOTSTRAP"]
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     create_topics(bootstrap, prefix)
     ends = _produce(bootstrap, prefix + USER_EVENTS, _events(events, users))
     rules_end = _produce(bootstrap, prefix + RULE_DEFINITIONS, _definitions(segments))
     warmup = {p: min(end, WARMUP_PER_PARTITION) for p, end in ends.items()}
-    figures: dict[str, Any] = {"events": events, "segments": segments, "users": users}
+    figures: dict[str, Any] = {"events": events, "segments": segments, "users": users, "rounds": rounds}
     prepare_python_environment()
+    runs: dict[str, list[int]] = {"noop": [], "rules": []}
     with tempfile.TemporaryDirectory(prefix="amctl-job-bench-") as state:
         settings = RuleEngineSettings(kafka_bootstrap=bootstrap, topic_prefix=prefix, state_dir=Path(state),
                                       flink_ui_port=0)  # any free port: the live job's UI may be running
         warm_stop = {prefix + USER_EVENTS: warmup}
         _timed_run("noop", settings, warm_stop)  # the first job in a process also pays for the JVM's warm-up
-        for kind in ("noop", "rules"):
-            runs = []
-            for partitions in (warmup, ends):
-                stop_at = {prefix + USER_EVENTS: partitions, prefix + REEVALUATIONS: {p: 0 for p in range(4)},
-                           prefix + RULE_DEFINITIONS: rules_end}
-                runs.append((sum(partitions.values()), _timed_run(kind, settings, stop_at)))
-            (few, t_few), (many, t_many) = runs
-            figures[f"{kind}_events_per_s"] = round((many - few) / max(t_many - t_few, 1e-3))
-            figures[f"{kind}_run_s"] = round(t_many, 2)
-    figures["rules_to_noop_ratio"] = round(figures["rules_events_per_s"] / figures["noop_events_per_s"], 2)
+        for _ in range(rounds):
+            for kind, per_s in runs.items():
+                timed = []
+                for partitions in (warmup, ends):
+                    stop_at = {prefix + USER_EVENTS: partitions, prefix + REEVALUATIONS: {p: 0 for p in range(4)},
+                               prefix + RULE_DEFINITIONS: rules_end}
+                    timed.append((sum(partitions.values()), _timed_run(kind, settings, stop_at)))
+                (few, t_few), (many, t_many) = timed
+                per_s.append(round((many - few) / max(t_many - t_few, 1e-3)))
+                figures[f"{kind}_run_s"] = round(t_many, 2)
+    for kind, per_s in runs.items():
+        figures[f"{kind}_events_per_s"] = round(statistics.median(per_s))
+        figures[f"{kind}_runs"] = per_s
+    ratios = [rules / noop for rules, noop in zip(runs["rules"], runs["noop"], strict=True)]
+    figures["rules_to_noop_ratio"] = round(statistics.median(ratios), 2)
     return figures
 
 
