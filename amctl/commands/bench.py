@@ -36,7 +36,8 @@ def measurements(quick: bool) -> list[Measurement]:
         # after the read, ingestion and export stages, so they run in the same context as before it existed
         Measurement("identify_latency", "amctl.load.identity_measure:measure_identify_latency",
                     {"visitors": 40 if quick else 200}),
-        Measurement("job_throughput", "flinkjob.bench:measure_job_throughput", {"events": 20_000 if quick else 60_000}),
+        Measurement("job_throughput", "flinkjob.bench:measure_job_throughput", {"events": 20_000 if quick else 60_000},
+                    timeout_s=1200.0),  # three rounds of each job, taking turns
         # the end-to-end ladder: single events up to 2,000 ev/s, batches of 100 above; --quick climbs fewer rungs
         Measurement("assignment_latency", "amctl.load.measures:measure_assignment_latency",
                     {"seconds": seconds, "rates": [500, 2000, 3000, 5000, 10_000] if quick
