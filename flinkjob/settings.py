@@ -25,6 +25,12 @@ class RuleEngineSettings(ServiceSettings):
                               "memory broker restarted): Kafka offsets in a checkpoint are then not restored")
     writer_batch: int = 1000
     backfill_page: int = 1000
+    # A re-evaluation costs the job about what an event does: at ~3,000/s with 20 segments on 2 shared cores,
+    # 1,000/s leaves live events most of it.
+    backfill_rate: float = Field(default=1000, ge=0, description="Re-evaluation requests per second a backfill "
+                                 "sends at most, so live events keep the job's headroom (0: no limit)")
+    backfill_scan_rate: float = Field(default=20000, ge=0, description="Stored profiles per second a backfill "
+                                      "reads and matches at most (it shares the cores with the job; 0: no limit)")
     history_lookback: timedelta = Field(
         default=HISTORY_LOOKBACK, gt=timedelta(0),
         description="How long each user's event history is kept (ISO-8601, e.g. P30D), whatever the live rules "
