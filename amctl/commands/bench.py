@@ -42,6 +42,8 @@ def measurements(quick: bool) -> list[Measurement]:
                      "batch_rates": [2000] if quick else [2000, 5000, 10000]}),
         # last, so every figure before it runs in the same context as before it existed; it needs no rule job
         Measurement("email", "amctl.load.email_measure:measure_email_throughput", {"recipients": 1000}),
+        # after email: its 100,000 seeded profiles must not change the context of any stage before it
+        Measurement("backfill", "amctl.load.backfill_measure:measure_backfill", {"profiles": 100_000}),
     ]
 
 
@@ -78,7 +80,7 @@ def bench(
     end-to-end assignment latency at 100/500/1,000 ev/s, sustained rate, rule propagation, API p50/p99,
     event → signed webhook delivered p50/p99,
     identify → merged profile p50/p99, the rule job's state bytes per user, campaign mails/s with kept SMTP
-    connections and with one per mail."""
+    connections and with one per mail, and live latency while a segment over 100,000 profiles backfills."""
     app = get_context(ctx)
     plan = selected(measurements(quick), only or [])
     with app.err.status("benchmarking") as status:
