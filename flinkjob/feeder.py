@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from flinkjob.logic import compile_definition
 from flinkjob.outage import Outage
-from flinkjob.pacing import Pace
+from flinkjob.pacing import Pace, read_ahead
 from server.domain.pipeline import ReevaluationRequest
 from server.domain.records import InvalidRecord
 from server.domain.segment import SegmentDefinition
@@ -163,7 +163,7 @@ class RuleFeeder:
 
     async def _send(self, definitions: list[SegmentDefinition], candidates: AsyncIterator[list[str]]) -> int:
         sent, segments = 0, tuple(definitions)
-        async for users in candidates:
+        async for users in read_ahead(candidates):  # the paced scan goes on while the paced sending does
             step = self.send_pace.chunk(len(users))
             for i in range(0, len(users), step):
                 chunk = users[i:i + step]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
+T = TypeVar("T")
 # At most this much work is let through at once: a rate is kept smooth, never a burst per second.
 BURST_S = 0.05
 
@@ -31,3 +33,30 @@ class Pace:
         self._next = start + units / self.rate
         if start > now:
             await self.sleep(start - now)
+
+
+async def read_ahead(chunks: AsyncIterator[T], depth: int = 2) -> AsyncIterator[T]:
+    """`chunks` in order, read up to `depth` ahead in a task of their own: two paced steps (reading the store,
+    sending requests) then overlap instead of taking turns. An error reading them is raised here, in turn."""
+    queue: asyncio.Queue[tuple[T | None, BaseException | None, bool]] = asyncio.Queue(depth)
+
+    async def fill() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put((chunk, None, False))
+        except Exception as exc:  # handed to the reader, whose caller decides (an outage retries the pass)
+            await queue.put((None, exc, True))
+            return
+        await queue.put((None, None, True))
+
+    task = asyncio.create_task(fill())
+    try:
+        while True:
+            chunk, error, done = await queue.get()
+            if error is not None:
+                raise error
+            if done:
+                return
+            yield chunk  # type: ignore[misc]  # not done: a chunk
+    finally:
+        task.cancel()

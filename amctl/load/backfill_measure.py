@@ -30,6 +30,7 @@ from amctl.monitor import quantile
 from amctl.settings import AmctlSettings
 
 ASSIGNMENT = "am_segment_assignment_seconds"
+WARM_UP_S = 4.0
 SPENT_MODULO = 5000  # seeded totalSpent is i % 5000, so `totalSpent >= threshold` matches a known share
 
 
@@ -113,13 +114,13 @@ def measure_backfill(profiles: int = 100_000, share: float = 0.075, rate: float 
         stored = _stored_profiles(database_url)
         _drain(metrics)
         plan = LoadPlan(url=settings.url(settings.ports.ingestion_api) + "/api/events",
-                        schedule=ArrivalSchedule([Stage(rate, baseline_s + window_s + 1)]),
+                        schedule=ArrivalSchedule([Stage(rate, WARM_UP_S + baseline_s + window_s)]),
                         events=MarkedEvents(users=5_000_000, mix=MIXES["default"], seed=7, marker=run,
                                             user_prefix=f"live-{run}-"))
         load: dict[str, Any] = {}
         sender = threading.Thread(target=lambda: load.update(asyncio.run(run_load(plan)).as_json()), daemon=True)
         sender.start()
-        time.sleep(1)  # past the load's first requests (connections opening)
+        time.sleep(WARM_UP_S)  # past the load's first seconds (connections opening, the live segment's first entries)
         quiet = _scrape(metrics).buckets(ASSIGNMENT)
         time.sleep(baseline_s)
         before = _scrape(metrics).buckets(ASSIGNMENT)

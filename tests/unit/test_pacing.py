@@ -1,12 +1,14 @@
-"""The backfill's pace on a clock of the test's own: how long it waits, and how much it lets through at once."""
+"""The backfill's pace on a clock of the test's own (how long it waits, how much it lets through at once), and its
+reading ahead."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
-from flinkjob.pacing import Pace
+from flinkjob.pacing import Pace, read_ahead
 
 pytestmark = pytest.mark.unit
 
@@ -64,3 +66,18 @@ def test_one_take_is_a_short_burst_at_most() -> None:
     assert Pace(1000).chunk(1000) == 50  # 50 ms of work
     assert Pace(20_000).chunk(1000) == 1000
     assert Pace(5).chunk(1000) == 1  # never nothing
+
+
+def test_read_ahead_keeps_the_order_and_raises_what_reading_raised() -> None:
+    async def chunks(fail_after: int | None) -> AsyncIterator[list[int]]:
+        for i in range(5):
+            if i == fail_after:
+                raise ConnectionError("store gone")
+            yield [i]
+
+    async def read(fail_after: int | None) -> list[list[int]]:
+        return [chunk async for chunk in read_ahead(chunks(fail_after))]
+
+    assert asyncio.run(read(None)) == [[0], [1], [2], [3], [4]]
+    with pytest.raises(ConnectionError, match="store gone"):
+        asyncio.run(read(3))
