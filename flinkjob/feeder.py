@@ -152,12 +152,13 @@ class RuleFeeder:
 
     async def _written_since(self, updated_since: datetime) -> AsyncIterator[list[str]]:
         after: str | None = None
+        limit = self.scan_pace.chunk(self.page)
         while True:
-            page = await self.store.scan_profiles(after, self.scan_pace.chunk(self.page), updated_since)
+            page = await self.store.scan_profiles(after, limit, updated_since)
             await self.scan_pace.take(len(page))
             if page:
                 yield [p["userId"] for p in page]
-            if len(page) < self.scan_pace.chunk(self.page):
+            if len(page) < limit:
                 return
             after = page[-1]["userId"]
 
@@ -180,7 +181,11 @@ class RuleFeeder:
 
 
 class _Members:
-    """A segment's members in user id order, read a page at a time as the scan of profiles passes them."""
+    """A segment's members in user id order, read a page at a time as the scan of profiles passes them.
+
+    Should the store order ids otherwise than Python does (a collation), a member is handed out later than the
+    profile it goes with, and may be asked twice: never missed, since `rest` hands out whatever `through` left.
+    """
 
     def __init__(self, store: ProfileStore, segment_id: str, page: int) -> None:
         self.store, self.segment_id, self.page = store, segment_id, page

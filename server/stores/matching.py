@@ -7,6 +7,7 @@ referenced segment and page). The caller paces the reading: a page is read only 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +46,12 @@ async def matching_pages(store: ProfileStore, rules: Mapping[str, Rule], page: i
 async def _matching(store: ProfileStore, predicates: Mapping[str, Predicate], referenced: list[str],
                     raw_page: list[dict[str, Any]], ids: list[str]) -> dict[str, list[str]]:
     members = {sid: await store.members_among(sid, ids) for sid in referenced}  # one query per referenced segment
+    # in a thread: the event loop (the rule engine's writer, the Segment API's requests) gets its turns meanwhile
+    return await asyncio.to_thread(_match, predicates, referenced, members, raw_page, ids)
+
+
+def _match(predicates: Mapping[str, Predicate], referenced: list[str], members: Mapping[str, set[str]],
+           raw_page: list[dict[str, Any]], ids: list[str]) -> dict[str, list[str]]:
     now = datetime.now(UTC)
     matching: dict[str, list[str]] = {key: [] for key in predicates}
     for raw, user in zip(raw_page, ids, strict=True):
