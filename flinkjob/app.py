@@ -108,7 +108,7 @@ def create_app(settings: RuleEngineSettings) -> FastAPI:
         writer = StoreWriter(settings.kafka_bootstrap, settings.topic_prefix, store, settings.writer_batch,
                              app.state.metrics_registry)
         feeder = RuleFeeder(settings.kafka_bootstrap, settings.topic_prefix, producer, store, settings.backfill_page,
-                            app.state.metrics_registry)
+                            app.state.metrics_registry, settings.backfill_rate, settings.backfill_scan_rate)
         probe = PipelineProbe(producer, settings.topic_prefix)
         app.state.writer, app.state.feeder, app.state.probe = writer, feeder, probe
         job_metrics = FlinkJobMetrics(job.rest, job.job_id)
@@ -142,7 +142,8 @@ def create_app(settings: RuleEngineSettings) -> FastAPI:
         if writer.probe_seen != app.state.probe.token:
             return ComponentHealth("DOWN", {"waiting": "for the first probe through the job (sources starting)"})
         return ComponentHealth("UP", {"segments": feeder.live_segments, "backfilledUsers": feeder.backfilled_users,
-                                      "lastBackfillUsersPerS": feeder.last_backfill_rate})
+                                      "lastBackfillUsersPerS": feeder.last_backfill_rate,
+                                      "lastBackfillSeconds": feeder.last_backfill_seconds})
 
     app.state.health.add("flinkJob", job.health)
     app.state.health.add("consumers", consuming)

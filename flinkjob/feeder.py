@@ -2,9 +2,15 @@
 
 Reads `segment-rules` from the start (it holds every definition; tombstones mark deletes),
 republishes each definition on the job's rules topic, and asks the job to re-evaluate changed
-segments for the users they may affect: every known user for a new or changed segment, the
-members for a deleted one. Definitions that arrive together are backfilled in one pass, with one
-request per user carrying all of them.
+segments for the users they may affect: for a new or changed segment its members and the users
+whose stored profile matches the new rule (then, a few seconds later, every user written since,
+whose stored profile may have lagged the job), the members for a deleted one. Definitions that
+arrive together are backfilled in one pass, with one request per user carrying all of them.
+
+The job evaluates a request for the changed segments and those referring to them, so a referring
+segment changes for exactly the users whose membership of the changed one can change: these.
+Requests and the store scan are paced (`backfill_rate`, `backfill_scan_rate`) so that live events
+keep the job's and the machine's headroom while a large segment backfills.
 """
 
 from __future__ import annotations
@@ -12,19 +18,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from bisect import bisect_right
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from flinkjob.logic import compile_definition
 from flinkjob.outage import Outage
+from flinkjob.pacing import Pace, read_ahead
 from server.domain.pipeline import ReevaluationRequest
 from server.domain.records import InvalidRecord
 from server.domain.segment import SegmentDefinition
 from server.runtime.metrics import register_metric_name
 from server.stores.kafka import AsyncProducer
+from server.stores.matching import matching_pages
 from server.stores.profile_store import ProfileStore
 from server.stores.records import RejectedRecords, UnreadableRecord, decode, encode
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_RULES
@@ -50,8 +59,10 @@ def definition_of(msg: Message) -> SegmentDefinition:
 
 class RuleFeeder:
     def __init__(self, bootstrap: str, prefix: str, producer: AsyncProducer, store: ProfileStore, page: int,
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry, rate: float = 0, scan_rate: float = 0) -> None:
+        """`rate`: re-evaluation requests per second, `scan_rate`: profiles read per second (0: no limit)."""
         self.producer, self.store, self.page, self.prefix = producer, store, page, prefix
+        self.send_pace, self.scan_pace = Pace(rate), Pace(scan_rate)
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}rule-engine-feeder",
                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
         self.consumer.assign([TopicPartition(prefix + SEGMENT_RULES, 0, 0)])
@@ -60,6 +71,7 @@ class RuleFeeder:
         self.latest: dict[str, SegmentDefinition] = {}  # per segment, the newest definition read
         self.backfilled_users = 0
         self.last_backfill_rate: float | None = None
+        self.last_backfill_seconds: float | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self.outage = Outage(log)
 
@@ -105,38 +117,102 @@ class RuleFeeder:
                                      lambda: self.backfill(definitions, updated_since=fed_at - SETTLE_MARGIN))
 
     async def backfill(self, definitions: list[SegmentDefinition], updated_since: datetime | None = None) -> None:
-        """One re-evaluation request per user who may be affected, in pages."""
-        started, sent = time.perf_counter(), 0
-        if any(not d.deleted for d in definitions):  # every known user; deletes ride along (non-members: no change)
-            sent += await self._requests(definitions, lambda after: self._profile_ids(after, updated_since))
+        """One re-evaluation request per user the change can affect, paced, each carrying every definition.
+
+        The first pass asks the segments' members and the users whose stored profile matches a new rule now; the
+        settle pass (`updated_since`) every user written since, unfiltered: their stored profile may lag the job.
+        Deletes (and paused segments) ask their members only.
+        """
+        started = time.perf_counter()
+        if updated_since is not None and any(d.active for d in definitions):
+            sent = await self._send(definitions, self._written_since(updated_since))
         else:
-            for definition in definitions:
-                sent += await self._requests([definition], partial(self._member_ids, definition.id))
+            sent = await self._send(definitions, self._candidates(definitions))
         self.backfilled_users += sent
         if sent:
-            self.last_backfill_rate = sent / (time.perf_counter() - started)
+            self.last_backfill_seconds = time.perf_counter() - started
+            self.last_backfill_rate = sent / self.last_backfill_seconds
             log.info("backfill of %d segment(s): %d users (%.0f/s)", len(definitions), sent, self.last_backfill_rate)
 
-    async def _profile_ids(self, after: str | None, updated_since: datetime | None) -> list[str]:
-        return [p["userId"] for p in await self.store.scan_profiles(after, self.page, updated_since)]
+    async def _candidates(self, definitions: list[SegmentDefinition]) -> AsyncIterator[list[str]]:
+        """The members of every segment and the users matching every new rule, in user id order, each once."""
+        members = [_Members(self.store, d.id, self.page) for d in definitions]
+        rules = {d.id: compiled.rule for d in definitions if (compiled := compile_definition(d)) is not None}
+        if rules:
+            async for page in matching_pages(self.store, rules, self.scan_pace.chunk(self.page)):
+                await self.scan_pace.take(len(page.user_ids))  # the scan competes with the job for the same cores
+                found = set().union(*page.matching.values())
+                for segment in members:
+                    found.update(await segment.through(page.user_ids[-1]))
+                if found:
+                    yield sorted(found)
+        for segment in members:  # members after the last profile (or every member, when nothing was scanned)
+            async for users in segment.rest():
+                yield users
 
-    async def _member_ids(self, segment_id: str, after: str | None) -> list[str]:
-        return [m.user_id for m in await self.store.segment_members(segment_id, after, self.page)]
-
-    async def _requests(self, definitions: list[SegmentDefinition],
-                        users_after: Callable[[str | None], Awaitable[list[str]]]) -> int:
-        sent, after, segments = 0, None, tuple(definitions)
+    async def _written_since(self, updated_since: datetime) -> AsyncIterator[list[str]]:
+        after: str | None = None
+        limit = self.scan_pace.chunk(self.page)
         while True:
-            users = await users_after(after)
-            if not users:
-                return sent
-            await asyncio.gather(*(
-                self.producer.send(self.prefix + REEVALUATIONS, user, encode(ReevaluationRequest(user, segments)))
-                for user in users
-            ))
-            sent, after = sent + len(users), users[-1]
-            if len(users) < self.page:
-                return sent
+            page = await self.store.scan_profiles(after, limit, updated_since)
+            await self.scan_pace.take(len(page))
+            if page:
+                yield [p["userId"] for p in page]
+            if len(page) < limit:
+                return
+            after = page[-1]["userId"]
+
+    async def _send(self, definitions: list[SegmentDefinition], candidates: AsyncIterator[list[str]]) -> int:
+        sent, segments = 0, tuple(definitions)
+        async for users in read_ahead(candidates):  # the paced scan goes on while the paced sending does
+            step = self.send_pace.chunk(len(users))
+            for i in range(0, len(users), step):
+                chunk = users[i:i + step]
+                await self.send_pace.take(len(chunk))  # live events keep the job's headroom
+                await asyncio.gather(*(
+                    self.producer.send(self.prefix + REEVALUATIONS, user, encode(ReevaluationRequest(user, segments)))
+                    for user in chunk
+                ))
+                sent += len(chunk)
+        return sent
 
     def close(self) -> None:
         self.consumer.close()
+
+
+class _Members:
+    """A segment's members in user id order, read a page at a time as the scan of profiles passes them.
+
+    Should the store order ids otherwise than Python does (a collation), a member is handed out later than the
+    profile it goes with, and may be asked twice: never missed, since `rest` hands out whatever `through` left.
+    """
+
+    def __init__(self, store: ProfileStore, segment_id: str, page: int) -> None:
+        self.store, self.segment_id, self.page = store, segment_id, page
+        self._read: list[str] = []  # read, not yet handed out
+        self._after: str | None = None
+        self._done = False
+
+    async def through(self, last: str) -> list[str]:
+        """The members not handed out yet whose id is at most `last`."""
+        while not self._done and (not self._read or self._read[-1] <= last):
+            await self._more()
+        cut = bisect_right(self._read, last)
+        taken, self._read = self._read[:cut], self._read[cut:]
+        return taken
+
+    async def rest(self) -> AsyncIterator[list[str]]:
+        """The members not handed out yet, a page at a time."""
+        while self._read or not self._done:
+            if not self._read:
+                await self._more()
+                continue
+            taken, self._read = self._read, []
+            yield taken
+
+    async def _more(self) -> None:
+        page = [m.user_id for m in await self.store.segment_members(self.segment_id, self._after, self.page)]
+        self._read += page
+        self._done = len(page) < self.page
+        if page:
+            self._after = page[-1]

@@ -25,6 +25,13 @@ class RuleEngineSettings(ServiceSettings):
                               "memory broker restarted): Kafka offsets in a checkpoint are then not restored")
     writer_batch: int = 1000
     backfill_page: int = 1000
+    # A re-evaluation costs the job about what an event does (~3,000/s with 20 segments on 2 shared cores): 1,000/s
+    # leaves live events most of it. The scan parses each stored profile in the rule engine, beside the writer:
+    # 10,000/s reads 100,000 profiles in 10 s, about as long as their 7,500 matches take to send.
+    backfill_rate: float = Field(default=1000, ge=0, description="Re-evaluation requests per second a backfill "
+                                 "sends at most, so live events keep the job's headroom (0: no limit)")
+    backfill_scan_rate: float = Field(default=10000, ge=0, description="Stored profiles per second a backfill "
+                                      "reads and matches at most (it shares the cores with the job; 0: no limit)")
     history_lookback: timedelta = Field(
         default=HISTORY_LOOKBACK, gt=timedelta(0),
         description="How long each user's event history is kept (ISO-8601, e.g. P30D), whatever the live rules "

@@ -44,6 +44,8 @@ def measurements(quick: bool) -> list[Measurement]:
                      else [500, 1000, 2000, 3000, 5000, 8000, 10_000]}, timeout_s=900.0),
         # last, so every figure before it runs in the same context as before it existed; it needs no rule job
         Measurement("email", "amctl.load.email_measure:measure_email_throughput", {"recipients": 1000}),
+        # after email: its 100,000 seeded profiles must not change the context of any stage before it
+        Measurement("backfill", "amctl.load.backfill_measure:measure_backfill", {"profiles": 100_000}),
     ]
 
 
@@ -79,7 +81,8 @@ def bench(
     """Cold start, memory, rule evaluations/s, ingestion events/s (vs bare FastAPI and a raw producer),
     the end-to-end ladder (500 → 10,000 ev/s: p50/p99 and the cores each component used), rule propagation,
     API p50/p99, event → signed webhook delivered p50/p99, identify → merged profile p50/p99, the rule job's
-    state bytes per user, campaign mails/s with kept SMTP connections and with one per mail."""
+    state bytes per user, campaign mails/s with kept SMTP connections and with one per mail, and live latency
+    while a segment over 100,000 profiles backfills."""
     app = get_context(ctx)
     plan = selected(measurements(quick), only or [])
     with app.err.status("benchmarking") as status:

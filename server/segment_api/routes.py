@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from server.domain.membership import MembershipChange
 from server.domain.profile import Profile
-from server.domain.rules import Rule, RuleValidationError, compile_rule, lint_rule, parse_rule, references
+from server.domain.rules import Rule, RuleValidationError, lint_rule, parse_rule, references
 from server.domain.segment import SegmentStatus, SegmentType
 from server.domain.timeutil import format_timestamp
 from server.runtime.auth import REQUIRED_SCOPE
@@ -41,6 +41,7 @@ from server.segment_api.schemas import (
     UserSegments,
     WindowCounts,
 )
+from server.stores.matching import matching_pages
 from server.stores.outbox import OutboxRelay
 from server.stores.profile_store import ProfileStore
 
@@ -139,25 +140,13 @@ async def preview(body: PreviewRequest, repo: Repository, store: Store) -> Previ
         issues = (await repo.reference_graph()).problems(rule)
         if issues:
             raise invalid_rules(issues)
-    predicate = compile_rule(rule)
-    now = datetime.now(UTC)
     matching = scanned = 0
     sample: list[str] = []
-    after: str | None = None
-    while True:
-        page = await store.scan_profiles(after, PREVIEW_PAGE)
-        ids = [raw["userId"] for raw in page]
-        members = {sid: await store.members_among(sid, ids) for sid in referenced}  # one query per referenced segment
-        for raw in page:
-            scanned += 1
-            member_of = {sid for sid in referenced if raw["userId"] in members[sid]}
-            if predicate(Profile.from_json(raw), now, member_of):
-                matching += 1
-                if len(sample) < body.sample_size:
-                    sample.append(raw["userId"])
-        if len(page) < PREVIEW_PAGE:
-            break
-        after = page[-1]["userId"]
+    async for page in matching_pages(store, {"preview": rule}, PREVIEW_PAGE):
+        scanned += len(page.user_ids)
+        found = page.matching["preview"]
+        matching += len(found)
+        sample += found[:body.sample_size - len(sample)]
     return PreviewResult(matching=matching, scanned=scanned, sample=sample, warnings=warnings)
 
 

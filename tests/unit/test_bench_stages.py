@@ -16,7 +16,7 @@ import typer
 
 from amctl.benchmarks import BENCH_SERVICE_ENV, BenchReport, Measurement, MeasurementResult, run_measurement
 from amctl.commands.bench import measurements, selected
-from amctl.load import cpu, email_measure, ladder
+from amctl.load import backfill_measure, cpu, email_measure, ladder
 from amctl.load.cpu import CpuUse, ProcStat
 from amctl.load.identity_measure import Outcome, is_merged, make_visitors, summarize
 from amctl.load.ladder import Rung, Step, StepResult, Verdict
@@ -110,7 +110,7 @@ def test_only_runs_the_named_stages_in_the_plans_order() -> None:
     assert selected(plan, []) == plan
     with pytest.raises(typer.BadParameter, match="no stage 'nope'"):
         selected(plan, ["nope"])
-    assert plan[-1].name == "email"  # after every figure that existed before it
+    assert [m.name for m in plan[-2:]] == ["email", "backfill"]  # after every figure that existed before them
 
 
 SETUP = ladder.Setup(20, 10.08, CpuUse({"rule-engine": 0.3, "kafka": 0.15}, 0.6, 2, 3.0))
@@ -312,3 +312,14 @@ def test_the_generator_stage_sends_batches_too_and_reports_its_own_cpu() -> None
     # the ladder's top rung, in batches: what the bench's generator stage checks unless told otherwise
     batch_rates = inspect.signature(measure_generator_accuracy).parameters["batch_rates"].default
     assert stage.kwargs.get("batch_rates", batch_rates) == (max(ladder.LADDER_RATES),)
+
+
+def test_the_backfill_stage_seeds_a_known_share_and_marks_its_live_events() -> None:
+    stage = {m.name: m for m in measurements(quick=True)}["backfill"]
+    assert stage.function == "amctl.load.backfill_measure:measure_backfill" and stage.needs_stack
+    assert stage.kwargs == {"profiles": 100_000}
+    threshold, matching = backfill_measure.threshold_for(100_000, 0.075)
+    assert (threshold, matching) == (4625, 7_500)  # totalSpent is i % 5000: 375 values of 5000 match
+    events = backfill_measure.MarkedEvents(users=10, mix=[("page_view", 1.0)], marker="run1", user_prefix="live-")
+    body = events.event()
+    assert body["properties"]["benchLive"] == "run1" and body["userId"].startswith("live-")
