@@ -179,5 +179,19 @@ def decode(raw: bytes | str) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise UnstorableValue([((), f"not valid JSON: {exc}")]) from None
-    require_storable(value)
+    if not _plainly_decodable(raw):
+        require_storable(value)
     return value
+
+
+def _plainly_decodable(raw: bytes | str) -> bool:
+    """Whether the text orjson just parsed shows that the walk would find nothing (a consumer's hot path).
+
+    orjson's parser already refuses lone surrogates, NaN and Infinity, numbers that overflow to infinity, and
+    control characters in strings; it turns integers beyond 64 bits into floats. What is left for the walk is
+    NUL, which only the escape `\\u0000` can bring, and nesting beyond its depth limit, which needs that many
+    brackets. Text with neither is storable; anything else (a bracket inside a string too) is walked.
+    """
+    if isinstance(raw, str):
+        return "\\u0000" not in raw and raw.count("{") + raw.count("[") < _MAX_DEPTH
+    return b"\\u0000" not in raw and raw.count(b"{") + raw.count(b"[") < _MAX_DEPTH

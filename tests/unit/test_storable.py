@@ -79,6 +79,34 @@ def test_the_encoding_shortcut_agrees_with_the_walk(value: object) -> None:
         assert encode(value) == orjson.dumps(value)
 
 
+@given(ANY_JSON, st.booleans(), st.booleans())
+def test_decoding_without_the_walk_agrees_with_the_walk(value: object, ascii_only: bool, as_bytes: bool) -> None:
+    # the text any producer might write: escapes for NUL and lone surrogates, NaN and Infinity, huge integers
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    raw: str | bytes = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed_problems: list[object] | None = None
+    else:
+        parsed_problems = list(unstorable(parsed))
+    if parsed_problems == []:
+        assert decode(raw) == parsed
+    else:
+        with pytest.raises(UnstorableValue):
+            decode(raw)
+
+
+@pytest.mark.parametrize("depth", [62, 63, 64, 65, 100])
+def test_decoding_keeps_the_depth_limit(depth: int) -> None:
+    raw = orjson.dumps(_nested(depth))
+    if unstorable(_nested(depth)):
+        with pytest.raises(UnstorableValue, match="nested deeper"):
+            decode(raw)
+    else:
+        assert decode(raw) == _nested(depth)
+
+
 @pytest.mark.parametrize("depth", [62, 63, 64, 65, 100])
 def test_the_encoding_shortcut_keeps_the_depth_limit(depth: int) -> None:
     assert is_storable(_nested(depth)) is (unstorable(_nested(depth)) == [])
