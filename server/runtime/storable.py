@@ -165,7 +165,7 @@ def _plainly_storable(value: Any) -> bytes | None:
         encoded = orjson.dumps(value)
     except orjson.JSONEncodeError:
         return None
-    if b"null" in encoded or b"\\u0000" in encoded or encoded.count(b"{") + encoded.count(b"[") >= _MAX_DEPTH:
+    if b"null" in encoded or not _shows_no_nul_or_depth(encoded):
         return None
     return encoded
 
@@ -179,19 +179,16 @@ def decode(raw: bytes | str) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise UnstorableValue([((), f"not valid JSON: {exc}")]) from None
-    if not _plainly_decodable(raw):
+    # orjson's parser already refuses lone surrogates, NaN and Infinity, numbers that overflow to infinity and
+    # control characters in strings, and turns integers beyond 64 bits into floats: only NUL and depth are left
+    if not _shows_no_nul_or_depth(raw):
         require_storable(value)
     return value
 
 
-def _plainly_decodable(raw: bytes | str) -> bool:
-    """Whether the text orjson just parsed shows that the walk would find nothing (a consumer's hot path).
-
-    orjson's parser already refuses lone surrogates, NaN and Infinity, numbers that overflow to infinity, and
-    control characters in strings; it turns integers beyond 64 bits into floats. What is left for the walk is
-    NUL, which only the escape `\\u0000` can bring, and nesting beyond its depth limit, which needs that many
-    brackets. Text with neither is storable; anything else (a bracket inside a string too) is walked.
-    """
-    if isinstance(raw, str):
-        return "\\u0000" not in raw and raw.count("{") + raw.count("[") < _MAX_DEPTH
-    return b"\\u0000" not in raw and raw.count(b"{") + raw.count(b"[") < _MAX_DEPTH
+def _shows_no_nul_or_depth(text: bytes | str) -> bool:
+    """Whether JSON text holds no `\\u0000` escape (the only way NUL gets into it) and fewer brackets than the walk's
+    depth limit; when it does not show that (a bracket inside a string too), the walk decides."""
+    if isinstance(text, str):
+        return "\\u0000" not in text and text.count("{") + text.count("[") < _MAX_DEPTH
+    return b"\\u0000" not in text and text.count(b"{") + text.count(b"[") < _MAX_DEPTH
