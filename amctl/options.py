@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from amctl.local.options import FlinkMode
 from amctl.settings import Target
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -32,6 +33,9 @@ MonitoringOption = Annotated[bool | None, typer.Option(
     "--with-monitoring/--without-monitoring",
     help="Also run Prometheus (Debian's package) with the k8s target's scrape jobs and alert rules; "
          "remembered by later `amctl up` (local target).")]
+FlinkOption = Annotated[FlinkMode | None, typer.Option(
+    "--flink", help="Local: run the rule job on a mini-cluster inside the rule engine (`mini`, the default) or "
+                    "on a Flink JobManager and TaskManager of their own (`session`, as on k8s). Remembered.")]
 DurableBrokerOption = Annotated[bool | None, typer.Option(
     "--durable-broker/--memory-broker",
     help="Local: keep the broker's records on disk (an S3 server under the state dir) or in RAM (the default). "

@@ -35,6 +35,7 @@ class Ports(BaseSettings):
     kafka: int = 30092
     s3: int = 30093  # the durable broker's S3 server (amctl up --durable-broker)
     flink_ui: int = 30881
+    flink_rpc: int = 30882  # the JobManager's RPC port (amctl up --flink session)
     prometheus: int = 30090
     smtp: int = 30025
 

@@ -89,6 +89,18 @@ def configuration(settings: RuleEngineSettings) -> Configuration:
     return config
 
 
+def environment(config: Configuration) -> StreamExecutionEnvironment:
+    """The execution environment `config` names: a local mini-cluster, or (`execution.target: remote`) a session
+    cluster. `get_execution_environment` would run a local mini-cluster whatever the target says (Java's
+    `getExecutionEnvironment` outside a `flink run` client makes a LocalStreamEnvironment, which sets the target
+    back to local), so a remote target gets an environment built on the configuration as it is."""
+    if config.get_string("execution.target", "local") != "remote":
+        return StreamExecutionEnvironment.get_execution_environment(config)
+    jvm = get_gateway().jvm
+    return StreamExecutionEnvironment(
+        jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment(config._j_configuration))
+
+
 def source(settings: RuleEngineSettings, name: str, *topics: str, stop_at: StopAt | None = None) -> KafkaSource:
     # Offsets restored from a checkpoint come first. Without them (a new broker epoch) the live job starts
     # where it last committed on this broker: nowhere on a fresh one (so from the start), but a durable
@@ -165,7 +177,7 @@ def build(settings: RuleEngineSettings, stop_at: StopAt | None = None) -> Stream
     With `stop_at` the sources end at those offsets, so `execute()` returns (benchmarks use this).
     """
     prepare_python_environment()
-    env = StreamExecutionEnvironment.get_execution_environment(configuration(settings))
+    env = environment(configuration(settings))
     topic = settings.topic
     epoch = settings.broker_epoch  # offsets belong to one broker epoch: a new epoch reads from the start
     keyed = env.from_source(source(settings, "users", topic(USER_EVENTS), topic(REEVALUATIONS), stop_at=stop_at),

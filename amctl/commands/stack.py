@@ -22,6 +22,7 @@ from amctl.local import processes
 from amctl.options import (
     ContextOption,
     DurableBrokerOption,
+    FlinkOption,
     JsonOption,
     KubeconfigOption,
     MonitoringOption,
@@ -101,11 +102,11 @@ def show_up(console: Console, result: UpResult) -> None:
 def up(ctx: typer.Context, target: TargetOption = None, profile: ProfileOption = K8sOptions.profile,
        context: ContextOption = K8sOptions.context, kubeconfig: KubeconfigOption = None,
        timeout: TimeoutOption = K8sOptions.timeout_s, monitoring: MonitoringOption = None,
-       durable_broker: DurableBrokerOption = None, json_output: JsonOption = False) -> None:
+       durable_broker: DurableBrokerOption = None, flink: FlinkOption = None, json_output: JsonOption = False) -> None:
     """Start the platform; components already running are left as they are (k8s: --profile, --context)."""
     app = get_context(ctx, target)
     platform = open_platform(app.settings, K8sOptions(profile, context, kubeconfig, timeout),
-                             durable_broker=durable_broker, monitoring=monitoring)
+                             durable_broker=durable_broker, monitoring=monitoring, flink=flink)
     with ProgressView(app.err, f"starting Audience Manager ({app.target})", UP_MARKS) as view:
         result = platform.up(view.update)
     if json_output:

@@ -24,6 +24,7 @@ import httpx
 from amctl.local import processes
 from amctl.local.broker import EmbeddedBroker
 from amctl.local.errors import StackError as StackError
+from amctl.local.flink import LocalFlinkCluster
 from amctl.local.mail_sink import read_mails, store_path
 from amctl.local.monitoring import LocalPrometheus
 from amctl.local.options import StackOptions
@@ -137,6 +138,7 @@ class LocalStack:
         self.postgres = EmbeddedPostgres.for_state_dir(self.state_dir, ports.postgres, settings.host, durable)
         self.prometheus = LocalPrometheus(self.state_dir, settings.host, ports.prometheus, settings.prometheus_binary)
         self.s3 = LocalS3Server(self.state_dir / "broker-s3", ports.s3, settings.host)
+        self.flink = LocalFlinkCluster(self.state_dir, settings.host, ports.flink_ui, ports.flink_rpc)
         self.broker = (EmbeddedBroker(ports.kafka, settings.host, self.s3.storage_url, self.s3.client_environment())
                        if self.options.durable_broker else EmbeddedBroker(ports.kafka, settings.host))
 
@@ -234,6 +236,7 @@ class LocalStack:
             ),
             service("delivery-worker", "server.delivery_worker", ports.delivery_worker,
                     "AMCTL_PORT_DELIVERY_WORKER"),
+            *(self._session_cluster() if self.options.flink == "session" else []),
             Component(
                 name="rule-engine",
                 command=[py, "-m", "flinkjob"],
@@ -242,11 +245,52 @@ class LocalStack:
                 port=ports.rule_engine,
                 port_setting="AMCTL_PORT_RULE_ENGINE",
                 metrics_path="/metrics",
-                env={**self.service_env(ports.rule_engine), "AM_FLINK_UI_PORT": str(ports.flink_ui),
-                     "AM_STATE_DIR": str(self.state_dir / "rule-engine"), "AM_BROKER_EPOCH": self.broker_epoch()},
+                env=self.rule_engine_env(),
             ),
         ]
         return components + ([self._prometheus(components)] if self.options.monitoring else [])
+
+    def rule_engine_env(self) -> dict[str, str]:
+        """The rule engine's and the job submitter's settings: on a session cluster the job is submitted to the
+        JobManager (and restored from the newest checkpoint under the same state dir)."""
+        ports = self.settings.ports
+        env = {**self.service_env(ports.rule_engine), "AM_FLINK_UI_PORT": str(ports.flink_ui),
+               "AM_STATE_DIR": str(self.state_dir / "rule-engine"), "AM_BROKER_EPOCH": self.broker_epoch()}
+        if self.options.flink == "session":
+            env["AM_FLINK_JOBMANAGER"] = self.flink.rest
+        return env
+
+    def _session_cluster(self) -> list[Component]:
+        """The JobManager, a TaskManager, and the rule job submitted to them by the code k8s's `rule-job-submit`
+        Job runs (it leaves a job that is running or restarting alone, so every `up` runs it)."""
+        ports, flink = self.settings.ports, self.flink
+        return [
+            Component(
+                name="jobmanager",
+                command=flink.jobmanager_command(),
+                ready=flink.jobmanager_ready,
+                port=ports.flink_ui,
+                port_setting="AMCTL_PORT_FLINK_UI",
+                env=flink.environment(os.environ),
+                prepare=flink.prepare,
+                describe=flink.describe_jobmanager,
+            ),
+            Component(
+                name="taskmanager",
+                command=flink.taskmanager_command(),
+                ready=flink.taskmanager_ready,
+                env=flink.environment(os.environ),
+                prepare=flink.before_taskmanager_starts,
+                describe=flink.describe_taskmanager,
+            ),
+            Component(
+                name="rule-job-submit",
+                command=[sys.executable, "-m", "flinkjob.submit"],
+                ready=lambda: True,
+                env=self.rule_engine_env(),
+                oneshot=True,
+            ),
+        ]
 
     def _prometheus(self, scraped: list[Component]) -> Component:
         """Prometheus scraping every component that serves metrics, started last and stopped first."""
@@ -326,7 +370,7 @@ class LocalStack:
                 comp.preflight()  # before anything starts and before the choice is remembered
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ensure_secrets_key(self.state_dir)
-        self._refuse_storage_switch_while_running()
+        self._refuse_switch_while_running()
         self.options.save(self.state_dir)
         self._stop_dropped(progress)
         started: list[Component] = []
@@ -365,15 +409,19 @@ class LocalStack:
     def client_settings(self) -> AmctlSettings:
         return self.settings
 
-    def _refuse_storage_switch_while_running(self) -> None:
+    def _refuse_switch_while_running(self) -> None:
         stored = StackOptions.load(self.state_dir)
-        if stored.durable_broker == self.options.durable_broker:
-            return
-        if any(self._live_record(name) for name in ("kafka", "s3")):
+        if stored.durable_broker != self.options.durable_broker and any(
+                self._live_record(name) for name in ("kafka", "s3")):
             current, wanted = ("durable", "in-memory") if stored.durable_broker else ("in-memory", "durable")
             flag = "--durable-broker" if self.options.durable_broker else "--memory-broker"
             raise StackError(f"the broker is running with {current} storage and cannot switch to {wanted} "
                              "storage while it runs", hint=f"stop the stack first: amctl down, then amctl up {flag}")
+        if stored.flink != self.options.flink and any(
+                self._live_record(name) for name in ("rule-engine", "jobmanager", "taskmanager")):
+            raise StackError(f"the rule job runs on a Flink {stored.flink} cluster and cannot move to a "
+                             f"{self.options.flink} cluster while it runs (both would apply every event)",
+                             hint=f"stop the stack first: amctl down, then amctl up --flink {self.options.flink}")
 
     def _start(self, comp: Component, progress: Progress) -> None:
         if comp.port is not None and not processes.port_is_free(self.settings.host, comp.port):

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from amctl.local import processes
 
 PORT_NAMES = ("segment_api", "ingestion_api", "communication_api", "rule_engine", "email_worker", "delivery_worker",
-              "postgres", "kafka", "flink_ui", "prometheus", "smtp", "webhook_sink", "s3")
+              "postgres", "kafka", "flink_ui", "flink_rpc", "prometheus", "smtp", "webhook_sink", "s3")
 
 
 def amctl(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -66,6 +66,12 @@ def test_job_killed_under_load_converges_with_every_event_counted_once(running_s
     """Events keep arriving while the job is killed and restarted: each user's profile ends up counting
     exactly the events that were acknowledged, memberships are what the rule says, and no user
     entered the segment twice for one version."""
+    converges_after_a_kill(running_stack, "rule-engine")
+
+
+def converges_after_a_kill(running_stack: Stack, killed: str) -> None:
+    """Kill `killed` with SIGKILL under load and bring it back with `amctl up`; the store must end up as if
+    nothing had happened."""
     marker = uuid.uuid4().hex[:8]
     threshold = 3
     segment = create(running_stack, {"all": [{"field": "cohort", "operator": "eq", "value": marker},
@@ -102,9 +108,9 @@ def test_job_killed_under_load_converges_with_every_event_counted_once(running_s
             at_kill.append(sum(acked.values()))  # the last one read is the count when the kill is sent
             return at_kill[-1] >= 200
 
-        signal_component(running_stack, "rule-engine", signal.SIGKILL, when=load_before_the_kill)
+        signal_component(running_stack, killed, signal.SIGKILL, when=load_before_the_kill)
         acked_at_kill = at_kill[-1]
-        up_again(running_stack, "rule-engine")
+        up_again(running_stack, killed)
         acked_at_restart = sum(acked.values())
         time.sleep(3)  # load on the restarted job
     finally:
@@ -125,7 +131,7 @@ def test_job_killed_under_load_converges_with_every_event_counted_once(running_s
         repeated = conn.execute(
             "SELECT user_id, segment_version, count(*) FROM membership_changes WHERE segment_id = %s"
             " AND change = 'entered' GROUP BY 1, 2 HAVING count(*) > 1", (segment,)).fetchall()
-    print(f"\njob killed under load: acked {sum(acked.values())} events for {len(acked)} users "
+    print(f"\n{killed} killed under load: acked {sum(acked.values())} events for {len(acked)} users "
           f"({acked_at_kill} before the kill, {acked_at_restart - acked_at_kill} while it was down), "
           f"refused {refused}; profiles count exactly the acked events; members {len(expected_members)} "
           f"of {len(acked)}; repeated 'entered' {len(repeated)}")
