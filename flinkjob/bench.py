@@ -69,12 +69,14 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> di
     return dict(ends)
 
 
-def _events(count: int, users: int) -> list[tuple[str, bytes]]:
-    """A purchase-heavy mix over `users` users, as the Ingestion API would have written it."""
+def _events(count: int, users: int, each_once: bool = False) -> list[tuple[str, bytes]]:
+    """A purchase-heavy mix over `users` users, as the Ingestion API would have written it (`each_once`: the
+    i-th event is user i's, so `count` events make `count` users)."""
     rng, now = random.Random(7), datetime.now(UTC)
     records = []
-    for _ in range(count):
-        user, kind = f"bench-user-{rng.randrange(users)}", rng.choice(("purchase", "page_view", "page_view"))
+    for index in range(count):
+        user = f"bench-user-{index if each_once else rng.randrange(users)}"
+        kind = rng.choice(("purchase", "page_view", "page_view"))
         properties: dict[str, Any] = {"category": rng.choice(("books", "electronics", "garden", "shoes")),
                                       "country": rng.choice(("DE", "FR", "US", "AT"))}
         if kind == "purchase":

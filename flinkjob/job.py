@@ -24,7 +24,7 @@ from pyflink.java_gateway import get_gateway
 from pyflink.util.java_utils import get_java_class
 
 from flinkjob.operator import FEEDBACK, PROFILES, RULES, RuleEngineFunction
-from flinkjob.settings import RuleEngineSettings
+from flinkjob.settings import RuleEngineSettings, StateBackend
 from server.domain.pipeline import record_key
 from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_MEMBERSHIP, USER_EVENTS, USER_PROFILES
 
@@ -42,17 +42,44 @@ def prepare_python_environment() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([existing] if existing else [])])
 
 
-def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
+def newest_checkpoint(folder: Path) -> Path | None:
     """The newest completed `chk-N` (with its _metadata) across every job's folder."""
-    candidates = [p.parent for p in checkpoint_dir.glob("*/chk-*/_metadata")]
+    candidates = [p.parent for p in folder.glob("*/chk-*/_metadata")]
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
+def checkpoint_dir(state_dir: Path, backend: StateBackend) -> Path:
+    """Each state backend's checkpoints apart: Flink restores a checkpoint only with the backend that wrote it.
+    The heap's are where they always were."""
+    return (state_dir / ("checkpoints" if backend == "hashmap" else f"checkpoints-{backend}")).resolve()
+
+
+def state_backend(settings: RuleEngineSettings) -> StateBackend:
+    """The backend asked for; unset, RocksDB, unless only the heap has checkpoints here (its state would be lost)."""
+    if settings.state_backend is not None:
+        return settings.state_backend
+    heap_only = (newest_checkpoint(checkpoint_dir(settings.state_dir, "hashmap")) is not None
+                 and newest_checkpoint(checkpoint_dir(settings.state_dir, "rocksdb")) is None)
+    if heap_only:
+        log.info("keeping the job's state on the heap: this state dir's checkpoints are the heap's "
+                 "(AM_STATE_BACKEND=rocksdb starts RocksDB with empty state)")
+        return "hashmap"
+    return "rocksdb"
+
+
 def configuration(settings: RuleEngineSettings) -> Configuration:
-    checkpoints = (settings.state_dir / "checkpoints").resolve()
-    checkpoints.mkdir(parents=True, exist_ok=True)
     config = Configuration()
-    for key, value in {
+    for key, value in job_options(settings).items():
+        config.set_string(key, value)
+    return config
+
+
+def job_options(settings: RuleEngineSettings) -> dict[str, str]:
+    """The job's Flink configuration, with the newest checkpoint of its state backend to restore from."""
+    backend = state_backend(settings)
+    checkpoints = checkpoint_dir(settings.state_dir, backend)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    options = {
         "python.execution-mode": "thread",
         "python.executable": sys.executable,
         # bundles apply to process mode only: in thread mode each record's output goes out as it is made, and
@@ -71,22 +98,25 @@ def configuration(settings: RuleEngineSettings) -> Configuration:
         "execution.checkpointing.dir": checkpoints.as_uri(),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "2",
+        "state.backend.type": backend,
+        # RocksDB uploads only the files that changed since the last checkpoint (the heap has no such mode)
+        "execution.checkpointing.incremental": str(backend == "rocksdb").lower(),
         # source offsets of an older broker epoch are left behind; keyed and broadcast state restore
         "execution.state-recovery.ignore-unclaimed-state": "true",
         "parallelism.default": str(settings.parallelism),
         "taskmanager.memory.process.size": "1024m",
         "taskmanager.numberOfTaskSlots": "2",
-    }.items():
-        config.set_string(key, value)
+    }
     if settings.flink_jobmanager:  # submit to a session cluster; its own config sizes the TaskManagers
         host, _, port = settings.flink_jobmanager.partition(":")
-        for key, value in {"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"}.items():
-            config.set_string(key, value)
+        options.update({"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"})
+    else:  # RocksDB's working files beside the checkpoints, not in /tmp (`amctl down --purge` removes them)
+        options["state.backend.rocksdb.localdir"] = str((settings.state_dir / "rocksdb").resolve())
     restore = newest_checkpoint(checkpoints)
     if restore is not None:
         log.info("restoring from checkpoint %s", restore)
-        config.set_string("execution.state-recovery.path", restore.as_uri())
-    return config
+        options["execution.state-recovery.path"] = restore.as_uri()
+    return options
 
 
 def environment(config: Configuration) -> StreamExecutionEnvironment:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from server.domain.profile import HISTORY_LOOKBACK
 from server.runtime.settings import ServiceSettings
+
+StateBackend = Literal["hashmap", "rocksdb"]
 
 
 class RuleEngineSettings(ServiceSettings):
@@ -20,6 +23,10 @@ class RuleEngineSettings(ServiceSettings):
                                   "the job runs there instead of on a local mini-cluster")
     state_dir: Path = Field(default=Path(".amctl/rule-engine"), description="Checkpoints and feeder progress")
     checkpoint_interval_ms: int = 5000
+    state_backend: StateBackend | None = Field(
+        default=None, description="Where the job keeps its keyed state: `rocksdb` (serialized, on local disk with a "
+        "bounded cache; incremental checkpoints) or `hashmap` (objects on the JVM heap). Unset: RocksDB, unless the "
+        "state dir holds only the heap's checkpoints (a stack made before RocksDB was the default keeps its state)")
     parallelism: int = 1
     broker_epoch: str = Field(default="0", description="Changes when the broker lost its data (the local "
                               "memory broker restarted): Kafka offsets in a checkpoint are then not restored")

@@ -46,6 +46,9 @@ def measurements(quick: bool) -> list[Measurement]:
         Measurement("email", "amctl.load.email_measure:measure_email_throughput", {"recipients": 1000}),
         # after email: its 100,000 seeded profiles must not change the context of any stage before it
         Measurement("backfill", "amctl.load.backfill_measure:measure_backfill", {"profiles": 100_000}),
+        # last: a million events on the broker would slow every stage after it
+        Measurement("state_backends", "flinkjob.state_bench:measure_state_backends",
+                    {"users": [20_000] if quick else [100_000, 1_000_000]}, timeout_s=3600.0),
     ]
 
 

@@ -46,6 +46,7 @@ def test_killed_job_resumes_from_its_checkpoint_without_losing_or_repeating(runn
     up_again(running_stack, "rule-engine")
     log = amctl(running_stack.env, "logs", "rule-engine", "--lines", "500").stdout
     assert "restoring from checkpoint" in log and "/chk-" in log
+    assert "/checkpoints-rocksdb/" in log  # the default state backend, restored with its own checkpoints
 
     late = [f"rec-{marker}-{i}" for i in range(8, 10)]
     for user in late + before[:1]:  # a member spends again: still one membership

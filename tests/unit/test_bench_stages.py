@@ -110,7 +110,7 @@ def test_only_runs_the_named_stages_in_the_plans_order() -> None:
     assert selected(plan, []) == plan
     with pytest.raises(typer.BadParameter, match="no stage 'nope'"):
         selected(plan, ["nope"])
-    assert [m.name for m in plan[-2:]] == ["email", "backfill"]  # after every figure that existed before them
+    assert [m.name for m in plan[-3:]] == ["email", "backfill", "state_backends"]  # after every earlier figure
 
 
 SETUP = ladder.Setup(20, 10.08, CpuUse({"rule-engine": 0.3, "kafka": 0.15}, 0.6, 2, 3.0))
