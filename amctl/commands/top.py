@@ -74,10 +74,8 @@ def render(snapshot: dict[str, Any]) -> Group:
     for name, mib in others.items():
         services.add_row(f"[dim]{name}[/]", "", "", "", _value(mib, " MiB"))
     services.add_row("[bold]total[/]", "", "", "", _value(round(sum(snapshot["memory_mib"].values()), 1), " MiB"))
-    broker = snapshot["broker"]
-    if broker is not None:  # the memory broker's RSS grows with every record it keeps
-        services.caption = f"broker: {broker['summary']}"
-        services.caption_justify = "left"
+    broker = snapshot["broker"]  # the memory broker's RSS grows with every record it keeps
+    size = Text(f"broker: {broker['summary']}" if broker is not None else "broker: not running", style="dim")
 
     p = snapshot["pipeline"]
     flow = Table(title="events and segments", title_justify="left", show_header=False)
@@ -103,7 +101,7 @@ def render(snapshot: dict[str, Any]) -> Group:
     segments.add_column("members", justify="right")
     for s in snapshot["segments"]:
         add_row(segments, s["name"], f"{s['size']:,}")
-    return Group(services, flow, segments)
+    return Group(services, size, flow, segments)
 
 
 def top(
