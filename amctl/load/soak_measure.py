@@ -139,4 +139,6 @@ class SoakRun:
             with httpx.Client(base_url=self.settings.url(self.settings.ports.segment_api), timeout=10) as client:
                 for segment in segments:
                     client.delete(f"/api/segments/{segment}")
-        return report(self.config, first, readings, found, settle_s, settled) | {"user_prefix": self.prefix}
+        refused = dict(sorted(self.load.errors.items())) if self.load is not None else {}
+        return report(self.config, first, readings, found, settle_s, settled) | {
+            "refused_by_status": refused, "user_prefix": self.prefix}
