@@ -32,6 +32,7 @@ from amctl.settings import AmctlSettings
 ASSIGNMENT = "am_segment_assignment_seconds"
 APPLIED = "am_rule_engine_events_processed_total"
 SETTLE_TIMEOUT_S = 180.0
+BROKER_TIMEOUT_S = 5.0  # longer than status allows: a loaded broker answering late is still a figure
 
 
 class SoakRun:
@@ -55,7 +56,7 @@ class SoakRun:
         """The stack now; `counts` (acked, refused, dropped) were taken on the load's own thread."""
         scraped = _scrape(self.metrics)
         return Reading(at_s, self.stack.memory(), *counts, scraped.total(APPLIED), scraped.buckets(ASSIGNMENT),
-                       self.stack.broker_size())
+                       self.stack.broker_size(BROKER_TIMEOUT_S))
 
     def counts(self) -> tuple[int, int, int]:
         load = self.load

@@ -134,7 +134,8 @@ class BrokerSize:
     def summary(self) -> str:
         """One line for `amctl status` and `amctl top`."""
         records = ("records unknown (no answer within 1 s)" if self.records is None else
-                   f"≥ {self.records.at_least:,} records in {len(self.records.by_topic)} topics")
+                   f"≥ {self.records.at_least:,} records in {len(self.records.by_topic)} "
+                   + ("topic" if len(self.records.by_topic) == 1 else "topics"))
         if not self.durable:
             return f"in memory: {records}; RSS grows with every record"
         if self.disk_bytes is None:

@@ -477,7 +477,9 @@ class LocalStack:
 
     def _describe_broker(self) -> str:
         size = self.broker_size()
-        return size.summary() if size is not None else "stopped"
+        if size is not None:
+            return size.summary()
+        return f"durable: records in S3 on port {self.s3.port}" if self.broker.durable else "in memory"
 
     def memory(self) -> dict[str, int]:
         """RSS of each running component, from its run record alone (no health checks)."""
