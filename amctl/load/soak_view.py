@@ -30,7 +30,8 @@ def samples_table(samples: Sequence[dict[str, Any]], title: str = "samples") -> 
         table.add_column(column, justify="right")
     for s in samples:
         add_row(table, f"{s['at_s']:.0f} s", _value(s["acked_per_s"]), _value(s["refused"]), _value(s["dropped"]),
-                _value(s["applied"]), _value(s["p50_ms"], " ms"), _value(s["p99_ms"], " ms"),
+                _value(s["applied"]), _value(s["p50_ms"], " ms"),
+                ("≥ " if s.get("p99_past_last_bound") else "") + _value(s["p99_ms"], " ms"),
                 _value(s["total_rss_mib"], " MiB"), _value(s["rss_mib"].get("kafka"), " MiB"),
                 _value(s["broker_records_at_least"]))
     return table
@@ -75,6 +76,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     lost = Text(f"{report['lost']:,}", style="green" if report["lost"] == 0 else "bold red")
     broker = report["broker"]
+    capped = any(s.get("p99_past_last_bound") and s["p99_ms"] == report["p99_ms_max"] for s in report["samples"])
     rows: list[tuple[str, Any]] = [
         ("duration", f"{report['duration_s']:g} s at {report['rate']:g} ev/s over {report['users']:,} users"),
         ("acknowledged / refused / dropped", f"{report['acked']:,} / {report['refused']:,} / {report['dropped']:,}"),
@@ -82,7 +84,7 @@ def summary_table(report: dict[str, Any]) -> Table:
         ("acknowledged events lost", lost),
         ("applied without an acknowledgement", f"{report['unacknowledged_applied']:,}"),
         ("settled after the load", f"{report['settle_s']:g} s" + ("" if report["settled"] else " (did not settle)")),
-        ("worst p99 of an interval", _value(report["p99_ms_max"], " ms")),
+        ("worst p99 of an interval", ("≥ " if capped else "") + _value(report["p99_ms_max"], " ms")),
         ("broker RSS growth", _value(broker.get("rss_growth_mib"), " MiB")),
         ("broker RSS per acknowledged event", _value(broker.get("rss_bytes_per_acked_event"), " bytes")),
         ("broker records at the end", _value((broker.get("end") or {}).get("records_at_least"))),

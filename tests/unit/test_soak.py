@@ -73,6 +73,7 @@ def test_a_sample_is_the_difference_of_two_readings() -> None:
     assert figures["acked_per_s"] == 500.0 and figures["seconds"] == 60.0 and figures["at_s"] == 120.0
     # the interval's 100 assignments all fell between 100 and 500 ms: its quantiles are inside that bucket
     assert figures["p50_ms"] == pytest.approx(300.0) and figures["p99_ms"] == pytest.approx(496.0)
+    assert figures["p99_past_last_bound"] is False
     assert figures["rss_mib"] == {"kafka": 80.0, "rule-engine": 905.0} and figures["total_rss_mib"] == 985.0
     assert figures["broker_records_at_least"] == 61_000
 
@@ -128,6 +129,7 @@ def test_the_report_adds_up_the_readings() -> None:
     assert [s["acked"] for s in figures["samples"]] == [29_000, 31_000]
     # a tenth of the assignments fell past the last bound: p99 says no more than that bound
     assert figures["p99_ms_max"] == max(s["p99_ms"] for s in figures["samples"]) == 500.0
+    assert figures["samples"][0]["p99_past_last_bound"] is True
     assert figures["rss_mib"]["kafka"]["growth"] == 40.0
     assert figures["broker"]["rss_growth_mib"] == 40.0
     assert figures["broker"]["rss_bytes_per_acked_event"] == round(40 * MIB / 60_000)
