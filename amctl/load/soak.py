@@ -8,7 +8,7 @@ and the report. `amctl.load.soak_measure.run_soak` takes the readings from a run
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from amctl.load.profile import LoadConfigError
@@ -66,6 +66,7 @@ class Reading:
     applied: float  # events the rule job applied (its eventsProcessed counter)
     assignments: dict[float, float]  # the cumulative event → membership written histogram, by bound
     broker: BrokerSize | None
+    pss_bytes: Mapping[str, int] = field(default_factory=dict)  # per component: shared pages split, not repeated
 
 
 def _mib(value: float) -> float:
@@ -97,6 +98,8 @@ def sample(before: Reading, after: Reading) -> dict[str, Any]:
         "p99_past_last_bound": p99 is not None and last_bound is not None and p99 >= last_bound,
         "rss_mib": {name: _mib(rss) for name, rss in after.rss_bytes.items()},
         "total_rss_mib": _mib(sum(after.rss_bytes.values())),
+        "pss_mib": {name: _mib(pss) for name, pss in after.pss_bytes.items()},
+        "total_pss_mib": _mib(sum(after.pss_bytes.values())),
         "broker_records_at_least": records.at_least if records is not None else None,
     }
 
@@ -112,14 +115,16 @@ def slope_per_minute(points: Sequence[tuple[float, float]]) -> float | None:
     return covariance / variance * 60
 
 
-def memory_growth(start: Mapping[str, float], samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per component and in total (MiB): at the start (before the load), at the end, the growth between
-    them, and the growth per minute fitted over the samples (under load: the step from idle is left out)."""
-    names = [*start, *(n for s in samples for n in s["rss_mib"] if n not in start)]
+def memory_growth(start: Mapping[str, float], samples: Sequence[Mapping[str, Any]],
+                  measure: str = "rss") -> dict[str, dict[str, Any]]:
+    """Per component and in total (MiB of the samples' `rss` or `pss`): at the start (before the load), at the
+    end, the growth between them, and the growth per minute fitted over the samples (under load: the step
+    from idle is left out)."""
+    names = [*start, *(n for s in samples for n in s[f"{measure}_mib"] if n not in start)]
     growth: dict[str, dict[str, Any]] = {}
     for name in [*dict.fromkeys(names), "total"]:
         def mib(s: Mapping[str, Any], n: str = name) -> float | None:
-            value = s["total_rss_mib"] if n == "total" else s["rss_mib"].get(n)
+            value = s[f"total_{measure}_mib"] if n == "total" else s[f"{measure}_mib"].get(n)
             return float(value) if value is not None else None
 
         first = sum(start.values()) if name == "total" else start.get(name)
@@ -172,6 +177,7 @@ def report(config: SoakConfig, start: Reading, readings: Sequence[Reading], foun
         "settle_s": round(settle_s, 1), "settled": settled,
         "p99_ms_max": max(p99s, default=None),
         "rss_mib": memory_growth({n: _mib(v) for n, v in start.rss_bytes.items()}, samples),
+        "pss_mib": memory_growth({n: _mib(v) for n, v in start.pss_bytes.items()}, samples, "pss"),
         "broker": broker,
         "samples": samples,
     }

@@ -56,7 +56,7 @@ class SoakRun:
         """The stack now; `counts` (acked, refused, dropped) were taken on the load's own thread."""
         scraped = _scrape(self.metrics)
         return Reading(at_s, self.stack.memory(), *counts, scraped.total(APPLIED), scraped.buckets(ASSIGNMENT),
-                       self.stack.broker_size(BROKER_TIMEOUT_S))
+                       self.stack.broker_size(BROKER_TIMEOUT_S), self.stack.memory(proportional=True))
 
     def counts(self) -> tuple[int, int, int]:
         load = self.load

@@ -57,15 +57,18 @@ class LiveSoak:
 
 
 def growth_table(report: dict[str, Any]) -> Table:
-    """Start and end RSS per component, the growth and the growth per minute under load."""
-    table = Table(title="memory (RSS, MiB)", title_justify="left")
-    for column in ("component", "start", "end", "growth", "per minute"):
+    """Start and end RSS per component, the growth and the growth per minute under load (RSS, and PSS: shared
+    pages such as PostgreSQL's buffers counted once)."""
+    table = Table(title="memory (MiB)", title_justify="left")
+    for column in ("component", "RSS start", "RSS end", "growth", "per minute", "PSS end", "PSS per minute"):
         table.add_column(column, justify="left" if column == "component" else "right")
     in_memory = ((report["broker"].get("end") or {}).get("storage")) == "memory"
     for name, row in report["rss_mib"].items():
         label = f"{name} (in memory: keeps every record)" if name == "kafka" and in_memory else name
+        pss = report.get("pss_mib", {}).get(name, {})
         add_row(table, label, _value(row["start"]), _value(row["end"]), _value(row["growth"]),
-                _value(row["per_minute"]), style="bold" if name == "total" else "")
+                _value(row["per_minute"]), _value(pss.get("end")), _value(pss.get("per_minute")),
+                style="bold" if name == "total" else "")
     return table
 
 

@@ -481,10 +481,12 @@ class LocalStack:
             return size.summary()
         return f"durable: records in S3 on port {self.s3.port}" if self.broker.durable else "in memory"
 
-    def memory(self) -> dict[str, int]:
-        """RSS of each running component, from its run record alone (no health checks)."""
+    def memory(self, proportional: bool = False) -> dict[str, int]:
+        """RSS of each running component (PSS when `proportional`), from its run record alone (no health
+        checks)."""
+        measure = processes.pss_bytes if proportional else processes.rss_bytes
         running = ((c.name, self._live_record(c.name)) for c in self.components() if not c.oneshot)
-        return {name: processes.rss_bytes(record.pid) for name, record in running if record is not None}
+        return {name: measure(record.pid) for name, record in running if record is not None}
 
     def status(self) -> StatusReport:
         """Each component's state, pid, port, memory and uptime (and a line of its own, such as the job's)."""

@@ -59,7 +59,8 @@ def broker(rss_mib: float, records: int | None) -> BrokerSize:
 def reading(at_s: float, acked: int, assignments: dict[float, float], rss_mib: dict[str, float],
             refused: int = 0, applied: float = 0.0, records: int | None = None) -> Reading:
     return Reading(at_s, {name: int(mib * MIB) for name, mib in rss_mib.items()}, acked, refused, 0, applied,
-                   assignments, broker(rss_mib.get("kafka", 0.0), records))
+                   assignments, broker(rss_mib.get("kafka", 0.0), records),
+                   {name: int(mib * MIB / 2) for name, mib in rss_mib.items()})
 
 
 def test_a_sample_is_the_difference_of_two_readings() -> None:
@@ -102,6 +103,14 @@ def test_memory_growth_from_the_start_and_per_minute_under_load() -> None:
     assert growth["total"] == {"start": 95.0, "end": 180.0, "growth": 85.0, "per_minute": 30.0}
 
 
+def test_growth_of_the_proportional_memory_is_fitted_the_same_way() -> None:
+    samples = [{"at_s": t, "rss_mib": {"postgres": 400.0 + t}, "total_rss_mib": 400.0 + t,
+                "pss_mib": {"postgres": 150.0}, "total_pss_mib": 150.0} for t in (60, 120)]
+    assert memory_growth({"postgres": 300.0}, samples)["postgres"]["per_minute"] == 60.0
+    assert memory_growth({"postgres": 140.0}, samples, "pss")["postgres"] == {
+        "start": 140.0, "end": 150.0, "growth": 10.0, "per_minute": 0.0}
+
+
 def test_a_component_started_during_the_soak_has_no_start() -> None:
     growth = memory_growth({}, [{"at_s": 60, "rss_mib": {"late": 10.0}, "total_rss_mib": 10.0}])
     assert growth["late"] == {"start": None, "end": 10.0, "growth": None, "per_minute": None}
@@ -131,6 +140,7 @@ def test_the_report_adds_up_the_readings() -> None:
     assert figures["p99_ms_max"] == max(s["p99_ms"] for s in figures["samples"]) == 500.0
     assert figures["samples"][0]["p99_past_last_bound"] is True
     assert figures["rss_mib"]["kafka"]["growth"] == 40.0
+    assert figures["pss_mib"]["kafka"]["growth"] == 20.0 and figures["pss_mib"]["total"]["end"] == 70.0
     assert figures["broker"]["rss_growth_mib"] == 40.0
     assert figures["broker"]["rss_bytes_per_acked_event"] == round(40 * MIB / 60_000)
     assert figures["broker"]["end"]["records_at_least"] == 80_000
