@@ -21,6 +21,7 @@ import httpx
 import orjson
 import psycopg
 
+from amctl import monitor
 from amctl.load.measures import _drain, _scrape, _segments
 from amctl.load.profile import MIXES, EventFactory
 from amctl.load.runner import LoadPlan, LoadResult, run_load
@@ -31,7 +32,10 @@ from amctl.settings import AmctlSettings
 
 ASSIGNMENT = "am_segment_assignment_seconds"
 APPLIED = "am_rule_engine_events_processed_total"
-SETTLE_TIMEOUT_S = 180.0
+EVALUATED = "am_rule_engine_evaluation_seconds_count"
+WRITTEN = "am_profiles_written_total"
+SETTLE_TIMEOUT_S = 1800.0  # a long soak's backlog can take many minutes to work off
+STUCK_AFTER_S = 60.0  # nothing applied, evaluated or written for this long: the job is not catching up
 BROKER_TIMEOUT_S = 5.0  # longer than status allows: a loaded broker answering late is still a figure
 
 
@@ -104,23 +108,25 @@ class SoakRun:
         return {str(user): int(count) for user, count in rows}
 
     def settle(self, progress: Callable[[str], None]) -> tuple[Losses, float, bool]:
-        """Wait until the job has worked off the load and every acknowledged event is applied (or the
-        applied counts stand still for 10 s, or `SETTLE_TIMEOUT_S` passed); what is still short is lost."""
-        started = time.monotonic()
-        progress("waiting for the rule job to work off the load")
-        _drain(self.metrics, SETTLE_TIMEOUT_S)
-        found, still_since, last = losses(self.acked_by_user, {}), time.monotonic(), -1
-        while time.monotonic() - started < SETTLE_TIMEOUT_S:
-            found = losses(self.acked_by_user, self.applied_by_user())
-            progress(f"comparing acknowledged events with the profiles written: {found.lost:,} not applied yet")
-            if found.lost == 0:
-                return found, time.monotonic() - started, True
-            if found.lost != last:
-                last, still_since = found.lost, time.monotonic()
-            elif time.monotonic() - still_since > 10:
-                break
-            time.sleep(1.0)
-        return found, time.monotonic() - started, False
+        """Wait until every acknowledged event is applied to its user's profile, however long the job's backlog
+        takes, unless neither the shortfall nor the job's counters (events applied, evaluations, profiles
+        written) move for `STUCK_AFTER_S`, or `SETTLE_TIMEOUT_S` passes: then what is still short is
+        reported, not settled."""
+        started = moved = time.monotonic()
+        last: tuple[float, ...] = ()
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                found = losses(self.acked_by_user, self.applied_by_user())
+                if found.lost == 0:
+                    return found, time.monotonic() - started, True
+                job = monitor.scrape(client, self.metrics)
+                now = (found.lost, *(job.total(name) for name in (APPLIED, EVALUATED, WRITTEN)))
+                if now != last:
+                    last, moved = now, time.monotonic()
+                if time.monotonic() - moved > STUCK_AFTER_S or time.monotonic() - started > SETTLE_TIMEOUT_S:
+                    return found, time.monotonic() - started, False
+                progress(f"waiting for the rule job to apply what was acknowledged: {found.lost:,} events to go")
+                time.sleep(1.0)
 
     def run(self, progress: Callable[[str], None],
             on_sample: Callable[[dict[str, Any], LoadResult | None], None]) -> dict[str, Any]:

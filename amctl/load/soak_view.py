@@ -77,7 +77,10 @@ def summary_table(report: dict[str, Any]) -> Table:
     table = Table(title="soak", title_justify="left", show_header=False)
     table.add_column("figure")
     table.add_column("value", justify="right")
-    lost = Text(f"{report['lost']:,}", style="green" if report["lost"] == 0 else "bold red")
+    if report["settled"]:
+        lost = Text(f"{report['lost']:,}", style="green" if report["lost"] == 0 else "bold red")
+    else:  # the job had not caught up: these are not applied yet, maybe not lost
+        lost = Text(f"{report['lost']:,} not applied when the check gave up", style="bold yellow")
     broker = report["broker"]
     capped = any(s.get("p99_past_last_bound") and s["p99_ms"] == report["p99_ms_max"] for s in report["samples"])
     rows: list[tuple[str, Any]] = [
