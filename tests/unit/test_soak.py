@@ -4,6 +4,7 @@ events lost, and the report built from readings."""
 from __future__ import annotations
 
 import pytest
+from rich.console import Console
 
 from amctl.load.profile import LoadConfigError
 from amctl.load.soak import (
@@ -16,6 +17,7 @@ from amctl.load.soak import (
     sample,
     slope_per_minute,
 )
+from amctl.load.soak_view import final_view
 from amctl.local.broker import BrokerSize, HeldRecords
 
 pytestmark = pytest.mark.unit
@@ -154,3 +156,16 @@ def test_a_broker_that_did_not_answer_is_unknown_not_zero() -> None:
     durable = BrokerSize(True, 0, None, disk_bytes=3 * MIB, disk_complete=False)
     assert durable.summary().startswith("durable: ≥ 3.0 MiB on disk")
     assert durable.as_json()["records_at_least"] is None
+
+
+def test_the_tables_say_a_backlog_is_not_a_loss_and_a_capped_p99_is_a_floor() -> None:
+    config = SoakConfig(60, every_s=60)
+    start = reading(0, 0, {10.0: 0.0, INF: 0.0}, {"kafka": 20})
+    late = [reading(60, 30_000, {10.0: 100.0, INF: 1000.0}, {"kafka": 40}, records=30_000)]
+    figures = report(config, start, late, losses({"u": 30_000}, {"u": 10_000}), settle_s=61, settled=False)
+    console = Console(record=True, width=200)
+    console.print(final_view(figures))
+    text = console.export_text()
+    assert "20,000 not applied when the check gave up" in text and "61 s (did not settle)" in text
+    assert "≥ 10,000.0 ms" in text
+    assert "kafka (in memory: keeps every record)" in text
