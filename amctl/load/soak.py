@@ -127,7 +127,7 @@ def memory_growth(start: Mapping[str, float], samples: Sequence[Mapping[str, Any
             value = s[f"total_{measure}_mib"] if n == "total" else s[f"{measure}_mib"].get(n)
             return float(value) if value is not None else None
 
-        first = sum(start.values()) if name == "total" else start.get(name)
+        first = round(sum(start.values()), 1) if name == "total" else start.get(name)
         last = mib(samples[-1]) if samples else None
         points = [(float(s["at_s"]), v) for s in samples if (v := mib(s)) is not None]
         per_minute = slope_per_minute(points)

@@ -98,6 +98,7 @@ def test_growth_per_minute_is_fitted_over_the_samples() -> None:
 def test_memory_growth_from_the_start_and_per_minute_under_load() -> None:
     samples = [{"at_s": t, "rss_mib": {"kafka": k, "api": 80.0}, "total_rss_mib": k + 80.0}
                for t, k in ((60, 40.0), (120, 70.0), (180, 100.0))]
+    assert memory_growth({"a": 0.1, "b": 0.2}, samples)["total"]["start"] == 0.3  # not 0.30000000000000004
     growth = memory_growth({"kafka": 20.0, "api": 75.0}, samples)
     assert growth["kafka"] == {"start": 20.0, "end": 100.0, "growth": 80.0, "per_minute": 30.0}
     # the step from idle to loaded (75 → 80) is growth from the start, not growth per minute under load
