@@ -1,4 +1,5 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv when needed.
+# `make test` leaves out the soak (minutes to hours): run it with `pytest -m soak tests/e2e/test_soak.py`.
 .PHONY: venv demo test down lint lock
 
 venv:
@@ -11,7 +12,7 @@ down: venv
 	@.venv/bin/amctl down
 
 test: venv
-	@.venv/bin/python -m pytest -q -p no:cacheprovider
+	@.venv/bin/python -m pytest -q -p no:cacheprovider -m "not soak"
 
 lint: venv
 	.venv/bin/ruff check amctl server flinkjob tests

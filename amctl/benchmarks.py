@@ -72,6 +72,11 @@ def run_measurement(m: Measurement, env: dict[str, str]) -> MeasurementResult:
     return MeasurementResult(m.name, dict(json.loads(result.stdout.strip().splitlines()[-1])))
 
 
+def machine() -> dict[str, Any]:
+    """What a bench report says of the machine it ran on."""
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+
+
 def isolated_settings(state_dir: Path) -> AmctlSettings:
     """Settings for a throwaway stack on free ports, so a running demo is left alone."""
     ports = Ports(**{name: processes.free_port() for name in Ports.model_fields})
@@ -95,7 +100,7 @@ def run_bench(plan: list[Measurement], progress: Callable[[str], None]) -> Bench
         Path(tmp).chmod(0o755)
         settings = isolated_settings(Path(tmp) / "state")
         stack = LocalStack(settings, extra_env=BENCH_SERVICE_ENV)
-        report = BenchReport({"cpus": os.cpu_count(), "python": sys.version.split()[0]})
+        report = BenchReport(machine())
         report.idle = [measure(m, dict(os.environ)) for m in plan if not m.needs_stack]
         if not any(m.needs_stack for m in plan):
             return report  # e.g. `--only rule_evaluations`: no stack to start

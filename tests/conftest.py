@@ -169,3 +169,14 @@ def promtool() -> str:
 def prometheus_binary() -> Path:
     """The Prometheus server `amctl up --with-monitoring` runs."""
     return Path(_from_prometheus_package("prometheus"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests run only when the marker expression names them (`-m soak`): a plain `pytest` or `-m e2e`
+    must never start a run of minutes to hours."""
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    soaks = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soaks:
+        config.hook.pytest_deselected(items=soaks)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]

@@ -7,13 +7,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from amctl.benchmarks import Measurement, run_bench
+from amctl.benchmarks import Measurement, machine, run_bench
 from amctl.console import add_row
-from amctl.context import get_context
+from amctl.context import AppContext, get_context
+from amctl.errors import AmctlError, UsageError
+from amctl.load import soak
+from amctl.local.stack import LocalStack
 from amctl.options import JsonOption
+from amctl.settings import Target
 
 
 def measurements(quick: bool) -> list[Measurement]:
@@ -79,14 +84,32 @@ def bench(
     only: Annotated[list[str] | None, typer.Option(
         "--only", help="Run just this stage (repeatable), e.g. --only job_throughput; the stack still starts for "
                        "stages that need it.")] = None,
+    soak_for: Annotated[str | None, typer.Option(
+        "--soak", metavar="DURATION", help="Instead of the stages: a steady load for this long (90s, 10m, 1h) "
+                                           "against the running local stack, read every --every.")] = None,
+    rate: Annotated[float, typer.Option("--rate", help="--soak: events per second, one per request.")]
+    = soak.DEFAULT_RATE,
+    users: Annotated[int, typer.Option("--users", help="--soak: users the events are spread over.")]
+    = soak.DEFAULT_USERS,
+    every: Annotated[str, typer.Option("--every", metavar="DURATION", help="--soak: how often to take a sample.")]
+    = "1m",
     json_output: JsonOption = False,
 ) -> None:
     """Cold start, memory, rule evaluations/s, ingestion events/s (vs bare FastAPI and a raw producer),
     the end-to-end ladder (500 → 10,000 ev/s: p50/p99 and the cores each component used), rule propagation,
     API p50/p99, event → signed webhook delivered p50/p99, identify → merged profile p50/p99, the rule job's
     state bytes per user, campaign mails/s with kept SMTP connections and with one per mail, and live latency
-    while a segment over 100,000 profiles backfills."""
+    while a segment over 100,000 profiles backfills. With --soak: a long steady load against the running
+    stack instead, sampling RSS per component, the broker's size and p50/p99 every --every, then checking
+    that no acknowledged event was lost."""
     app = get_context(ctx)
+    if soak_for is not None:
+        if quick or only:
+            raise UsageError("--soak runs on its own", hint="leave out --quick and --only")
+        config = soak.SoakConfig(soak.parse_option_duration(soak_for, "--soak"), rate, users,
+                                 soak.parse_option_duration(every, "--every"))
+        run_soak(app, config, output, json_output)
+        return
     plan = selected(measurements(quick), only or [])
     with app.err.status("benchmarking") as status:
         report = run_bench(plan, lambda text: status.update(escape(text))).as_json()
@@ -101,6 +124,34 @@ def bench(
     for row in _rows(report):
         add_row(table, *row)
     app.console.print(table)
+
+
+def run_soak(app: AppContext, config: soak.SoakConfig, output: Path | None, json_output: bool) -> None:
+    """The soak against the running local stack: live samples on stderr, the tables (or JSON) at the end."""
+    from amctl.load.soak_measure import SoakRun  # the load generator's modules, only when a soak runs
+    from amctl.load.soak_view import LiveSoak, final_view
+
+    app.require(Target.LOCAL, "amctl bench --soak runs against the local stack")
+    if not any(row.state == "running" for row in LocalStack(app.settings).status().components):
+        raise AmctlError("nothing is running", hint="start the platform with: amctl up")
+    run = SoakRun(app.settings, config)
+    view = LiveSoak(run)
+
+    def progress(text: str) -> None:
+        view.status = text
+
+    def on_sample(figures: dict[str, Any], _load: object) -> None:
+        view.samples.append(figures)
+
+    with Live(view, console=app.err, refresh_per_second=2, transient=True):
+        figures = run.run(progress, on_sample)
+    report = {"machine": machine(), "soak": figures}
+    if output is not None:
+        output.write_text(json.dumps(report, indent=2))
+    if json_output:
+        app.print_json(report)
+    else:
+        app.console.print(final_view(figures))
 
 
 def register(app: typer.Typer) -> None:

@@ -39,6 +39,7 @@ class Top:
         current = self.sample()
         before, self.previous = self.previous, current
         memory = self.stack.memory()
+        broker = self.stack.broker_size()
         services = {name: {**monitor.service_row(before[name], current[name]), "rss_mib": round(
             memory.get(name, 0) / 2**20, 1)} for name in self.urls}
         return {
@@ -46,6 +47,7 @@ class Top:
             "services": services,
             "pipeline": monitor.pipeline(before, current, self.first),
             "memory_mib": {name: round(rss / 2**20, 1) for name, rss in memory.items()},
+            "broker": broker.as_json() | {"summary": broker.summary()} if broker is not None else None,
             "segments": monitor.segment_sizes(self.client, self.app.settings.url(self.app.settings.ports.segment_api)),
         }
 
@@ -72,6 +74,8 @@ def render(snapshot: dict[str, Any]) -> Group:
     for name, mib in others.items():
         services.add_row(f"[dim]{name}[/]", "", "", "", _value(mib, " MiB"))
     services.add_row("[bold]total[/]", "", "", "", _value(round(sum(snapshot["memory_mib"].values()), 1), " MiB"))
+    broker = snapshot["broker"]  # the memory broker's RSS grows with every record it keeps
+    size = Text(f"broker: {broker['summary']}" if broker is not None else "broker: not running", style="dim")
 
     p = snapshot["pipeline"]
     flow = Table(title="events and segments", title_justify="left", show_header=False)
@@ -97,7 +101,7 @@ def render(snapshot: dict[str, Any]) -> Group:
     segments.add_column("members", justify="right")
     for s in snapshot["segments"]:
         add_row(segments, s["name"], f"{s['size']:,}")
-    return Group(services, flow, segments)
+    return Group(services, size, flow, segments)
 
 
 def top(

@@ -174,12 +174,17 @@ def _drain(metrics_url: str, timeout_s: float = DRAIN_TIMEOUT_S) -> float:
     return time.monotonic() - started
 
 
-def _segments(settings: AmctlSettings, count: int) -> None:
+def _segments(settings: AmctlSettings, count: int) -> list[str]:
+    """`count` segments over the load generator's categories and event counts; returns the ids created."""
+    ids = []
     with httpx.Client(base_url=settings.url(settings.ports.segment_api), timeout=10) as client:
         for i in range(count):
             rules = {"all": [{"field": "category", "operator": "eq", "value": CATEGORIES[i % len(CATEGORIES)]},
                              {"field": "eventCount", "operator": "gte", "value": 1 + i // len(CATEGORIES)}]}
-            client.post("/api/segments", json={"name": f"bench {uuid.uuid4().hex[:6]} {i}", "rules": rules})
+            response = client.post("/api/segments", json={"name": f"bench {uuid.uuid4().hex[:6]} {i}", "rules": rules})
+            if response.is_success:
+                ids.append(str(response.json()["id"]))
+    return ids
 
 
 def measure_assignment_latency(

@@ -108,6 +108,8 @@ class LoadPlan:
     headers: dict[str, str] = field(default_factory=dict)
     # when set, each send is a GET of the path this returns (read benchmarks) instead of a POST of events
     get_url: Callable[[], str] | None = None  # a path on the same server as `url`
+    # called with the body of every POST answered 2xx: who needs to know which events were acknowledged
+    on_acked: Callable[[bytes], None] | None = None
 
 
 async def run_load(plan: LoadPlan, on_progress: Callable[[LoadResult], None] | None = None,
@@ -129,8 +131,10 @@ async def run_load(plan: LoadPlan, on_progress: Callable[[LoadResult], None] | N
                     response = await pool.request("GET", plan.get_url())
                 else:
                     response = await pool.request("POST", post_path, body)
-                result.record(str(response.status), time.perf_counter() - started, 200 <= response.status < 300,
-                              sent_at_s)
+                ok = 200 <= response.status < 300
+                result.record(str(response.status), time.perf_counter() - started, ok, sent_at_s)
+                if ok and body is not None and plan.on_acked is not None:
+                    plan.on_acked(body)
             except TimeoutError:
                 result.record("timeout", time.perf_counter() - started, False, sent_at_s)
             except (OSError, HttpProtocolError) as exc:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported by name
 
 from amctl.local.postgres import package_dir
 
@@ -48,3 +52,101 @@ class EmbeddedBroker:
             return True
         except Exception:  # any failure to answer metadata means not ready yet
             return False
+
+
+@dataclass(frozen=True)
+class HeldRecords:
+    """Records the broker holds, by topic: the sum of each partition's high watermark (nothing is ever
+    trimmed, so offsets start at 0). Tansu's high watermark is the base offset of a partition's last batch
+    plus one, so each partition's count falls short by at most that batch's size less one: a lower bound."""
+
+    by_topic: dict[str, int]
+
+    @property
+    def at_least(self) -> int:
+        return sum(self.by_topic.values())
+
+
+def held_records(bootstrap: str, timeout_s: float = 1.0) -> HeldRecords | None:
+    """What the broker holds, asked in one metadata and one ListOffsets request; None when it does not
+    answer both within `timeout_s` (status must stay fast, so it says "unknown" rather than wait)."""
+    deadline = time.monotonic() + timeout_s
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": int(timeout_s * 1000)})
+    try:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        wanted = {TopicPartition(name, p): latest for name, meta in topics.items()
+                  if not name.startswith("__") for p in meta.partitions}
+        if not wanted:
+            return HeldRecords({})
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        futures = admin.list_offsets(wanted, request_timeout=left)
+        by_topic: dict[str, int] = {}
+        for partition, future in futures.items():
+            offset = future.result(timeout=max(deadline - time.monotonic(), 0.01)).offset
+            by_topic[partition.topic] = by_topic.get(partition.topic, 0) + max(offset, 0)
+        return HeldRecords(dict(sorted(by_topic.items())))
+    except (KafkaException, TimeoutError):
+        return None
+
+
+def disk_bytes(root: Path, budget_s: float = 1.0) -> tuple[int, bool]:
+    """Bytes of the files under `root`, and whether every file was counted within `budget_s` (a huge
+    tree gives a lower bound rather than a slow status)."""
+    deadline = time.monotonic() + budget_s
+    total, pending = 0, [root]
+    while pending:
+        if time.monotonic() > deadline:
+            return total, False
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:  # removed while counting, or not there yet
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total, True
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:,.1f} MiB"
+
+
+@dataclass(frozen=True)
+class BrokerSize:
+    """How big the broker has grown: its RSS, the records it holds (None: it did not say in time) and, for
+    the durable broker, the bytes its object store keeps on disk (`disk_complete` False: counting ran out
+    of time, so a lower bound)."""
+
+    durable: bool
+    rss_bytes: int
+    records: HeldRecords | None
+    disk_bytes: int | None = None
+    disk_complete: bool = True
+
+    def summary(self) -> str:
+        """One line for `amctl status` and `amctl top`."""
+        records = ("records unknown (no answer within 1 s)" if self.records is None else
+                   f"≥ {self.records.at_least:,} records in {len(self.records.by_topic)} "
+                   + ("topic" if len(self.records.by_topic) == 1 else "topics"))
+        if not self.durable:
+            return f"in memory: {records}; RSS grows with every record"
+        if self.disk_bytes is None:
+            disk = "unknown"
+        else:
+            disk = ("" if self.disk_complete else "≥ ") + _mib(self.disk_bytes)
+        return f"durable: {disk} on disk, {records}"
+
+    def as_json(self) -> dict[str, object]:
+        return {"storage": "durable" if self.durable else "memory", "rss_mib": round(self.rss_bytes / 2**20, 1),
+                "records_at_least": None if self.records is None else self.records.at_least,
+                "records_by_topic": None if self.records is None else self.records.by_topic,
+                "disk_mib": None if self.disk_bytes is None else round(self.disk_bytes / 2**20, 1),
+                "disk_complete": self.disk_complete if self.durable else None}

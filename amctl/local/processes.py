@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -87,12 +87,23 @@ def reap(pid: int) -> None:
 
 def rss_bytes(pid: int) -> int:
     """Resident memory of the process and its children."""
+    return _tree_memory(pid, lambda proc: int(proc.memory_info().rss))
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional memory of the process and its children: each shared page split among the processes that
+    map it, so PostgreSQL's shared buffers count once, not once per backend as in `rss_bytes`. Reads smaps
+    (a few ms for a large JVM): for the soak's samples, not for every status."""
+    return _tree_memory(pid, lambda proc: int(proc.memory_full_info().pss))
+
+
+def _tree_memory(pid: int, of: Callable[[psutil.Process], int]) -> int:
     try:
         proc = psutil.Process(pid)
-        total = int(proc.memory_info().rss)
+        total = of(proc)
         for child in proc.children(recursive=True):
             try:
-                total += int(child.memory_info().rss)
+                total += of(child)
             except psutil.Error:
                 continue
         return total

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from amctl.local import processes
-from amctl.local.broker import EmbeddedBroker
+from amctl.local.broker import BrokerSize, EmbeddedBroker, disk_bytes, held_records
 from amctl.local.errors import StackError as StackError
 from amctl.local.flink import LocalFlinkCluster
 from amctl.local.mail_sink import read_mails, store_path
@@ -137,7 +137,8 @@ class LocalStack:
         ports = settings.ports
         self.postgres = EmbeddedPostgres.for_state_dir(self.state_dir, ports.postgres, settings.host, durable)
         self.prometheus = LocalPrometheus(self.state_dir, settings.host, ports.prometheus, settings.prometheus_binary)
-        self.s3 = LocalS3Server(self.state_dir / "broker-s3", ports.s3, settings.host)
+        self.broker_data_dir = self.state_dir / "broker-s3"  # the durable broker's records, whatever serves them
+        self.s3 = LocalS3Server(self.broker_data_dir, ports.s3, settings.host)
         self.flink = LocalFlinkCluster(self.state_dir, settings.host, ports.flink_ui, ports.flink_rpc)
         self.broker = (EmbeddedBroker(ports.kafka, settings.host, self.s3.storage_url, self.s3.client_environment())
                        if self.options.durable_broker else EmbeddedBroker(ports.kafka, settings.host))
@@ -199,8 +200,7 @@ class LocalStack:
                 port=ports.kafka,
                 port_setting="AMCTL_PORT_KAFKA",
                 env=self.broker.environment(os.environ),
-                describe=lambda: f"durable: records in S3 on port {ports.s3}" if self.broker.durable
-                else "in memory: RSS grows with records",
+                describe=self._describe_broker,
             ),
             Component(
                 name="migrations",
@@ -510,10 +510,31 @@ class LocalStack:
             progress(Update("state", f"removed {self.state_dir}", Kind.NOTE))
         return DownResult(tuple(stopped), f"stopped {len(stopped)} component(s)" if stopped else "nothing was running")
 
-    def memory(self) -> dict[str, int]:
-        """RSS of each running component, from its run record alone (no health checks)."""
+    def broker_size(self, timeout_s: float = 1.0) -> BrokerSize | None:
+        """The running broker's RSS, the records it holds (asked within `timeout_s`) and, when durable, the
+        bytes of its data directory; None when it does not run."""
+        record = self._live_record("kafka")
+        if record is None:
+            return None
+        rss = processes.rss_bytes(record.pid)
+        records = held_records(self.broker.bootstrap, timeout_s)
+        if not self.broker.durable:
+            return BrokerSize(False, rss, records)
+        size, complete = disk_bytes(self.broker_data_dir, budget_s=timeout_s)
+        return BrokerSize(True, rss, records, size, complete)
+
+    def _describe_broker(self) -> str:
+        size = self.broker_size()
+        if size is not None:
+            return size.summary()
+        return f"durable: records in S3 on port {self.s3.port}" if self.broker.durable else "in memory"
+
+    def memory(self, proportional: bool = False) -> dict[str, int]:
+        """RSS of each running component (PSS when `proportional`), from its run record alone (no health
+        checks)."""
+        measure = processes.pss_bytes if proportional else processes.rss_bytes
         running = ((c.name, self._live_record(c.name)) for c in self.components() if not c.oneshot)
-        return {name: processes.rss_bytes(record.pid) for name, record in running if record is not None}
+        return {name: measure(record.pid) for name, record in running if record is not None}
 
     def status(self) -> StatusReport:
         """Each component's state, pid, port, memory and uptime (and a line of its own, such as the job's)."""

@@ -67,6 +67,7 @@ FAILURES: list[tuple[list[str], int, str]] = [
     (["events", "send", "--rate", "20", "--duration", "500ms"], 1, INGESTION_API),
     (["smoke"], 1, "not healthy: postgres, kafka"),
     (["top", "--once", "--interval", "0.5"], 1, "nothing is running"),
+    (["bench", "--soak", "90s"], 1, "nothing is running"),
     # nothing was ever started here
     (["logs", "segment-api"], 1, "no log yet for segment-api"),
     (["logs", "nope"], 1, "unknown component 'nope'"),
@@ -78,6 +79,11 @@ FAILURES: list[tuple[list[str], int, str]] = [
     (["events", "send", "--rate", "5", "--batch", "0"], 2, "--batch must be between 1 and 500"),
     (["events", "send", "--rate", "5", "--duration", "soon"], 2, "'soon' is not a duration"),
     (["events", "send", "--ramp", "fast"], 2, "--ramp: 'fast' is not rate:duration"),
+    (["bench", "--soak", "an hour"], 2, "--soak: 'an hour' is not a duration"),
+    (["bench", "--soak", "0s"], 2, "--soak: the duration must be more than zero"),
+    (["bench", "--soak", "10m", "--every", "often"], 2, "--every: 'often' is not a duration"),
+    (["bench", "--soak", "30s", "--every", "1m"], 2, "--every (60 s) must not be longer than --soak (30 s)"),
+    (["bench", "--soak", "1h", "--only", "email"], 2, "--soak runs on its own"),
     (["events", "send", "--file", "/no/such/events.jsonl"], 1, "cannot read /no/such/events.jsonl"),
     (["segment", "create", "vip", "--rules", "{"], 2, "--rules is not JSON"),
     (["segment", "create", "vip", "--rules", "[1]"], 2, "rules must be a JSON object"),
@@ -96,6 +102,7 @@ FAILURES: list[tuple[list[str], int, str]] = [
     (["up", "--target", "k8s", "--without-monitoring"], 1, "--with-monitoring/--without-monitoring choose"),
     (["--target", "k8s", "logs", "kafka"], 1, "this command runs on the local target only, not k8s"),
     (["--target", "k8s", "top"], 1, "amctl top reads the local stack"),
+    (["--target", "k8s", "bench", "--soak", "1m"], 1, "amctl bench --soak runs against the local stack"),
     (["render", "--target", "local"], 1, "this command is for the k8s target, not local"),
     # k8s: an unknown profile, an unknown context, a cluster that does not answer
     (["render", "--profile", "demo-16g"], 1, "no profile 'demo-16g' (known: demo-8g, prod)"),
