@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from amctl.k8s.profile import Profile, memory_bytes
+from amctl.k8s.profile import Flink, Profile, memory_bytes
 from amctl.k8s.render import Manifest
 
 MiB = 2**20
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+METASPACE = 256 * MiB  # taskmanager.memory.jvm-metaspace.size, Flink's default
+# what one slot's RocksDB needs at least: Flink gives half to write buffers and the rest to the block cache
+ROCKSDB_PER_SLOT = 128 * MiB
 
 
 def fmt_mib(value: int) -> str:
@@ -115,6 +118,14 @@ def containers(manifests: list[Manifest]) -> list[ContainerBudget]:
     return found
 
 
+def managed_memory(flink: Flink) -> int:
+    """The TaskManager's managed memory as Flink derives it: the process size less the JVM overhead (10%, at least
+    192 MiB, at most 1 GiB) and metaspace (256 MiB), times the managed fraction."""
+    process = memory_bytes(flink.taskmanager_process)
+    overhead = min(max(process // 10, 192 * MiB), 1024 * MiB)
+    return int((process - overhead - METASPACE) * flink.managed_fraction)
+
+
 def _limit_of(found: list[ContainerBudget], container: str) -> int:
     return next(c.limit for c in found if c.container == container)
 
@@ -134,6 +145,8 @@ def _inner_checks(profile: Profile, found: list[ContainerBudget]) -> list[Check]
         Check("Flink process size + Python", "flink-taskmanager",
               memory_bytes(flink.taskmanager_process) + memory_bytes(flink.python_headroom),
               _limit_of(found, "flink-taskmanager")),
+        Check(f"RocksDB's managed memory ({fmt_mib(ROCKSDB_PER_SLOT)} per slot)", "flink-taskmanager",
+              ROCKSDB_PER_SLOT * flink.slots, managed_memory(flink)),
         Check("namespaces + asd", "aerospike",
               sum(memory_bytes(ns.size) for ns in profile.aerospike.namespaces) + memory_bytes(profile.aerospike.base),
               _limit_of(found, "aerospike")),

@@ -90,6 +90,8 @@ class Flink(Strict):
     jobmanager_process: Memory = Field(description="jobmanager.memory.process.size")
     taskmanager_process: Memory = Field(description="taskmanager.memory.process.size")
     python_headroom: Memory = Field(description="Room the embedded Python interpreter needs beside the JVM")
+    managed_fraction: float = Field(default=0.35, gt=0, lt=1, description="taskmanager.memory.managed.fraction: "
+                                    "RocksDB's cache and write buffers, where the job's keyed state lives")
     slots: int = Field(ge=1)
     parallelism: int = Field(ge=1)
 

@@ -73,6 +73,15 @@ def test_a_heap_larger_than_its_container_is_named(tmp_path: Path) -> None:
     assert data["problems"] == ["JVM heap + overhead over by 128 MiB in kafka: 1,664 MiB of 1,536 MiB"]
 
 
+def test_rocksdb_needs_its_managed_memory_in_every_slot(tmp_path: Path) -> None:
+    # 1,280 MiB less 192 of JVM overhead and 256 of metaspace leaves 832 MiB; a tenth of it for two slots
+    profile = _variant(tmp_path, {"flink": {"managed_fraction": 0.1}})
+    code, data, _ = _budget("--profile", profile, "--json")
+    assert code == 1 and data is not None
+    assert data["problems"] == ["RocksDB's managed memory (128 MiB per slot) over by 173 MiB in flink-taskmanager: "
+                                "256 MiB of 83 MiB"]
+
+
 def test_aerospike_namespaces_must_fit_its_limit(tmp_path: Path) -> None:
     profile = _variant(tmp_path, {"aerospike": {"base": "96Mi", "namespaces": [
         {"name": "user_profiles", "size": "600Mi"}, {"name": "cache", "size": "300Mi", "ttl_s": 3600},
