@@ -78,10 +78,18 @@ def create_time(pid: int) -> float | None:
         return None
 
 
-def reap(pid: int) -> None:
-    """Collect the exit status of a child we spawned, so it does not linger as a zombie."""
+def reap(pid: int, wait_s: float = 0.0) -> None:
+    """Collect the exit status of a child we spawned, so it does not linger as a zombie; `wait_s` for one that
+    is exiting (a multi-threaded process shows as a zombie before its last thread is gone and it can be collected)."""
     proc = _children.get(pid)
-    if proc is not None and proc.poll() is not None:
+    if proc is None:
+        return
+    if wait_s:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait_s)
+    else:
+        proc.poll()
+    if proc.returncode is not None:
         del _children[pid]
 
 
@@ -126,7 +134,7 @@ def stop(pid: int, stop_signal: int = signal.SIGTERM, grace_s: float = 10.0) -> 
     while time.monotonic() < deadline:
         reap(pid)
         if not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in _alive(members)):
-            reap(pid)  # it may have exited since the reap above: collect it, or its Popen warns at exit
+            reap(pid, wait_s=5)  # it may have exited since the reap above: collect it, or its Popen warns at exit
             return False
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
