@@ -79,7 +79,10 @@ def machine() -> dict[str, Any]:
 
 def isolated_settings(state_dir: Path) -> AmctlSettings:
     """Settings for a throwaway stack on free ports, so a running demo is left alone."""
-    ports = Ports(**{name: processes.free_port() for name in Ports.model_fields})
+    taken: list[int] = []
+    for _ in Ports.model_fields:
+        taken.append(processes.service_port(taken=taken))
+    ports = Ports(**dict(zip(Ports.model_fields, taken, strict=True)))
     return AmctlSettings(state_dir=state_dir, ports=ports)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -41,6 +42,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def service_port(host: str = "127.0.0.1", taken: Collection[int] = ()) -> int:
+    """A free port for a server started a while later: below the kernel's ephemeral range (a port picked there
+    can become the source port of any outgoing connection before the server binds it) and below the stack's
+    own 30xxx ports; not one of `taken`."""
+    low = _ephemeral_low()
+    top = min(low, 30000)
+    for _ in range(200):
+        port = random.randrange(20000, top) if top > 20000 else free_port(host)
+        if port not in taken and port_is_free(host, port):
+            return port
+    return free_port(host)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> int:

@@ -30,8 +30,10 @@ def amctl(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.C
 
 def stack_environment(state: Path) -> dict[str, str]:
     env = {**os.environ, "AMCTL_STATE_DIR": str(state), "NO_COLOR": "1", "COLUMNS": "200"}
+    taken: list[int] = []
     for name in PORT_NAMES:
-        env[f"AMCTL_PORT_{name.upper()}"] = str(processes.free_port())
+        taken.append(processes.service_port(taken=taken))
+        env[f"AMCTL_PORT_{name.upper()}"] = str(taken[-1])
     return env
 
 

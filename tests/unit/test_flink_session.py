@@ -95,3 +95,4 @@ def test_the_flink_flag_is_for_the_local_target_and_names_its_choices() -> None:
     assert "how the local target runs the rule job" in result.output
     result = CliRunner().invoke(app, ["up", "--flink", "yarn"])
     assert result.exit_code == 2 and "mini" in result.output and "session" in result.output
+
