@@ -39,6 +39,11 @@ _COUNTERS = {  # Flink metric of the operator -> (exported counter, help)
 _WANTED = [*_COUNTERS, "recordsEvaluated", "evaluationMicros"]
 
 
+def operator_vertex(job: dict[str, Any]) -> str | None:
+    """The id of the rule operator's vertex in a `/jobs/<id>` answer (its chain's name starts with OPERATOR)."""
+    return next((v["id"] for v in job.get("vertices", ()) if v["name"].startswith(OPERATOR)), None)
+
+
 class FlinkJobMetrics(Collector):
     def __init__(self, rest: str, job_id: Callable[[], str | None], every_s: float = 2.0) -> None:
         self.rest, self.job_id, self.every_s = rest, job_id, every_s
@@ -64,7 +69,7 @@ class FlinkJobMetrics(Collector):
             return
         job = (await client.get(f"/jobs/{job_id}")).json()
         self.running = job["state"] == "RUNNING"
-        vertex = next((v["id"] for v in job["vertices"] if v["name"].startswith(OPERATOR)), None)
+        vertex = operator_vertex(job)
         if vertex is None:
             return
         names = ",".join([*(f"{OPERATOR}.{m}" for m in _WANTED), "busyTimeMsPerSecond"])

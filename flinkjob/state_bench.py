@@ -29,7 +29,7 @@ import psutil
 
 from flinkjob.bench import _definitions, _events, _produce
 from flinkjob.job import build, prepare_python_environment
-from flinkjob.metrics import OPERATOR
+from flinkjob.metrics import OPERATOR, operator_vertex
 from flinkjob.settings import RuleEngineSettings
 from server.stores.kafka import create_topics
 from server.stores.topics import RULE_DEFINITIONS, USER_EVENTS
@@ -59,8 +59,7 @@ class _Job:
         self.job_id = job_id
 
     def applied(self) -> int:
-        job = self.http.get(f"/jobs/{self.job_id}").json()
-        vertex = next((v["id"] for v in job.get("vertices", ()) if v["name"].startswith(OPERATOR)), None)
+        vertex = operator_vertex(self.http.get(f"/jobs/{self.job_id}").json())
         if vertex is None:
             return 0
         rows = self.http.get(f"/jobs/{self.job_id}/vertices/{vertex}/subtasks/metrics",

@@ -48,10 +48,9 @@ def service_port(host: str = "127.0.0.1", taken: Collection[int] = ()) -> int:
     """A free port for a server started a while later: below the kernel's ephemeral range (a port picked there
     can become the source port of any outgoing connection before the server binds it) and below the stack's
     own 30xxx ports; not one of `taken`."""
-    low = _ephemeral_low()
-    top = min(low, 30000)
-    for _ in range(200):
-        port = random.randrange(20000, top) if top > 20000 else free_port(host)
+    top = min(_ephemeral_low(), 30000)
+    for _ in range(200 if top > 20000 else 0):
+        port = random.randrange(20000, top)
         if port not in taken and port_is_free(host, port):
             return port
     return free_port(host)
