@@ -33,7 +33,7 @@ class Ports(BaseSettings):
     webhook_sink: int = 30087  # the local webhook receiver destinations deliver to in the demo
     postgres: int = 30432
     kafka: int = 30092
-    s3: int = 30093  # the durable broker's S3 server (amctl up --durable-broker)
+    s3: int = 30093  # the broker's S3 server, where its records live
     flink_ui: int = 30881
     flink_rpc: int = 30882  # the JobManager's RPC port (amctl up --flink session)
     prometheus: int = 30090
@@ -53,6 +53,10 @@ class AmctlSettings(BaseSettings):
     startup_timeout_s: float = 60.0
     k8s_poll_s: float = Field(default=2.0, description="How often `amctl up/down --target k8s` looks at the cluster")
     api_key: SecretStr | None = Field(default=None, description="Sent as X-API-Key to every service (AMCTL_API_KEY)")
+    # every fetch lists all the batches a partition holds: a longer window slows the broker down
+    broker_keep_s: float = Field(default=0.0, ge=0, description="The local broker keeps every record at least this "
+                                 "long, then drops it once every platform group that reads it has committed past "
+                                 "it (AMCTL_BROKER_KEEP_S)")
     prometheus_binary: Path = Field(default=Path("/usr/bin/prometheus"),
                                     description="Prometheus of `amctl up --with-monitoring` (AMCTL_PROMETHEUS_BINARY)")
 

@@ -94,7 +94,7 @@ def _definitions(segments: int) -> list[tuple[str, bytes]]:
 
 def _passthrough(settings: RuleEngineSettings, stop_at: StopAt) -> StreamExecutionEnvironment:
     env = StreamExecutionEnvironment.get_execution_environment(configuration(settings))
-    events = env.from_source(source(settings, "noop", settings.topic(USER_EVENTS), stop_at=stop_at),
+    events = env.from_source(source(settings, "rule-engine-noop", settings.topic(USER_EVENTS), stop_at=stop_at),
                              WatermarkStrategy.no_watermarks(), "user-events")
     (events.key_by(user_key, key_type=Types.STRING())
      .map(lambda value: value, output_type=Types.STRING())

@@ -36,7 +36,7 @@ from server.stores.kafka import AsyncProducer
 from server.stores.matching import matching_pages
 from server.stores.profile_store import ProfileStore
 from server.stores.records import RejectedRecords, UnreadableRecord, decode, encode
-from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_RULES
+from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, RULE_FEEDER_GROUP, SEGMENT_RULES
 
 log = logging.getLogger("rule-engine.feeder")
 # An event the job handled just before a definition reached it, whose profile was not in the store
@@ -63,7 +63,7 @@ class RuleFeeder:
         """`rate`: re-evaluation requests per second, `scan_rate`: profiles read per second (0: no limit)."""
         self.producer, self.store, self.page, self.prefix = producer, store, page, prefix
         self.send_pace, self.scan_pace = Pace(rate), Pace(scan_rate)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}rule-engine-feeder",
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": prefix + RULE_FEEDER_GROUP,
                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
         self.consumer.assign([TopicPartition(prefix + SEGMENT_RULES, 0, 0)])
         self.rejected = RejectedRecords.counted(log, registry, RECORDS_REJECTED,

@@ -26,7 +26,15 @@ from pyflink.util.java_utils import get_java_class
 from flinkjob.operator import FEEDBACK, PROFILES, RULES, RuleEngineFunction
 from flinkjob.settings import RuleEngineSettings, StateBackend
 from server.domain.pipeline import record_key
-from server.stores.topics import REEVALUATIONS, RULE_DEFINITIONS, SEGMENT_MEMBERSHIP, USER_EVENTS, USER_PROFILES
+from server.stores.topics import (
+    REEVALUATIONS,
+    RULE_DEFINITIONS,
+    RULE_JOB_RULES_GROUP,
+    RULE_JOB_USERS_GROUP,
+    SEGMENT_MEMBERSHIP,
+    USER_EVENTS,
+    USER_PROFILES,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Where a bounded run stops: topic -> partition -> offset (exclusive). The live job is unbounded.
@@ -134,7 +142,7 @@ def environment(config: Configuration) -> StreamExecutionEnvironment:
         jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment(config._j_configuration))
 
 
-def source(settings: RuleEngineSettings, name: str, *topics: str, stop_at: StopAt | None = None) -> KafkaSource:
+def source(settings: RuleEngineSettings, group: str, *topics: str, stop_at: StopAt | None = None) -> KafkaSource:
     # Offsets restored from a checkpoint come first. Without them (a new broker epoch) the live job starts
     # where it last committed on this broker: nowhere on a fresh one (so from the start), but a durable
     # broker it comes back to still holds what an earlier run already applied. Bounded runs read it all.
@@ -143,7 +151,7 @@ def source(settings: RuleEngineSettings, name: str, *topics: str, stop_at: StopA
         KafkaSource.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap)
         .set_topics(*topics)
-        .set_group_id(f"{settings.topic_prefix}rule-engine-{name}")
+        .set_group_id(settings.topic_prefix + group)  # committed on each checkpoint
         .set_starting_offsets(starting)
         .set_value_only_deserializer(SimpleStringSchema())
         .set_property("fetch.max.wait.ms", "10")
@@ -213,9 +221,10 @@ def build(settings: RuleEngineSettings, stop_at: StopAt | None = None) -> Stream
     env = environment(configuration(settings))
     topic = settings.topic
     epoch = settings.broker_epoch  # offsets belong to one broker epoch: a new epoch reads from the start
-    keyed = env.from_source(source(settings, "users", topic(USER_EVENTS), topic(REEVALUATIONS), stop_at=stop_at),
+    keyed = env.from_source(source(settings, RULE_JOB_USERS_GROUP, topic(USER_EVENTS), topic(REEVALUATIONS),
+                                   stop_at=stop_at),
                             WatermarkStrategy.no_watermarks(), "user-events").uid(f"user-events-{epoch}")
-    rules = env.from_source(source(settings, "rules", topic(RULE_DEFINITIONS), stop_at=stop_at),
+    rules = env.from_source(source(settings, RULE_JOB_RULES_GROUP, topic(RULE_DEFINITIONS), stop_at=stop_at),
                             WatermarkStrategy.no_watermarks(), "segment-rules").uid(f"segment-rules-{epoch}")
     changes = (
         keyed.key_by(user_key, key_type=Types.STRING())

@@ -47,7 +47,7 @@ from server.domain.profile import Profile
 from server.runtime.metrics import LATENCY_BUCKETS, register_metric_name
 from server.stores.profile_store import ProfileStore
 from server.stores.records import RejectedRecords, decode
-from server.stores.topics import SEGMENT_MEMBERSHIP, TOPICS, USER_PROFILES
+from server.stores.topics import SEGMENT_MEMBERSHIP, STORE_WRITER_GROUP, TOPICS, USER_PROFILES
 
 MEMBERSHIP_CHANGES = register_metric_name("am_membership_changes_total")
 PROFILES_WRITTEN = register_metric_name("am_profiles_written_total")
@@ -75,7 +75,7 @@ class StoreWriter:
                  registry: CollectorRegistry) -> None:
         self.store, self.batch = store, batch
         self.membership_topic, self.profile_topic = prefix + SEGMENT_MEMBERSHIP, prefix + USER_PROFILES
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}rule-engine-writer",
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": prefix + STORE_WRITER_GROUP,
                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
         partitions = [TopicPartition(t, p) for t in (self.membership_topic, self.profile_topic)
                       for p in range(TOPICS[SEGMENT_MEMBERSHIP if t == self.membership_topic else USER_PROFILES])]

@@ -19,7 +19,7 @@ from amctl.monitor import quantile
 DEFAULT_RATE = 500
 DEFAULT_USERS = 50_000
 DEFAULT_EVERY_S = 60.0
-BROKER = "kafka"  # the broker's component name, reported apart: the memory broker grows by design
+BROKER = "kafka"  # the broker's component name
 
 
 def parse_option_duration(text: str, option: str) -> float:
@@ -85,6 +85,7 @@ def sample(before: Reading, after: Reading) -> dict[str, Any]:
         raise ValueError("a reading must come after the one before it")
     acked = after.acked - before.acked
     records = after.broker.records if after.broker is not None else None
+    store = after.broker.store if after.broker is not None else None
     p99 = quantile(before.assignments, after.assignments, 0.99)
     last_bound = max((b for b in after.assignments if b != float("inf")), default=None)
     return {
@@ -101,6 +102,9 @@ def sample(before: Reading, after: Reading) -> dict[str, Any]:
         "pss_mib": {name: _mib(pss) for name, pss in after.pss_bytes.items()},
         "total_pss_mib": _mib(sum(after.pss_bytes.values())),
         "broker_records_at_least": records.at_least if records is not None else None,
+        # what the broker's S3 server still holds, and the records it dropped once every reader had them
+        "broker_held_mib": _mib(store.held_bytes) if store is not None else None,
+        "broker_records_dropped": store.trimmed_records if store is not None else None,
     }
 
 
@@ -165,7 +169,9 @@ def report(config: SoakConfig, start: Reading, readings: Sequence[Reading], foun
     broker: dict[str, Any] = {"start": broker_start.as_json() if broker_start else None,
                               "end": broker_end.as_json() if broker_end else None}
     if broker_start is not None and broker_end is not None:
-        grown = broker_end.rss_bytes - broker_start.rss_bytes
+        # the broker and its S3 server together: the records live in the server
+        grown = (broker_end.rss_bytes + broker_end.store_rss_bytes) - (broker_start.rss_bytes
+                                                                       + broker_start.store_rss_bytes)
         broker["rss_growth_mib"] = _mib(grown)
         broker["rss_bytes_per_acked_event"] = round(grown / end.acked) if end.acked else None
     return {

@@ -22,18 +22,25 @@ def _value(value: Any, unit: str = "") -> str:
     return f"{value:,}{unit}" if isinstance(value, int | float) else str(value)
 
 
+def _sum_known(*values: float | None) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known), 1) if known else None
+
+
 def samples_table(samples: Sequence[dict[str, Any]], title: str = "samples") -> Table:
     """One row per interval: the answers, the end-to-end latency and the memory at its end."""
     table = Table(title=title, title_justify="left")
     for column in ("at", "acked/s", "refused", "dropped", "applied", "p50", "p99", "total RSS", "broker RSS",
-                   "broker records ≥"):
+                   "records held", "records produced ≥", "dropped once read"):
         table.add_column(column, justify="right")
     for s in samples:
         add_row(table, f"{s['at_s']:.0f} s", _value(s["acked_per_s"]), _value(s["refused"]), _value(s["dropped"]),
                 _value(s["applied"]), _value(s["p50_ms"], " ms"),
                 ("≥ " if s.get("p99_past_last_bound") else "") + _value(s["p99_ms"], " ms"),
-                _value(s["total_rss_mib"], " MiB"), _value(s["rss_mib"].get("kafka"), " MiB"),
-                _value(s["broker_records_at_least"]))
+                _value(s["total_rss_mib"], " MiB"),
+                _value(_sum_known(s["rss_mib"].get("kafka"), s["rss_mib"].get("s3")), " MiB"),
+                _value(s.get("broker_held_mib"), " MiB"), _value(s["broker_records_at_least"]),
+                _value(s.get("broker_records_dropped")))
     return table
 
 
@@ -64,7 +71,7 @@ def growth_table(report: dict[str, Any]) -> Table:
         table.add_column(column, justify="left" if column == "component" else "right")
     in_memory = ((report["broker"].get("end") or {}).get("storage")) == "memory"
     for name, row in report["rss_mib"].items():
-        label = f"{name} (in memory: keeps every record)" if name == "kafka" and in_memory else name
+        label = f"{name} (the broker's records, in memory)" if name == "s3" and in_memory else name
         pss = report.get("pss_mib", {}).get(name, {})
         add_row(table, label, _value(row["start"]), _value(row["end"]), _value(row["growth"]),
                 _value(row["per_minute"]), _value(pss.get("end")), _value(pss.get("per_minute")),

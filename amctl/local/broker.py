@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported by name
 
 from amctl.local.postgres import package_dir
+from amctl.local.s3 import StoreFigures
 
 
 def tansu_binary() -> Path:
@@ -21,17 +21,15 @@ def tansu_binary() -> Path:
 
 @dataclass(frozen=True)
 class EmbeddedBroker:
-    """A single broker; `memory://` storage keeps every record in RAM until the broker stops,
-    `s3://` keeps them in an S3 server whose address and credentials are in `storage_env`."""
+    """A single broker; `memory://` storage keeps every record in its own RAM until it stops (the test suite's
+    broker), `s3://` keeps them in an S3 server whose address and credentials are in `storage_env` (the local
+    stack's, which keeps them in memory or, `durable`, on disk)."""
 
     port: int
     host: str = "127.0.0.1"
     storage: str = "memory://tansu/"
     storage_env: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def durable(self) -> bool:
-        return not self.storage.startswith("memory://")
+    durable: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -56,9 +54,10 @@ class EmbeddedBroker:
 
 @dataclass(frozen=True)
 class HeldRecords:
-    """Records the broker holds, by topic: the sum of each partition's high watermark (nothing is ever
-    trimmed, so offsets start at 0). Tansu's high watermark is the base offset of a partition's last batch
-    plus one, so each partition's count falls short by at most that batch's size less one: a lower bound."""
+    """Records the broker was given, by topic: the sum of each partition's high watermark (offsets start at 0).
+    Tansu's high watermark is the base offset of a partition's last batch plus one, so each partition's count
+    falls short by at most that batch's size less one: a lower bound. What the store still holds of them is
+    in its own figures (`StoreFigures`)."""
 
     by_topic: dict[str, int]
 
@@ -92,61 +91,38 @@ def held_records(bootstrap: str, timeout_s: float = 1.0) -> HeldRecords | None:
         return None
 
 
-def disk_bytes(root: Path, budget_s: float = 1.0) -> tuple[int, bool]:
-    """Bytes of the files under `root`, and whether every file was counted within `budget_s` (a huge
-    tree gives a lower bound rather than a slow status)."""
-    deadline = time.monotonic() + budget_s
-    total, pending = 0, [root]
-    while pending:
-        if time.monotonic() > deadline:
-            return total, False
-        try:
-            entries = list(os.scandir(pending.pop()))
-        except OSError:  # removed while counting, or not there yet
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-            except OSError:
-                continue
-    return total, True
-
-
 def _mib(value: int) -> str:
     return f"{value / 2**20:,.1f} MiB"
 
 
 @dataclass(frozen=True)
 class BrokerSize:
-    """How big the broker has grown: its RSS, the records it holds (None: it did not say in time) and, for
-    the durable broker, the bytes its object store keeps on disk (`disk_complete` False: counting ran out
-    of time, so a lower bound)."""
+    """How big the broker has grown: its RSS and its S3 server's, the records produced (None: it did not say
+    in time) and what the S3 server holds and has dropped (None: no answer in time)."""
 
     durable: bool
     rss_bytes: int
+    store_rss_bytes: int
     records: HeldRecords | None
-    disk_bytes: int | None = None
-    disk_complete: bool = True
+    store: StoreFigures | None
 
     def summary(self) -> str:
         """One line for `amctl status` and `amctl top`."""
-        records = ("records unknown (no answer within 1 s)" if self.records is None else
-                   f"≥ {self.records.at_least:,} records in {len(self.records.by_topic)} "
-                   + ("topic" if len(self.records.by_topic) == 1 else "topics"))
-        if not self.durable:
-            return f"in memory: {records}; RSS grows with every record"
-        if self.disk_bytes is None:
-            disk = "unknown"
+        where = "on disk" if self.durable else "in memory"
+        if self.store is None:
+            held = f"{where}: holdings unknown (no answer within 1 s)"
         else:
-            disk = ("" if self.disk_complete else "≥ ") + _mib(self.disk_bytes)
-        return f"durable: {disk} on disk, {records}"
+            held = (f"{where}: {_mib(self.store.held_bytes)} in {self.store.held_batches:,} batches, "
+                    f"{self.store.trimmed_records:,} records dropped once read")
+        produced = "" if self.records is None else f"; {self.records.at_least:,} records produced"
+        return held + produced
 
     def as_json(self) -> dict[str, object]:
         return {"storage": "durable" if self.durable else "memory", "rss_mib": round(self.rss_bytes / 2**20, 1),
+                "store_rss_mib": round(self.store_rss_bytes / 2**20, 1),
                 "records_at_least": None if self.records is None else self.records.at_least,
                 "records_by_topic": None if self.records is None else self.records.by_topic,
-                "disk_mib": None if self.disk_bytes is None else round(self.disk_bytes / 2**20, 1),
-                "disk_complete": self.disk_complete if self.durable else None}
+                "held_mib": None if self.store is None else round(self.store.held_bytes / 2**20, 1),
+                "held_batches": None if self.store is None else self.store.held_batches,
+                "records_dropped": None if self.store is None else self.store.trimmed_records,
+                "by_topic": None if self.store is None else self.store.topics}

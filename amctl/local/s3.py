@@ -1,93 +1,62 @@
-"""The local S3 server behind `amctl up --durable-broker`: the broker keeps its records there, on disk.
-
-The server is the npm package `s3rver`, pinned by `s3rver/package-lock.json` and installed on first
-use with `npm ci` into a cache shared by every stack of this user (`~/.cache/amctl/s3rver-<hash>`).
-`s3rver/serve.js` runs it with the conditional writes the broker's object store relies on.
+"""The local S3 server the broker keeps its records in (`amctl.local.s3_server`): in memory by default, in files
+under the state dir with `amctl up --durable-broker`. Either way the broker's records are dropped once every
+group that reads their topic has committed past them (`server.stores.topics.READERS`) and they are older than
+`broker_keep_s`, so the broker holds what is unread plus a short window, not everything ever sent.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import subprocess
+import json
+import sys
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from amctl.local import processes
-from amctl.local.errors import StackError
+from amctl.local.objects import RetentionPolicy
+from server.stores.topics import READERS
 
-PACKAGE_DIR = Path(__file__).resolve().parent / "s3rver"
 BUCKET = "broker"
-# s3rver's built-in account; the server only listens on the loopback interface
-ACCESS_KEY = "S3RVER"
-NODE_HINT = ("install Node.js 18 or newer with npm (e.g. `apt-get install nodejs npm`, or https://nodejs.org), "
-             "or run the broker in memory: amctl up --memory-broker")
+ACCESS_KEY = "amctl"  # the server does not authenticate (it listens on the loopback interface only)
 
 
-class S3SetupError(StackError):
-    """s3rver could not be installed; `hint` says what to do."""
+def platform_retention(keep_for_s: float) -> RetentionPolicy:
+    """The platform's readers, each topic's record kept at least `keep_for_s` seconds."""
+    return RetentionPolicy({topic: frozenset(groups) for topic, groups in READERS.items()}, keep_for_s)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "amctl"
+@dataclass(frozen=True)
+class StoreFigures:
+    """What the S3 server holds and what its retention dropped: per topic, batches and bytes held, records and
+    batches dropped."""
 
+    durable: bool
+    objects: int
+    topics: dict[str, dict[str, int]]
 
-def install_dir() -> Path:
-    """Where this lock's packages live: a new lock gets a new directory, never a half-updated one."""
-    digest = hashlib.sha256((PACKAGE_DIR / "package-lock.json").read_bytes()).hexdigest()[:12]
-    return cache_dir() / f"s3rver-{digest}"
+    @property
+    def held_bytes(self) -> int:
+        return sum(t["bytes"] for t in self.topics.values())
 
+    @property
+    def held_batches(self) -> int:
+        return sum(t["batches"] for t in self.topics.values())
 
-def installed() -> bool:
-    return (install_dir() / "node_modules" / "s3rver" / "package.json").exists()
-
-
-def install(timeout_s: float = 600.0) -> Path:
-    """`npm ci` the pinned s3rver into the cache unless it is there; returns its node_modules."""
-    target = install_dir()
-    if installed():
-        return target / "node_modules"
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        missing = " and ".join(name for name, path in (("node", node), ("npm", npm)) if path is None)
-        raise S3SetupError(f"the durable broker needs {missing} to install its S3 server (s3rver)", hint=NODE_HINT)
-    # install beside the target and rename: a stack starting at the same time never sees half of it
-    staging = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
-    staging.mkdir(parents=True)
-    try:
-        for name in ("package.json", "package-lock.json"):
-            shutil.copy2(PACKAGE_DIR / name, staging / name)
-        try:
-            result = subprocess.run([npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"],
-                                    cwd=staging, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                    timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            raise S3SetupError(f"npm ci did not finish within {timeout_s:g} s",
-                               hint="check the network access to the npm registry") from None
-        if result.returncode != 0:
-            raise S3SetupError(f"npm ci failed (exit {result.returncode}) installing s3rver",
-                               hint="check the network access to the npm registry (npm config get registry)",
-                               log_tail=(result.stdout + result.stderr).splitlines()[-20:])
-        try:
-            staging.rename(target)
-        except OSError:
-            if not installed():  # another stack finished first: theirs is as good as ours
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target / "node_modules"
+    @property
+    def trimmed_records(self) -> int:
+        return sum(t["trimmed_records"] for t in self.topics.values())
 
 
 @dataclass(frozen=True)
 class LocalS3Server:
-    """One s3rver process: where its objects live and the port it listens on."""
+    """One S3 server process: where its objects live (with `durable`), the port it listens on, what it keeps."""
 
     root: Path  # objects under root/objects, the storage epoch in root/epoch
     port: int
     host: str = "127.0.0.1"
+    durable: bool = False
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @property
     def objects_dir(self) -> Path:
@@ -102,9 +71,8 @@ class LocalS3Server:
         return f"s3://{BUCKET}/"
 
     def prepare(self) -> None:
-        """Install s3rver if needed and create the data directory."""
-        install()
-        self.create_data_dir()
+        if self.durable:
+            self.create_data_dir()
 
     def create_data_dir(self) -> None:
         """The objects' directory and, with a new one, a new epoch."""
@@ -121,11 +89,10 @@ class LocalS3Server:
             return "s3-new"
 
     def command(self) -> list[str]:
-        return ["node", str(PACKAGE_DIR / "serve.js"), "--directory", str(self.objects_dir),
-                "--address", self.host, "--port", str(self.port), "--bucket", BUCKET]
-
-    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
-        return {**base, "NODE_PATH": str(install_dir() / "node_modules")}
+        retain = [arg for spec in self.retention.specs() for arg in ("--retain", spec)]
+        where = ["--directory", str(self.objects_dir)] if self.durable else []
+        return [sys.executable, "-m", "amctl.local.s3_server", "--host", self.host, "--port", str(self.port),
+                "--bucket", BUCKET, *where, *retain, "--keep-for", f"{self.retention.keep_for_s:g}"]
 
     def client_environment(self) -> dict[str, str]:
         """What the broker's object store (Rust `object_store`, from the environment) needs to reach us."""
@@ -137,5 +104,14 @@ class LocalS3Server:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
+    def figures(self, timeout_s: float = 1.0) -> StoreFigures | None:
+        """What the server holds, or None when it does not answer within `timeout_s`."""
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/_stats", timeout=timeout_s) as answer:
+                body = json.loads(answer.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        return StoreFigures(bool(body["durable"]), int(body["objects"]), dict(body["topics"]))
+
     def ready(self) -> bool:
-        return processes.port_accepts(self.host, self.port)
+        return self.figures(timeout_s=0.5) is not None

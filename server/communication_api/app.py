@@ -27,7 +27,7 @@ from server.stores.kafka import AsyncProducer, BrokerHealth
 from server.stores.postgres import Database
 from server.stores.selection import profile_store
 from server.stores.suppressions import SuppressionList
-from server.stores.topics import EMAIL_JOBS, SEGMENT_MEMBERSHIP
+from server.stores.topics import EMAIL_JOBS, ON_ENTER_GROUP, SEGMENT_MEMBERSHIP
 from server.stores.webhooks import DestinationGuard, WebhookClient
 
 
@@ -79,7 +79,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.destinations = DestinationRepository(db, box)
     app.state.fanout = FanOut(repository, store, recipients)
     app.state.trigger = OnEnterTrigger(settings.kafka_bootstrap, settings.topic(SEGMENT_MEMBERSHIP),
-                                       f"{settings.topic_prefix}communication-api-on-enter", repository, store,
+                                       settings.topic_prefix + ON_ENTER_GROUP, repository, store,
                                        recipients, app.state.metrics_registry,
                                        session_timeout_ms=settings.kafka_session_timeout_ms)
     app.state.health.add("db", db.health)

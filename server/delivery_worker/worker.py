@@ -34,7 +34,7 @@ from server.stores.destination_deliveries import DestinationDeliveries, LoadedDe
 from server.stores.kafka import group_consumer_config
 from server.stores.outages import DEPENDENCY_OUTAGES
 from server.stores.records import RejectedRecords, value_read_by
-from server.stores.topics import SEGMENT_MEMBERSHIP
+from server.stores.topics import DELIVERY_GROUP, SEGMENT_MEMBERSHIP
 from server.stores.webhooks import WebhookClient
 
 log = logging.getLogger("delivery-worker")
@@ -67,7 +67,7 @@ class DeliveryWorker:
         self.topic = settings.topic(SEGMENT_MEMBERSHIP)
         # a consumer exists only while `run` does
         self.consumer_config = {**group_consumer_config(settings.kafka_bootstrap,
-                                                        f"{settings.topic_prefix}delivery-worker",
+                                                        settings.topic_prefix + DELIVERY_GROUP,
                                                         settings.kafka_session_timeout_ms),
                                 "fetch.wait.max.ms": FETCH_WAIT_MS, "error_cb": self._broker_error}
         self.policy = RetryPolicy(settings.destination_retry_base_s, settings.destination_retry_max_s,

@@ -32,7 +32,7 @@ from server.runtime.settings import ServiceSettings
 from server.stores.deliveries import ClaimResult, DeliveryLedger, DeliveryStatus
 from server.stores.kafka import AsyncProducer, group_consumer_config
 from server.stores.suppressions import SuppressionList, SuppressionReason
-from server.stores.topics import EMAIL_DEAD_LETTERS, EMAIL_JOBS
+from server.stores.topics import EMAIL_DEAD_LETTERS, EMAIL_GROUP, EMAIL_JOBS
 
 log = logging.getLogger("email-worker")
 EMAILS = register_metric_name("am_emails_total")
@@ -49,7 +49,7 @@ class EmailWorker:
         self.dead_letter_topic = settings.topic(EMAIL_DEAD_LETTERS)
         self.topic = settings.topic(EMAIL_JOBS)
         # the consumer is made by `run`: a worker that is built but never run holds no client
-        self.consumer_config = group_consumer_config(settings.kafka_bootstrap, f"{settings.topic_prefix}email-worker",
+        self.consumer_config = group_consumer_config(settings.kafka_bootstrap, settings.topic_prefix + EMAIL_GROUP,
                                                      settings.kafka_session_timeout_ms)
         self.slots = asyncio.Semaphore(settings.email_concurrency)
         # its own threads, as many as the slots: asyncio's default pool has cpu + 4 (6 here), fewer than 8 slots

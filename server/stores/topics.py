@@ -21,6 +21,15 @@ RULE_DEFINITIONS: Final = "rule-engine-rules"
 REEVALUATIONS: Final = "rule-engine-reevaluations"
 USER_PROFILES: Final = "user-profiles"
 
+# The consumer groups of the platform's own readers (named, like topics, without the topic prefix).
+RULE_JOB_USERS_GROUP: Final = "rule-engine-users"  # the rule job's keyed input: user-events + reevaluations
+RULE_JOB_RULES_GROUP: Final = "rule-engine-rules"
+STORE_WRITER_GROUP: Final = "rule-engine-writer"
+RULE_FEEDER_GROUP: Final = "rule-engine-feeder"
+ON_ENTER_GROUP: Final = "communication-api-on-enter"
+DELIVERY_GROUP: Final = "delivery-worker"
+EMAIL_GROUP: Final = "email-worker"
+
 # segment-rules has one partition so every consumer sees rule changes in publish order.
 TOPICS: Final[dict[str, int]] = {
     USER_EVENTS: 4,
@@ -31,4 +40,17 @@ TOPICS: Final[dict[str, int]] = {
     RULE_DEFINITIONS: 1,
     REEVALUATIONS: 4,
     USER_PROFILES: 4,
+}
+
+# The groups that read each topic to its end and commit what they have handled (the rule job: on each
+# checkpoint). The local broker drops a record once every one of them has committed past it. A topic not
+# named here is kept whole: the feeder reads segment-rules from the start on every start, and the dead
+# letters are kept for inspection.
+READERS: Final[dict[str, tuple[str, ...]]] = {
+    USER_EVENTS: (RULE_JOB_USERS_GROUP,),
+    REEVALUATIONS: (RULE_JOB_USERS_GROUP,),
+    RULE_DEFINITIONS: (RULE_JOB_RULES_GROUP,),
+    USER_PROFILES: (STORE_WRITER_GROUP,),
+    SEGMENT_MEMBERSHIP: (STORE_WRITER_GROUP, ON_ENTER_GROUP, DELIVERY_GROUP),
+    EMAIL_JOBS: (EMAIL_GROUP,),
 }

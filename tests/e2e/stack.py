@@ -29,7 +29,9 @@ def amctl(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.C
 
 
 def stack_environment(state: Path) -> dict[str, str]:
-    env = {**os.environ, "AMCTL_STATE_DIR": str(state), "NO_COLOR": "1", "COLUMNS": "200"}
+    # the tests read topics after the fact (`read_topic`): the broker keeps what was read for an hour
+    env = {**os.environ, "AMCTL_STATE_DIR": str(state), "NO_COLOR": "1", "COLUMNS": "200",
+           "AMCTL_BROKER_KEEP_S": "3600"}
     taken: list[int] = []
     for name in PORT_NAMES:
         taken.append(processes.service_port(taken=taken))

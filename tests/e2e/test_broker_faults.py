@@ -1,4 +1,5 @@
-"""The durable local broker (`amctl up --durable-broker`) killed with SIGKILL, with and without load.
+"""The durable local broker (`amctl up --durable-broker`, its records in files of the S3 server, no Node.js)
+killed with SIGKILL, with and without load.
 
 An event answered 202 is on the topic after the broker restarts, and the rule job applies every
 stored event once; while the broker is down the Ingestion API answers 503, and it takes events again
@@ -8,6 +9,7 @@ by itself once `amctl up` has restarted the broker.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,9 +38,16 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def durable_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = stack_environment(tmp_path_factory.mktemp("durable-stack"))
-    # the first run on a machine installs s3rver
-    with started_stack(env, "--durable-broker", timeout=900) as stack:
+    state = tmp_path_factory.mktemp("durable-stack")
+    env = stack_environment(state)
+    # no Node.js: a `node` or `npm` the stack ran would fail it
+    no_node = state / "no-node"
+    no_node.mkdir()
+    for name in ("node", "npm", "npx"):
+        (no_node / name).write_text("#!/bin/sh\necho 'node is not available here' >&2\nexit 127\n")
+        (no_node / name).chmod(0o755)
+    env["PATH"] = f"{no_node}{os.pathsep}{env.get('PATH', '')}"
+    with started_stack(env, "--durable-broker", timeout=300) as stack:
         yield stack
 
 

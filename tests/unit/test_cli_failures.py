@@ -65,7 +65,7 @@ FAILURES: list[tuple[list[str], int, str]] = [
     (["campaign", "cancel", "c1"], 1, COMMUNICATION_API),
     (["events", "send", "--user", "u1", "--type", "purchase", "-p", "amount=10"], 1, INGESTION_API),
     (["events", "send", "--rate", "20", "--duration", "500ms"], 1, INGESTION_API),
-    (["smoke"], 1, "not healthy: postgres, kafka"),
+    (["smoke"], 1, "not healthy: postgres, s3, kafka"),
     (["top", "--once", "--interval", "0.5"], 1, "nothing is running"),
     (["bench", "--soak", "90s"], 1, "nothing is running"),
     # nothing was ever started here
@@ -176,10 +176,11 @@ def test_down_status_and_smoke_answer_json_on_the_local_target(offline: dict[str
     status = invoke("status", "--json", env=offline)
     assert status.exit_code == 0
     rows = json.loads(status.stdout)
-    assert [row["name"] for row in rows][:2] == ["postgres", "kafka"] and {row["state"] for row in rows} == {"stopped"}
+    assert [row["name"] for row in rows][:3] == ["postgres", "s3", "kafka"]
+    assert {row["state"] for row in rows} == {"stopped"}
     smoke = invoke("smoke", "--json", env=offline)
     assert smoke.exit_code == 1
     report = json.loads(smoke.stdout)  # stdout holds the JSON alone, the failure is on stderr
     assert report["passed"] is False and report["scenario"] is None
     assert [row["name"] for row in report["components"]] == [row["name"] for row in rows]
-    assert one_error(smoke.stderr).startswith("error: not healthy: postgres, kafka")
+    assert one_error(smoke.stderr).startswith("error: not healthy: postgres, s3, kafka")

@@ -19,6 +19,7 @@ from amctl.load.soak import (
 )
 from amctl.load.soak_view import final_view
 from amctl.local.broker import BrokerSize, HeldRecords
+from amctl.local.s3 import StoreFigures
 
 pytestmark = pytest.mark.unit
 MIB = 2**20
@@ -53,15 +54,16 @@ def test_a_soak_samples_no_less_often_than_once() -> None:
         SoakConfig(60, users=0, every_s=10)
 
 
-def broker(rss_mib: float, records: int | None) -> BrokerSize:
+def broker(rss_mib: float, records: int | None, store_rss_mib: float = 0.0,
+           store: StoreFigures | None = None) -> BrokerSize:
     held = HeldRecords({"user-events": records}) if records is not None else None
-    return BrokerSize(False, int(rss_mib * MIB), held)
+    return BrokerSize(False, int(rss_mib * MIB), int(store_rss_mib * MIB), held, store)
 
 
 def reading(at_s: float, acked: int, assignments: dict[float, float], rss_mib: dict[str, float],
             refused: int = 0, applied: float = 0.0, records: int | None = None) -> Reading:
     return Reading(at_s, {name: int(mib * MIB) for name, mib in rss_mib.items()}, acked, refused, 0, applied,
-                   assignments, broker(rss_mib.get("kafka", 0.0), records),
+                   assignments, broker(rss_mib.get("kafka", 0.0), records, rss_mib.get("s3", 0.0)),
                    {name: int(mib * MIB / 2) for name, mib in rss_mib.items()})
 
 
@@ -144,29 +146,31 @@ def test_the_report_adds_up_the_readings() -> None:
     assert figures["samples"][0]["p99_past_last_bound"] is True
     assert figures["rss_mib"]["kafka"]["growth"] == 40.0
     assert figures["pss_mib"]["kafka"]["growth"] == 20.0 and figures["pss_mib"]["total"]["end"] == 70.0
-    assert figures["broker"]["rss_growth_mib"] == 40.0
+    assert figures["broker"]["rss_growth_mib"] == 40.0  # the broker's and its S3 server's
     assert figures["broker"]["rss_bytes_per_acked_event"] == round(40 * MIB / 60_000)
     assert figures["broker"]["end"]["records_at_least"] == 80_000
     assert figures["broker"]["end"]["storage"] == "memory"
 
 
 def test_a_broker_that_did_not_answer_is_unknown_not_zero() -> None:
-    assert broker(30, None).summary() == ("in memory: records unknown (no answer within 1 s); "
-                                          "RSS grows with every record")
-    assert broker(30, 7).summary() == "in memory: ≥ 7 records in 1 topic; RSS grows with every record"
-    durable = BrokerSize(True, 0, None, disk_bytes=3 * MIB, disk_complete=False)
-    assert durable.summary().startswith("durable: ≥ 3.0 MiB on disk")
-    assert durable.as_json()["records_at_least"] is None
+    assert broker(30, None).summary() == "in memory: holdings unknown (no answer within 1 s)"
+    store = StoreFigures(False, 12, {"user-events": {"batches": 40, "bytes": 3 * MIB, "trimmed_batches": 900,
+                                                     "trimmed_records": 20_000}})
+    assert broker(30, 25_000, store=store).summary() == (
+        "in memory: 3.0 MiB in 40 batches, 20,000 records dropped once read; 25,000 records produced")
+    durable = BrokerSize(True, 0, 0, None, store)
+    assert durable.summary().startswith("on disk: 3.0 MiB") and "produced" not in durable.summary()
+    assert durable.as_json()["records_at_least"] is None and durable.as_json()["records_dropped"] == 20_000
 
 
 def test_the_tables_say_a_backlog_is_not_a_loss_and_a_capped_p99_is_a_floor() -> None:
     config = SoakConfig(60, every_s=60)
-    start = reading(0, 0, {10.0: 0.0, INF: 0.0}, {"kafka": 20})
-    late = [reading(60, 30_000, {10.0: 100.0, INF: 1000.0}, {"kafka": 40}, records=30_000)]
+    start = reading(0, 0, {10.0: 0.0, INF: 0.0}, {"kafka": 20, "s3": 30})
+    late = [reading(60, 30_000, {10.0: 100.0, INF: 1000.0}, {"kafka": 20, "s3": 50}, records=30_000)]
     figures = report(config, start, late, losses({"u": 30_000}, {"u": 10_000}), settle_s=61, settled=False)
     console = Console(record=True, width=200)
     console.print(final_view(figures))
     text = console.export_text()
     assert "20,000 not applied when the check gave up" in text and "61 s (did not settle)" in text
     assert "≥ 10,000.0 ms" in text
-    assert "kafka (in memory: keeps every record)" in text
+    assert "s3 (the broker's records, in memory)" in text
