@@ -80,9 +80,10 @@ class ObjectStore:
         if entry is None:
             stored = self._objects[key]
             modified = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(stored.modified))
+            # what the broker's client reads of it, no more (ETag and StorageClass are optional): a fetch parses
+            # one per batch the partition holds
             entry = self._listed[key] = (f"<Contents><Key>{escape(key)}</Key><LastModified>{modified}</LastModified>"
-                                         f"<ETag>{escape(stored.etag)}</ETag><Size>{len(stored.data)}</Size>"
-                                         "<StorageClass>STANDARD</StorageClass></Contents>")
+                                         f"<Size>{len(stored.data)}</Size></Contents>")
         return entry
 
     def __len__(self) -> int:
@@ -94,8 +95,12 @@ class ObjectStore:
         common prefixes up to `delimiter`, and the key to continue after when there are more."""
         keys: list[str] = []
         prefixes: list[str] = []
-        at = bisect.bisect_right(self._keys, start_after) if start_after > prefix else bisect.bisect_left(
-            self._keys, prefix)
+        if start_after <= prefix:
+            at = bisect.bisect_left(self._keys, prefix)
+        elif delimiter and start_after.endswith(delimiter):  # a page that ended on a common prefix: past all of it
+            at = bisect.bisect_left(self._keys, start_after[:-1] + chr(ord(start_after[-1]) + 1))
+        else:
+            at = bisect.bisect_right(self._keys, start_after)
         while at < len(self._keys):
             key = self._keys[at]
             if not key.startswith(prefix):

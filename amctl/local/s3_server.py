@@ -39,6 +39,7 @@ log = logging.getLogger("amctl.s3")
 REASONS = {200: "OK", 204: "No Content", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
            404: "Not Found", 405: "Method Not Allowed", 412: "Precondition Failed", 416: "Range Not Satisfiable",
            500: "Internal Server Error"}
+LISTING_PAGE = 100_000
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 DELETE_KEY = re.compile(rb"<Key>(.*?)</Key>", re.S)
 
@@ -152,7 +153,9 @@ class S3Api:
         token = params.get("continuation-token")
         start_after = base64.urlsafe_b64decode(token.encode()).decode() if token else params.get("start-after", "")
         prefix, delimiter = params.get("prefix", ""), params.get("delimiter", "")
-        max_keys = max(0, min(1000, int(params.get("max-keys", "1000"))))
+        # S3 pages by 1,000; the broker asks for no size and lists a partition's batches on every fetch, so it
+        # gets them in one page rather than one request per thousand
+        max_keys = max(0, min(LISTING_PAGE, int(params.get("max-keys", LISTING_PAGE))))
         keys, prefixes, after = self.store.list(prefix, start_after, delimiter, max_keys)
         parts = ['<?xml version="1.0" encoding="UTF-8"?>\n'
                  '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">',

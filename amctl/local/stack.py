@@ -258,7 +258,10 @@ class LocalStack:
         JobManager (and restored from the newest checkpoint under the same state dir)."""
         ports = self.settings.ports
         env = {**self.service_env(ports.rule_engine), "AM_FLINK_UI_PORT": str(ports.flink_ui),
-               "AM_STATE_DIR": str(self.state_dir / "rule-engine"), "AM_BROKER_EPOCH": self.broker_epoch()}
+               "AM_STATE_DIR": str(self.state_dir / "rule-engine"), "AM_BROKER_EPOCH": self.broker_epoch(),
+               # the job commits its offsets on each checkpoint, and the broker drops what it committed past:
+               # more often keeps fewer batches for every fetch to list (an incremental checkpoint is cheap)
+               "AM_CHECKPOINT_INTERVAL_MS": "2000"}
         if self.options.flink == "session":
             env["AM_FLINK_JOBMANAGER"] = self.flink.rest
         return env

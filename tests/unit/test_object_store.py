@@ -60,6 +60,9 @@ def test_listing_in_key_order_with_common_prefixes_and_continuation() -> None:
     page, _, after = store.list("b", max_keys=2)
     assert page == ["b/1", "b/2"] and after == "b/2"
     assert store.list("b", start_after=after) == (["b/3/x", "bb"], [], None)
+    first, prefixes, after = store.list("", delimiter="/", max_keys=2)
+    assert (first, prefixes, after) == ([], ["a/", "b/"], "b/")
+    assert store.list("", start_after=after, delimiter="/") == (["bb", "c"], [], None)  # "b/" is not listed twice
     assert store.delete("b/2") and not store.delete("b/2")
     assert store.list("b/")[0] == ["b/1", "b/3/x"]
 
