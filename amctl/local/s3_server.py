@@ -94,7 +94,10 @@ class S3Api:
         if method in ("HEAD", "PUT"):  # the bucket exists, and creating it again is harmless
             return Answer(200)
         if method == "GET" and params.get("list-type") == "2":
-            return self.list(params)
+            try:
+                return self.list(params)
+            except ValueError:  # max-keys not a number, a continuation token not ours
+                return error(400, "InvalidArgument", "max-keys or continuation-token is not valid")
         if method == "POST" and "delete" in params:
             return self.delete_many(body)
         return error(400, "NotImplemented", "only ListObjectsV2 and DeleteObjects are served on the bucket")

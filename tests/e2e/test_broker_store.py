@@ -135,6 +135,7 @@ def test_the_server_refuses_a_second_create_and_a_stale_replace(running: Running
             with urllib.request.urlopen(request, timeout=5) as answer:
                 return int(answer.status)
         except urllib.error.HTTPError as refused:
+            refused.close()
             return refused.code
 
     assert put({"If-None-Match": "*"}) == 200
@@ -143,3 +144,7 @@ def test_the_server_refuses_a_second_create_and_a_stale_replace(running: Running
     with urllib.request.urlopen(url, timeout=5) as answer:
         etag = answer.headers["ETag"]
     assert put({"If-Match": etag}) == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{running.store.endpoint}/broker?list-type=2&max-keys=many", timeout=5)
+    assert refused.value.code == 400
+    refused.value.close()

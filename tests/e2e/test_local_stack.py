@@ -42,7 +42,7 @@ def test_up_status_down_leaves_nothing_behind(stack_env: dict[str, str]) -> None
     status = amctl(stack_env, "status", "--json")
     assert status.returncode == 0, status.stderr
     rows = {row["name"]: row for row in json.loads(status.stdout)}
-    assert set(rows) == {"postgres", "kafka", "segment-api", "ingestion-api", "communication-api", "mail-sink",
+    assert set(rows) == {"postgres", "s3", "kafka", "segment-api", "ingestion-api", "communication-api", "mail-sink",
                          "email-worker", "webhook-sink", "delivery-worker", "rule-engine"}
     assert all(row["state"] == "running" and row["pid"] and row["rss_bytes"] > 0 for row in rows.values())
 
@@ -52,7 +52,7 @@ def test_up_status_down_leaves_nothing_behind(stack_env: dict[str, str]) -> None
 
     down = amctl(stack_env, "down")
     assert down.returncode == 0, down.stderr
-    for name in ("segment_api", "ingestion_api", "communication_api", "postgres", "kafka", "smtp", "email_worker",
+    for name in ("segment_api", "ingestion_api", "communication_api", "postgres", "s3", "kafka", "smtp", "email_worker",
                  "webhook_sink", "delivery_worker", "rule_engine", "flink_ui"):
         assert not processes.port_accepts("127.0.0.1", ports(stack_env, name)), f"{name} still listening"
     for row in rows.values():
